@@ -1,0 +1,247 @@
+//! The plugin configuration (Envoy `configuration` / Istio `pluginConfig`):
+//! bytes -> serde -> validated `FilterConfig`. Errors name the field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::decide::SubjectSource;
+use crate::error::ConfigError;
+use crate::plan::{check_header_name, Plan, PlanSpec};
+
+fn d_correlation() -> String {
+    "x-request-id".into()
+}
+fn d_variant() -> String {
+    "x-model-variant".into()
+}
+fn d_override() -> String {
+    "x-model-override".into()
+}
+fn d_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfigSpec {
+    #[serde(default)]
+    pub subject: SubjectSpec,
+    #[serde(default = "d_correlation")]
+    pub correlation_header: String,
+    #[serde(default = "d_variant")]
+    pub variant_header: String,
+    #[serde(default)]
+    pub echo: EchoSpec,
+    #[serde(default, rename = "override")]
+    pub override_: OverrideSpec,
+    pub plan: PlanSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectSpec {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoSpec {
+    /// Return the correlation id to the client.
+    #[serde(default = "d_true")]
+    pub correlation_id: bool,
+    /// Return the variant header to the client.
+    #[serde(default = "d_true")]
+    pub variant: bool,
+}
+
+impl Default for EchoSpec {
+    fn default() -> Self {
+        EchoSpec {
+            correlation_id: true,
+            variant: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideSpec {
+    #[serde(default = "d_override")]
+    pub header: String,
+    /// Honour the header. When false it is removed from every matched request.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+impl Default for OverrideSpec {
+    fn default() -> Self {
+        OverrideSpec {
+            header: d_override(),
+            enabled: false,
+        }
+    }
+}
+
+/// The validated, compiled configuration the filter runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterConfig {
+    pub subject: SubjectSource,
+    pub correlation_header: String,
+    pub variant_header: String,
+    pub echo_correlation: bool,
+    pub echo_variant: bool,
+    pub override_header: String,
+    pub override_enabled: bool,
+    pub plan: Plan,
+    pub plan_spec: PlanSpec,
+}
+
+/// Parses and validates the plugin configuration.
+pub fn parse_plugin_config(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+    crate::error::expect_object(bytes, "plugin configuration")?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let spec: PluginConfigSpec =
+        serde_path_to_error::deserialize(&mut de).map_err(ConfigError::from_serde)?;
+    de.end()
+        .map_err(|e| ConfigError::new("", format!("trailing data after the configuration: {e}")))?;
+    spec.compile()
+}
+
+impl PluginConfigSpec {
+    pub fn compile(&self) -> Result<FilterConfig, ConfigError> {
+        let subject = SubjectSource {
+            header: self
+                .subject
+                .header
+                .as_deref()
+                .map(|h| check_header_name("subject.header", h))
+                .transpose()?,
+            cookie: match self.subject.cookie.as_deref() {
+                Some(c) if c.is_empty() || c.contains([';', '=', ' ']) => {
+                    return Err(ConfigError::new(
+                        "subject.cookie",
+                        format!("{c:?} is not a cookie name"),
+                    ))
+                }
+                c => c.map(str::to_string),
+            },
+        };
+        let correlation_header = check_header_name("correlation_header", &self.correlation_header)?;
+        let variant_header = check_header_name("variant_header", &self.variant_header)?;
+        let override_header = check_header_name("override.header", &self.override_.header)?;
+        if variant_header == correlation_header {
+            return Err(ConfigError::new(
+                "variant_header",
+                "must differ from correlation_header",
+            ));
+        }
+        if override_header == variant_header || override_header == correlation_header {
+            return Err(ConfigError::new(
+                "override.header",
+                "must differ from variant_header and correlation_header",
+            ));
+        }
+        let plan = self.plan.compile().map_err(|e| e.within("plan"))?;
+        Ok(FilterConfig {
+            subject,
+            correlation_header,
+            variant_header,
+            echo_correlation: self.echo.correlation_id,
+            echo_variant: self.echo.variant,
+            override_header,
+            override_enabled: self.override_.enabled,
+            plan,
+            plan_spec: self.plan.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"{
+      "subject": {"header": "x-user-id", "cookie": "uid"},
+      "correlation_header": "x-request-id",
+      "variant_header": "x-model-variant",
+      "plan": {
+        "version": 1,
+        "rollouts": [
+          {"name": "fraud", "match": {"path_prefix": "/v2/models/fraud"}, "salt": "fraud-v2",
+           "variants": [{"name": "stable", "weight": 90}, {"name": "canary", "weight": 10}]}
+        ]
+      }
+    }"#;
+
+    #[test]
+    fn parses_documented_example() {
+        let c = parse_plugin_config(ISSUE_EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(c.subject.header.as_deref(), Some("x-user-id"));
+        assert_eq!(c.plan.rollouts[0].variants[1].weight_bp, 1000);
+        assert!(c.echo_correlation && c.echo_variant && !c.override_enabled);
+        assert_eq!(c.override_header, "x-model-override");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse_plugin_config(br#"{"plan":{"version":1,"rollouts":[]}}"#).unwrap();
+        assert_eq!(c.correlation_header, "x-request-id");
+        assert_eq!(c.variant_header, "x-model-variant");
+        assert_eq!(c.subject, SubjectSource::default());
+    }
+
+    #[test]
+    fn header_names_lowercased() {
+        let c = parse_plugin_config(
+            br#"{"subject":{"header":"X-User-Id"},"plan":{"version":1,"rollouts":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.subject.header.as_deref(), Some("x-user-id"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"subjekt":{},"plan":{"version":1,"rollouts":[]}}"#,
+                "subjekt",
+            ),
+            (
+                r#"{"variant_header":"bad header","plan":{"version":1,"rollouts":[]}}"#,
+                "variant_header",
+            ),
+            (
+                r#"{"variant_header":"x-request-id","plan":{"version":1,"rollouts":[]}}"#,
+                "variant_header",
+            ),
+            (
+                r#"{"subject":{"cookie":"a;b"},"plan":{"version":1,"rollouts":[]}}"#,
+                "subject.cookie",
+            ),
+            (
+                r#"{"echo":{"variant":"yes"},"plan":{"version":1,"rollouts":[]}}"#,
+                "echo.variant",
+            ),
+            (
+                r#"{"plan":{"version":1,"rollouts":[{"name":"r","salt":"s","variants":[{"name":"a","weight":60},{"name":"b","weight":30}]}]}}"#,
+                "plan.rollouts[0].variants",
+            ),
+            (
+                r#"{"plan":{"version":1,"rollouts":[{"name":"r","salt":"s","variants":[{"name":"a","weight":100}]}]}} x"#,
+                "",
+            ),
+            (r#"{}"#, ""),
+            ("", ""),
+            ("[1,2]", ""),
+        ];
+        for (json, field) in cases {
+            let e = parse_plugin_config(json.as_bytes()).unwrap_err();
+            assert_eq!(&e.field, field, "{json} -> {e}");
+            assert!(!e.message.is_empty());
+        }
+        let e = parse_plugin_config(br#"{}"#).unwrap_err();
+        assert!(e.message.contains("plan"), "{e}");
+    }
+}

@@ -1,0 +1,131 @@
+//! Names of the filter's Envoy stats. Defined here, once, so the filter that emits
+//! them and the sidecar that reads them agree.
+//!
+//! Envoy files every Wasm-defined stat under the `wasmcustom.` namespace. Our names
+//! carry their labels as `key.value` segments; the `stats_tags` below (shipped in
+//! every Envoy config of this project) turn them into Prometheus labels:
+//! `wasmcustom.model_rollout.rollout.fraud.variant.canary.requests_total` is exported
+//! as `model_rollout_requests_total{rollout="fraud",variant="canary"}`.
+
+pub const PREFIX: &str = "model_rollout";
+/// Envoy's namespace for Wasm-defined stats.
+pub const ENVOY_NAMESPACE: &str = "wasmcustom";
+
+/// Response classes counted per variant.
+pub const CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "other"];
+
+/// The class of an HTTP status code, as an index into `CLASSES`.
+pub fn class_index(status: u32) -> usize {
+    match status {
+        200..=299 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        500..=599 => 3,
+        _ => 4,
+    }
+}
+
+pub fn variant_requests(rollout: &str, variant: &str) -> String {
+    format!("{PREFIX}.rollout.{rollout}.variant.{variant}.requests_total")
+}
+
+pub fn variant_responses(rollout: &str, variant: &str, class: &str) -> String {
+    format!("{PREFIX}.rollout.{rollout}.variant.{variant}.class.{class}.responses_total")
+}
+
+pub fn variant_latency(rollout: &str, variant: &str) -> String {
+    format!("{PREFIX}.rollout.{rollout}.variant.{variant}.latency_ms")
+}
+
+pub fn rollout_assignments(rollout: &str, reason: &str) -> String {
+    format!("{PREFIX}.rollout.{rollout}.reason.{reason}.assignments_total")
+}
+
+pub const UNMATCHED: &str = "model_rollout.unmatched_total";
+pub const OVERRIDE_REJECTED: &str = "model_rollout.override_rejected_total";
+pub const CORRELATION_GENERATED: &str = "model_rollout.correlation_generated_total";
+pub const HOST_ERRORS: &str = "model_rollout.host_errors_total";
+pub const RANDOM_FALLBACK: &str = "model_rollout.random_fallback_total";
+pub const PLAN_VERSION: &str = "model_rollout.plan_version";
+
+/// `(tag name, regex)` pairs for Envoy's `stats_config.stats_tags`. The first
+/// capture group is cut from the name, the second is the label value.
+pub const STATS_TAGS: [(&str, &str); 4] = [
+    (
+        "rollout",
+        r"^wasmcustom\.model_rollout\.(rollout\.([^.]+)\.)",
+    ),
+    (
+        "variant",
+        r"^wasmcustom\.model_rollout\.rollout\.[^.]+\.(variant\.([^.]+)\.)",
+    ),
+    ("class", r"\.(class\.([^.]+)\.)responses_total$"),
+    ("reason", r"\.(reason\.([^.]+)\.)assignments_total$"),
+];
+
+/// A stat name split into metric and labels (the inverse of the builders above),
+/// for readers of Envoy's JSON stats, which carry the full names.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatName {
+    pub metric: String,
+    pub labels: Vec<(String, String)>,
+}
+
+impl StatName {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses `[wasmcustom.]model_rollout.(key.value.)*metric`.
+pub fn parse_stat_name(name: &str) -> Option<StatName> {
+    let rest = name
+        .strip_prefix("wasmcustom.")
+        .unwrap_or(name)
+        .strip_prefix("model_rollout.")?;
+    let parts: Vec<&str> = rest.split('.').collect();
+    let (metric, pairs) = parts.split_last()?;
+    if pairs.len() % 2 != 0 {
+        return None;
+    }
+    let labels = pairs
+        .chunks(2)
+        .filter_map(|kv| match kv {
+            [k, v] => Some((k.to_string(), v.to_string())),
+            _ => None,
+        })
+        .collect();
+    Some(StatName {
+        metric: format!("{PREFIX}_{metric}"),
+        labels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back() {
+        let n = variant_responses("fraud", "canary", "5xx");
+        let p = parse_stat_name(&format!("wasmcustom.{n}")).unwrap();
+        assert_eq!(p.metric, "model_rollout_responses_total");
+        assert_eq!(p.label("rollout"), Some("fraud"));
+        assert_eq!(p.label("variant"), Some("canary"));
+        assert_eq!(p.label("class"), Some("5xx"));
+        let p = parse_stat_name(UNMATCHED).unwrap();
+        assert_eq!(p.metric, "model_rollout_unmatched_total");
+        assert!(p.labels.is_empty());
+        assert!(parse_stat_name("cluster.x.upstream_rq").is_none());
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(CLASSES[class_index(204)], "2xx");
+        assert_eq!(CLASSES[class_index(503)], "5xx");
+        assert_eq!(CLASSES[class_index(0)], "other");
+    }
+}

@@ -1,0 +1,243 @@
+//! The one adapter between the filter and the proxy: every host call goes through
+//! `Host`, and every failure becomes a named `HostError` that the caller maps to an
+//! outcome (treat the header as absent, skip the metric, fall back to stable).
+//!
+//! `ProxyHost` calls `proxy_wasm::hostcalls` directly (never the SDK's trait helpers,
+//! which unwrap). A `MockHost` implementing the same trait serves unit tests.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    NotFound,
+    BadArgument,
+    SerializationFailure,
+    ParseFailure,
+    Empty,
+    CasMismatch,
+    InternalFailure,
+    Other,
+}
+
+impl From<Status> for HostError {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::NotFound => HostError::NotFound,
+            Status::BadArgument => HostError::BadArgument,
+            Status::SerializationFailure => HostError::SerializationFailure,
+            Status::ParseFailure => HostError::ParseFailure,
+            Status::Empty => HostError::Empty,
+            Status::CasMismatch => HostError::CasMismatch,
+            Status::InternalFailure => HostError::InternalFailure,
+            _ => HostError::Other,
+        }
+    }
+}
+
+pub type HostResult<T> = Result<T, HostError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Everything the filter asks of the proxy.
+pub trait Host {
+    fn request_header(&self, name: &str) -> HostResult<Option<String>>;
+    /// Sets (`Some`) or removes (`None`) a request header.
+    fn set_request_header(&self, name: &str, value: Option<&str>) -> HostResult<()>;
+    fn response_header(&self, name: &str) -> HostResult<Option<String>>;
+    fn set_response_header(&self, name: &str, value: Option<&str>) -> HostResult<()>;
+    fn now_nanos(&self) -> HostResult<u64>;
+    fn plugin_configuration(&self) -> HostResult<Option<Vec<u8>>>;
+    fn define_metric(&self, kind: MetricKind, name: &str) -> HostResult<u32>;
+    fn increment_metric(&self, id: u32, delta: i64) -> HostResult<()>;
+    fn record_metric(&self, id: u32, value: u64) -> HostResult<()>;
+    fn set_tick_period_ms(&self, ms: u64) -> HostResult<()>;
+    fn log(&self, level: LogLevel, message: &str);
+}
+
+/// The real proxy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProxyHost;
+
+impl Host for ProxyHost {
+    fn request_header(&self, name: &str) -> HostResult<Option<String>> {
+        Ok(hostcalls::get_map_value(MapType::HttpRequestHeaders, name)?)
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) -> HostResult<()> {
+        Ok(hostcalls::set_map_value(
+            MapType::HttpRequestHeaders,
+            name,
+            value,
+        )?)
+    }
+    fn response_header(&self, name: &str) -> HostResult<Option<String>> {
+        Ok(hostcalls::get_map_value(
+            MapType::HttpResponseHeaders,
+            name,
+        )?)
+    }
+    fn set_response_header(&self, name: &str, value: Option<&str>) -> HostResult<()> {
+        Ok(hostcalls::set_map_value(
+            MapType::HttpResponseHeaders,
+            name,
+            value,
+        )?)
+    }
+    fn now_nanos(&self) -> HostResult<u64> {
+        let t = hostcalls::get_current_time()?;
+        Ok(t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0))
+    }
+    fn plugin_configuration(&self) -> HostResult<Option<Vec<u8>>> {
+        Ok(hostcalls::get_buffer(
+            BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )?)
+    }
+    fn define_metric(&self, kind: MetricKind, name: &str) -> HostResult<u32> {
+        let t = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        Ok(hostcalls::define_metric(t, name)?)
+    }
+    fn increment_metric(&self, id: u32, delta: i64) -> HostResult<()> {
+        Ok(hostcalls::increment_metric(id, delta)?)
+    }
+    fn record_metric(&self, id: u32, value: u64) -> HostResult<()> {
+        Ok(hostcalls::record_metric(id, value)?)
+    }
+    fn set_tick_period_ms(&self, ms: u64) -> HostResult<()> {
+        Ok(hostcalls::set_tick_period(
+            std::time::Duration::from_millis(ms),
+        )?)
+    }
+    fn log(&self, level: LogLevel, message: &str) {
+        // Nothing sensible is left to do when logging itself fails.
+        let _ = hostcalls::log(level, message);
+    }
+}
+
+#[cfg(test)]
+pub mod mock {
+    //! An in-memory host for unit tests of the callbacks.
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    #[derive(Default)]
+    pub struct MockHost {
+        pub request: RefCell<BTreeMap<String, String>>,
+        pub response: RefCell<BTreeMap<String, String>>,
+        pub config: RefCell<Option<Vec<u8>>>,
+        pub now: RefCell<u64>,
+        pub metric_names: RefCell<Vec<(MetricKind, String)>>,
+        pub metric_values: RefCell<BTreeMap<u32, i64>>,
+        pub histograms: RefCell<BTreeMap<u32, Vec<u64>>>,
+        pub logs: RefCell<Vec<(LogLevel, String)>>,
+        pub calls: RefCell<usize>,
+        pub fail_headers: RefCell<bool>,
+    }
+
+    impl MockHost {
+        pub fn metric(&self, name: &str) -> i64 {
+            let names = self.metric_names.borrow();
+            match names.iter().position(|(_, n)| n == name) {
+                Some(i) => *self.metric_values.borrow().get(&(i as u32)).unwrap_or(&0),
+                None => panic!("metric {name} not defined"),
+            }
+        }
+        pub fn histogram(&self, name: &str) -> Vec<u64> {
+            let names = self.metric_names.borrow();
+            let i = names.iter().position(|(_, n)| n == name).unwrap();
+            self.histograms
+                .borrow()
+                .get(&(i as u32))
+                .cloned()
+                .unwrap_or_default()
+        }
+        fn call(&self) {
+            *self.calls.borrow_mut() += 1;
+        }
+    }
+
+    impl Host for MockHost {
+        fn request_header(&self, name: &str) -> HostResult<Option<String>> {
+            self.call();
+            if *self.fail_headers.borrow() {
+                return Err(HostError::InternalFailure);
+            }
+            Ok(self.request.borrow().get(name).cloned())
+        }
+        fn set_request_header(&self, name: &str, value: Option<&str>) -> HostResult<()> {
+            self.call();
+            let mut m = self.request.borrow_mut();
+            match value {
+                Some(v) => m.insert(name.to_string(), v.to_string()),
+                None => m.remove(name),
+            };
+            Ok(())
+        }
+        fn response_header(&self, name: &str) -> HostResult<Option<String>> {
+            self.call();
+            Ok(self.response.borrow().get(name).cloned())
+        }
+        fn set_response_header(&self, name: &str, value: Option<&str>) -> HostResult<()> {
+            self.call();
+            let mut m = self.response.borrow_mut();
+            match value {
+                Some(v) => m.insert(name.to_string(), v.to_string()),
+                None => m.remove(name),
+            };
+            Ok(())
+        }
+        fn now_nanos(&self) -> HostResult<u64> {
+            self.call();
+            Ok(*self.now.borrow())
+        }
+        fn plugin_configuration(&self) -> HostResult<Option<Vec<u8>>> {
+            Ok(self.config.borrow().clone())
+        }
+        fn define_metric(&self, kind: MetricKind, name: &str) -> HostResult<u32> {
+            let mut names = self.metric_names.borrow_mut();
+            if let Some(i) = names.iter().position(|(_, n)| n == name) {
+                return Ok(i as u32);
+            }
+            names.push((kind, name.to_string()));
+            Ok((names.len() - 1) as u32)
+        }
+        fn increment_metric(&self, id: u32, delta: i64) -> HostResult<()> {
+            self.call();
+            *self.metric_values.borrow_mut().entry(id).or_default() += delta;
+            Ok(())
+        }
+        fn record_metric(&self, id: u32, value: u64) -> HostResult<()> {
+            self.call();
+            let kind = self.metric_names.borrow()[id as usize].0;
+            if kind == MetricKind::Gauge {
+                self.metric_values.borrow_mut().insert(id, value as i64);
+            } else {
+                self.histograms
+                    .borrow_mut()
+                    .entry(id)
+                    .or_default()
+                    .push(value);
+            }
+            Ok(())
+        }
+        fn set_tick_period_ms(&self, _ms: u64) -> HostResult<()> {
+            Ok(())
+        }
+        fn log(&self, level: LogLevel, message: &str) {
+            self.logs.borrow_mut().push((level, message.to_string()));
+        }
+    }
+}
