@@ -29,7 +29,7 @@ struct Assigned {
     rollout: usize,
     variant: usize,
     correlation_id: Option<String>,
-    start_ns: u64,
+    start_ns: Option<u64>,
 }
 
 pub struct Http<H: Host> {
@@ -138,10 +138,13 @@ impl<H: Host> Http<H> {
         if decision.override_rejected {
             m.bump(m.override_rejected);
         }
-        let start_ns = host.now_nanos().unwrap_or_else(|_| {
-            m.bump(m.host_errors);
-            0
-        });
+        let start_ns = match host.now_nanos() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                m.bump(m.host_errors);
+                None
+            }
+        };
         self.assigned = Some(Assigned {
             rollout: ri,
             variant: decision.variant,
@@ -169,10 +172,10 @@ impl<H: Host> Http<H> {
             if let Some(slot) = vm.classes.get(class_index(status)) {
                 m.bump(*slot);
             }
-            if a.start_ns > 0 {
+            if let Some(start) = a.start_ns {
                 match host.now_nanos() {
                     Ok(now) => {
-                        let ms = now.saturating_sub(a.start_ns) / 1_000_000;
+                        let ms = now.saturating_sub(start) / 1_000_000;
                         m.record(host, vm.latency_ms, ms);
                     }
                     Err(_) => m.bump(m.host_errors),

@@ -14,19 +14,25 @@ pub fn is_valid(id: &str) -> bool {
 }
 
 /// Formats 16 random bytes as an RFC 9562 version-4 UUID (lower-case hex).
-pub fn uuid_v4(mut b: [u8; 16]) -> String {
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+pub fn uuid_v4(b: [u8; 16]) -> String {
     let mut out = String::with_capacity(36);
     for (i, byte) in b.iter().enumerate() {
+        let byte = match i {
+            6 => (byte & 0x0f) | 0x40, // version 4
+            8 => (byte & 0x3f) | 0x80, // RFC variant
+            _ => *byte,
+        };
         if matches!(i, 4 | 6 | 8 | 10) {
             out.push('-');
         }
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        out.push(hex_digit(byte >> 4));
+        out.push(hex_digit(byte & 0x0f));
     }
     out
+}
+
+fn hex_digit(n: u8) -> char {
+    char::from_digit(u32::from(n), 16).unwrap_or('0')
 }
 
 #[cfg(test)]

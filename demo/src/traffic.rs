@@ -253,9 +253,12 @@ pub fn request_body(seq: u64) -> String {
     .to_string()
 }
 
+/// Salt mixed into the request number to pick its user.
+const USER_SALT: u64 = 0x5eed_5eed_5eed_5eed;
+
 /// The user id of request `seq` among `users` (1-based), or None for 0 users.
 pub fn user_for(seq: u64, users: u64) -> Option<u64> {
-    (users > 0).then(|| splitmix64(seq ^ 0x5eed_0f_05e2) % users + 1)
+    (users > 0).then(|| splitmix64(seq ^ USER_SALT) % users + 1)
 }
 
 /// Reads `model_version` and whether the first output is missing/null/NaN

@@ -1,0 +1,83 @@
+# model-rollout — build, test, demo, bench.
+#   make test    everything CI runs (installs what is missing on a fresh machine)
+#   make demo    Envoy + demo models locally, live split per variant (Ctrl-C stops)
+#   make bench   wrk benchmark: no filter / native split / no-op wasm / our filter
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+ENVOY   := $(VENV)/bin/envoy
+WASM    := target/wasm32-wasip1/release/model_rollout.wasm
+NOOP    := target/wasm32-wasip1/release/noop_filter.wasm
+NATIVE  := target/native
+DEMO    := $(NATIVE)/rollout-demo
+WASI_RUNNER := node --no-warnings $(CURDIR)/tools/wasi-run.mjs
+CARGO_WASM  := cargo build --release --target wasm32-wasip1
+
+.PHONY: all deps rust-deps py-deps node-deps bench-deps build wasm native \
+        test lint unit wasm-unit integration demo bench clean
+
+all: build
+
+# ---------------------------------------------------------------- dependencies
+deps: rust-deps py-deps node-deps
+
+rust-deps:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+py-deps: $(VENV)/.installed
+$(VENV)/.installed: tests/requirements.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
+
+# Node runs rollout-core's test binaries compiled to wasm32-wasip1 (node:wasi).
+node-deps:
+	@command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs; }
+
+bench-deps:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# ---------------------------------------------------------------- build
+build: wasm native
+
+wasm: rust-deps
+	$(CARGO_WASM) -p model-rollout -p noop-filter
+
+native:
+	cargo build --profile native -p rollout-demo
+
+# ---------------------------------------------------------------- test
+test: deps lint unit wasm-unit build integration
+
+lint: rust-deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p model-rollout -p rollout-core --target wasm32-wasip1 -- -D warnings
+
+unit:
+	cargo test --workspace
+
+# rollout-core's tests, compiled to wasm and run in a wasm engine (Node's WASI).
+wasm-unit: rust-deps node-deps
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" \
+	  cargo test -p rollout-core --target wasm32-wasip1
+
+# Real Envoy running the built .wasm with the shipped configs.
+integration: py-deps build
+	$(PY) -m pytest tests -q -rs
+
+# ---------------------------------------------------------------- demo / bench
+demo: py-deps build
+	$(PY) tools/demo.py
+
+bench: py-deps bench-deps build
+	$(PY) bench/run.py --envoy $(ENVOY)
+
+clean:
+	cargo clean
+	rm -rf $(VENV) .run

@@ -1,0 +1,283 @@
+"""Test harness: real Envoy running the built .wasm, demo model servers, all on
+127.0.0.1 with free ports, every process stopped by PID when the test ends."""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import xxhash
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+ENVOY = str(VENV / "bin" / "envoy")
+WASM = ROOT / "target/wasm32-wasip1/release/model_rollout.wasm"
+DEMO = ROOT / "target/native/rollout-demo"
+DEMO_CONFIG = ROOT / "envoy/demo.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} while waiting for {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception as e:  # noqa: BLE001 - keep polling until the deadline
+            last = e
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready: {last}")
+
+
+class Processes:
+    """Every process a test starts; `stop_all` kills them by PID."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.tmp = tempfile.TemporaryDirectory(prefix="model-rollout-test-")
+
+    def start(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(Path(self.tmp.name) / f"{name}-{len(self.procs)}.log", "wb")
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                             start_new_session=True)
+        p.log_path = log.name  # type: ignore[attr-defined]
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen) -> None:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            try:
+                self.stop(p)
+            except Exception:  # noqa: BLE001 - best effort, keep stopping the rest
+                pass
+        self.procs.clear()
+        self.tmp.cleanup()
+
+
+class Model:
+    def __init__(self, procs: Processes, version: str, *extra: str) -> None:
+        self.version = version
+        self.port = free_port()
+        self.proc = procs.start(
+            [str(DEMO), "model", "--listen", f"127.0.0.1:{self.port}", "--version", version,
+             "--echo-headers", *extra], f"model-{version}")
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_http(self.url + "/v2/health/ready", proc=self.proc)
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(self.url + "/admin/stats", timeout=5) as r:
+            return json.load(r)
+
+
+def plugin_config(doc: dict) -> dict:
+    """The model-rollout plugin configuration of the first wasm filter in `doc`."""
+    for f in wasm_filters(doc):
+        return json.loads(f["typed_config"]["config"]["configuration"]["value"])
+    raise KeyError("no model-rollout filter")
+
+
+def wasm_filters(doc: dict):
+    for listener in doc["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for nf in chain["filters"]:
+                for hf in nf["typed_config"].get("http_filters", []):
+                    if hf["typed_config"]["@type"].endswith("wasm.v3.Wasm"):
+                        yield hf
+
+
+class EnvoyConfig:
+    """The shipped envoy/demo.yaml with ports substituted and, optionally, the
+    plugin configuration edited."""
+
+    def __init__(self, path: Path = DEMO_CONFIG) -> None:
+        self.doc = yaml.safe_load(path.read_text())
+        self.admin_port = free_port()
+        self.listener_ports = {}
+        self.doc["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
+        for listener in self.doc["static_resources"]["listeners"]:
+            port = free_port()
+            listener["address"]["socket_address"]["port_value"] = port
+            self.listener_ports[listener["name"]] = port
+        for f in wasm_filters(self.doc):
+            f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(WASM)
+
+    def upstreams(self, ports: dict[str, int]) -> "EnvoyConfig":
+        for c in self.doc["static_resources"]["clusters"]:
+            if c["name"] in ports:
+                ep = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ep["address"]["socket_address"]["port_value"] = ports[c["name"]]
+        return self
+
+    def plugin(self) -> dict:
+        return plugin_config(self.doc)
+
+    def set_plugin(self, cfg: dict) -> "EnvoyConfig":
+        text = json.dumps(cfg)
+        for f in wasm_filters(self.doc):
+            f["typed_config"]["config"]["configuration"]["value"] = text
+        return self
+
+    def edit_plugin(self, fn) -> "EnvoyConfig":
+        cfg = copy.deepcopy(self.plugin())
+        fn(cfg)
+        return self.set_plugin(cfg)
+
+    def write(self, directory: str) -> Path:
+        path = Path(directory) / f"envoy-{self.admin_port}.yaml"
+        path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
+        return path
+
+
+class Envoy:
+    def __init__(self, procs: Processes, config: EnvoyConfig, concurrency: int = 1) -> None:
+        self.procs = procs
+        self.config = config
+        self.path = config.write(procs.tmp.name)
+        self.concurrency = concurrency
+        self.start()
+
+    def start(self) -> None:
+        self.proc = self.procs.start(
+            [ENVOY, "-c", str(self.path), "--concurrency", str(self.concurrency),
+             "--disable-hot-restart", "-l", "warning"], "envoy")
+        wait_http(self.admin + "/ready", proc=self.proc)
+
+    def restart(self) -> None:
+        self.procs.stop(self.proc)
+        self.start()
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.config.admin_port}"
+
+    def url(self, listener: str = "public") -> str:
+        return f"http://127.0.0.1:{self.config.listener_ports[listener]}"
+
+    def port(self, listener: str = "public") -> int:
+        return self.config.listener_ports[listener]
+
+    def prometheus(self) -> str:
+        with urllib.request.urlopen(self.admin + "/stats/prometheus", timeout=5) as r:
+            return r.read().decode()
+
+    def log(self) -> str:
+        return Path(self.proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+def validate(path: Path | str) -> subprocess.CompletedProcess:
+    return subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "-l", "critical"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+# ------------------------------------------------------------------ HTTP load
+
+class Response:
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+INFER_BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
+                                     "data": [0.5, 1.5, 2.5]}]}).encode()
+
+
+def send_all(port: int, requests: list[tuple[str, dict[str, str]]], threads: int = 8,
+             body: bytes = INFER_BODY, method: str = "POST") -> list[Response]:
+    """Sends (path, headers) requests over keep-alive connections; results in order."""
+    results: list[Response | None] = [None] * len(requests)
+    local = threading.local()
+
+    def conn() -> http.client.HTTPConnection:
+        c = getattr(local, "c", None)
+        if c is None:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            local.c = c
+        return c
+
+    def one(i: int) -> None:
+        path, headers = requests[i]
+        for attempt in range(3):
+            try:
+                c = conn()
+                c.request(method, path, body=body if method == "POST" else None,
+                          headers={"content-type": "application/json", **headers})
+                r = c.getresponse()
+                data = r.read()
+                results[i] = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+                return
+            except (http.client.HTTPException, ConnectionError, OSError):
+                local.c = None
+                if attempt == 2:
+                    raise
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(len(requests))))
+    return [r for r in results if r is not None]
+
+
+def expected_bucket(salt: str, key: str) -> int:
+    """The README's formula, computed with an independent XXH64 implementation."""
+    return xxhash.xxh64_intdigest((salt + ":" + key).encode()) % 10000
+
+
+def metric_samples(text: str) -> dict[tuple, float]:
+    """Prometheus text -> {(name, frozenset(labels)): value}, via prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def metric(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_for(fn, timeout: float = 10.0, interval: float = 0.2):
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v or time.time() > deadline:
+            return v
+        time.sleep(interval)
+
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
