@@ -598,9 +598,9 @@ async fn admin_post_faults(State(st): State<AppState>, body: Bytes) -> Response 
             drop(guard);
             Json(next).into_response()
         }
-        Err(e) => match e.field {
-            Some(field) => field_error(e.message, &field),
-            None => error_response(StatusCode::BAD_REQUEST, e.message),
+        Err(e) => match &e.field {
+            Some(field) => field_error(e.to_string(), field),
+            None => error_response(StatusCode::BAD_REQUEST, e.to_string()),
         },
     }
 }
@@ -613,7 +613,7 @@ async fn admin_requests(
         None => DEFAULT_REQUESTS_LIMIT,
         Some(s) => match s.parse::<usize>() {
             Ok(n) => n,
-            Err(_) => return field_error("limit must be a non-negative integer", "limit"),
+            Err(_) => return field_error("limit: must be a non-negative integer", "limit"),
         },
     };
     let log = lock(&st.inner.log);
