@@ -49,7 +49,7 @@ wasm: rust-deps
 	$(CARGO_WASM) -p model-rollout -p noop-filter
 
 native:
-	cargo build --profile native -p rollout-demo
+	cargo build --profile native -p rollout-demo -p rollout-control
 
 # ---------------------------------------------------------------- test
 test: deps lint unit wasm-unit build integration

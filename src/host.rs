@@ -4,6 +4,8 @@
 //!
 //! `ProxyHost` calls `proxy_wasm::hostcalls` directly (never the SDK's trait helpers,
 //! which unwrap). A `MockHost` implementing the same trait serves unit tests.
+//! (The SDK's hostcalls still abort on a status the ABI does not allow for that
+//! call; every status the ABI allows arrives here as a `HostError`.)
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
@@ -58,6 +60,82 @@ pub trait Host {
     fn record_metric(&self, id: u32, value: u64) -> HostResult<()>;
     fn set_tick_period_ms(&self, ms: u64) -> HostResult<()>;
     fn log(&self, level: LogLevel, message: &str);
+    /// Shared data of this `vm_id`: value and CAS token.
+    fn get_shared(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)>;
+    /// Writes shared data; with `cas`, fails with `CasMismatch` if it changed since.
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()>;
+    /// Starts an HTTP callout; the answer arrives at the calling context.
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(String, String)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> HostResult<u32>;
+    fn call_response_header(&self, name: &str) -> HostResult<Option<String>>;
+    fn call_response_body(&self, max: usize) -> HostResult<Option<Vec<u8>>>;
+    fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>>;
+}
+
+/// A shared host is a host (tests keep a handle on the mock they hand out).
+impl<T: Host> Host for std::rc::Rc<T> {
+    fn request_header(&self, name: &str) -> HostResult<Option<String>> {
+        (**self).request_header(name)
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) -> HostResult<()> {
+        (**self).set_request_header(name, value)
+    }
+    fn response_header(&self, name: &str) -> HostResult<Option<String>> {
+        (**self).response_header(name)
+    }
+    fn set_response_header(&self, name: &str, value: Option<&str>) -> HostResult<()> {
+        (**self).set_response_header(name, value)
+    }
+    fn now_nanos(&self) -> HostResult<u64> {
+        (**self).now_nanos()
+    }
+    fn plugin_configuration(&self) -> HostResult<Option<Vec<u8>>> {
+        (**self).plugin_configuration()
+    }
+    fn define_metric(&self, kind: MetricKind, name: &str) -> HostResult<u32> {
+        (**self).define_metric(kind, name)
+    }
+    fn increment_metric(&self, id: u32, delta: i64) -> HostResult<()> {
+        (**self).increment_metric(id, delta)
+    }
+    fn record_metric(&self, id: u32, value: u64) -> HostResult<()> {
+        (**self).record_metric(id, value)
+    }
+    fn set_tick_period_ms(&self, ms: u64) -> HostResult<()> {
+        (**self).set_tick_period_ms(ms)
+    }
+    fn log(&self, level: LogLevel, message: &str) {
+        (**self).log(level, message)
+    }
+    fn get_shared(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
+        (**self).get_shared(key)
+    }
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
+        (**self).set_shared(key, value, cas)
+    }
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(String, String)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> HostResult<u32> {
+        (**self).dispatch(cluster, headers, body, timeout_ms)
+    }
+    fn call_response_header(&self, name: &str) -> HostResult<Option<String>> {
+        (**self).call_response_header(name)
+    }
+    fn call_response_body(&self, max: usize) -> HostResult<Option<Vec<u8>>> {
+        (**self).call_response_body(max)
+    }
+    fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
+        (**self).property(path)
+    }
 }
 
 /// The real proxy.
@@ -124,6 +202,47 @@ impl Host for ProxyHost {
         // Nothing sensible is left to do when logging itself fails.
         let _ = hostcalls::log(level, message);
     }
+    fn get_shared(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
+        Ok(hostcalls::get_shared_data(key)?)
+    }
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
+        Ok(hostcalls::set_shared_data(key, Some(value), cas)?)
+    }
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(String, String)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> HostResult<u32> {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Ok(hostcalls::dispatch_http_call(
+            cluster,
+            h,
+            body,
+            Vec::new(),
+            std::time::Duration::from_millis(timeout_ms),
+        )?)
+    }
+    fn call_response_header(&self, name: &str) -> HostResult<Option<String>> {
+        Ok(hostcalls::get_map_value(
+            MapType::HttpCallResponseHeaders,
+            name,
+        )?)
+    }
+    fn call_response_body(&self, max: usize) -> HostResult<Option<Vec<u8>>> {
+        Ok(hostcalls::get_buffer(
+            BufferType::HttpCallResponseBody,
+            0,
+            max,
+        )?)
+    }
+    fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
+        Ok(hostcalls::get_property(path.to_vec())?)
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +264,10 @@ pub mod mock {
         pub logs: RefCell<Vec<(LogLevel, String)>>,
         pub calls: RefCell<usize>,
         pub fail_headers: RefCell<bool>,
+        pub shared: RefCell<BTreeMap<String, (Vec<u8>, u32)>>,
+        pub dispatched: RefCell<Vec<(String, Vec<(String, String)>, Option<Vec<u8>>)>>,
+        pub fail_dispatch: RefCell<bool>,
+        pub call_response: RefCell<(BTreeMap<String, String>, Option<Vec<u8>>)>,
     }
 
     impl MockHost {
@@ -238,6 +361,53 @@ pub mod mock {
         }
         fn log(&self, level: LogLevel, message: &str) {
             self.logs.borrow_mut().push((level, message.to_string()));
+        }
+        fn get_shared(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
+            Ok(match self.shared.borrow().get(key) {
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+                None => (None, None),
+            })
+        }
+        fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
+            let mut m = self.shared.borrow_mut();
+            let current = m.get(key).map(|(_, c)| *c);
+            if let (Some(want), Some(have)) = (cas, current) {
+                if want != have {
+                    return Err(HostError::CasMismatch);
+                }
+            }
+            m.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+            Ok(())
+        }
+        fn dispatch(
+            &self,
+            cluster: &str,
+            headers: &[(String, String)],
+            body: Option<&[u8]>,
+            _t: u64,
+        ) -> HostResult<u32> {
+            if *self.fail_dispatch.borrow() {
+                return Err(HostError::BadArgument);
+            }
+            let mut d = self.dispatched.borrow_mut();
+            d.push((
+                cluster.to_string(),
+                headers.to_vec(),
+                body.map(<[u8]>::to_vec),
+            ));
+            Ok(d.len() as u32)
+        }
+        fn call_response_header(&self, name: &str) -> HostResult<Option<String>> {
+            Ok(self.call_response.borrow().0.get(name).cloned())
+        }
+        fn call_response_body(&self, max: usize) -> HostResult<Option<Vec<u8>>> {
+            Ok(self.call_response.borrow().1.clone().map(|mut b| {
+                b.truncate(max);
+                b
+            }))
+        }
+        fn property(&self, _path: &[&str]) -> HostResult<Option<Vec<u8>>> {
+            Ok(Some(b"test-node".to_vec()))
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 
+use rollout_core::control::{PollError, Rejection};
 use rollout_core::decide::Reason;
 use rollout_core::stats;
 use rollout_core::Plan;
@@ -41,6 +42,18 @@ pub struct Metrics {
     pub host_errors: Slot,
     pub random_fallback: Slot,
     plan_version: u32,
+    pub control: ControlMetrics,
+}
+
+/// Stats of the plan poller (defined whether or not a sidecar is configured).
+pub struct ControlMetrics {
+    pub polls: Slot,
+    pub accepted: Slot,
+    /// Indexed like `PollError::ALL`.
+    pub poll_errors: [Slot; 3],
+    /// Indexed like `Rejection::ALL`.
+    pub rejected: [Slot; 4],
+    staleness_seconds: u32,
 }
 
 impl Metrics {
@@ -86,6 +99,23 @@ impl Metrics {
             rollouts.push(RolloutMetrics { variants, reasons });
         }
         let plan_version = host.define_metric(MetricKind::Gauge, stats::PLAN_VERSION)?;
+        let polls = counter(stats::CONTROL_POLLS)?;
+        let accepted = counter(stats::CONTROL_ACCEPTED)?;
+        let mut poll_errors = [0; 3];
+        for (slot, e) in poll_errors.iter_mut().zip(PollError::ALL) {
+            *slot = counter(&stats::control_poll_errors(e.as_str()))?;
+        }
+        let mut rejected = [0; 4];
+        for (slot, r) in rejected.iter_mut().zip(Rejection::ALL) {
+            *slot = counter(&stats::control_rejected(r.as_str()))?;
+        }
+        let control = ControlMetrics {
+            polls,
+            accepted,
+            poll_errors,
+            rejected,
+            staleness_seconds: host.define_metric(MetricKind::Gauge, stats::CONTROL_STALENESS)?,
+        };
         Ok(Metrics {
             counters,
             rollouts,
@@ -95,6 +125,7 @@ impl Metrics {
             host_errors,
             random_fallback,
             plan_version,
+            control,
         })
     }
 
@@ -118,6 +149,29 @@ impl Metrics {
     pub fn set_plan_version(&self, host: &impl Host, version: u64) {
         if host.record_metric(self.plan_version, version).is_err() {
             self.bump(self.host_errors);
+        }
+    }
+
+    pub fn set_staleness(&self, host: &impl Host, seconds: u64) {
+        if host
+            .record_metric(self.control.staleness_seconds, seconds)
+            .is_err()
+        {
+            self.bump(self.host_errors);
+        }
+    }
+
+    pub fn poll_error(&self, e: PollError) {
+        let i = PollError::ALL.iter().position(|x| *x == e).unwrap_or(0);
+        if let Some(slot) = self.control.poll_errors.get(i) {
+            self.bump(*slot);
+        }
+    }
+
+    pub fn rejected(&self, r: Rejection) {
+        let i = Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        if let Some(slot) = self.control.rejected.get(i) {
+            self.bump(*slot);
         }
     }
 

@@ -1,36 +1,72 @@
 //! The root context: turns plugin configuration bytes into the compiled form every
-//! request context uses, defines metrics, and flushes counters on the tick.
+//! request context uses, defines metrics, flushes counters on the tick and, with a
+//! `control` section, keeps the plan in force in step with the control sidecar.
+//!
+//! Live plans (one `vm_id` = one shared-data space for every worker's VM):
+//! - On its tick (100 ms) every root context reads the small `head` record from
+//!   shared data; when it names a newer plan, the root reads the plan, validates
+//!   it with `rollout_core` and swaps its compiled copy. Requests never parse.
+//! - Polling: at most one root per `vm_id` polls the sidecar per interval. Roots
+//!   compete for a lease in shared data (CAS); the holder renews it with every poll
+//!   and, should its worker stall, the lease expires after two intervals plus the
+//!   timeout and another root takes over. Duplicate polls during a handover are
+//!   harmless: plans are versioned and a lower or equal version changes nothing.
+//! - The poller publishes an accepted plan (plan bytes first, then the head), so
+//!   a reader that sees the new head always finds that plan or a newer one.
+//! - Fail static: no answer, a non-200/304 status, malformed JSON, an invalid or
+//!   oversized plan, or a lower version leave the plan in force untouched; each is
+//!   counted, and staleness grows.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
-use rollout_core::{parse_plugin_config, FilterConfig};
+use rollout_core::control::{judge, ControlSpec, Head, Lease, PlanSource, PollOutcome};
+use rollout_core::{parse_plan, parse_plugin_config, FilterConfig, Plan, PlanSpec};
 
-use crate::host::{Host, ProxyHost};
+use crate::host::{Host, HostError, ProxyHost};
 use crate::http::Http;
 use crate::metrics::Metrics;
 use crate::rng::RandomPool;
 
 /// Counters reach Envoy's stats at most this long after the event.
-pub const TICK_MS: u64 = 1000;
+pub const FLUSH_MS: u64 = 1000;
+/// Tick period with a control sidecar: how quickly workers notice a new plan.
+pub const CONTROL_TICK_MS: u64 = 100;
 
-/// What a request context needs, swapped as a whole when the configuration changes.
+/// What a request context needs, swapped as a whole when the plan changes.
 pub struct Active {
     pub config: FilterConfig,
     pub metrics: Metrics,
+}
+
+struct Poller {
+    spec: ControlSpec,
+    plan_key: String,
+    head_key: String,
+    lease_key: String,
+    /// Lease holder id: random per root context.
+    me: u64,
+    proxy_id: String,
+    in_flight: Option<(u32, u64)>,
+    next_poll_ms: u64,
+    last_success_ms: Option<u64>,
 }
 
 pub struct Root<H: Host> {
     host: H,
     context_id: u32,
     active: Option<Rc<Active>>,
+    source: PlanSource,
     /// Earlier configurations still referenced by in-flight requests; flushed on
     /// every tick until the last request using them is gone. Bounded by the number
-    /// of reconfigurations within one request's lifetime.
+    /// of plan changes within one request's lifetime.
     retired: Vec<Rc<Active>>,
     rng: Rc<RefCell<RandomPool>>,
+    poller: Option<Poller>,
+    started_ms: u64,
+    last_flush_ms: Option<u64>,
 }
 
 impl<H: Host + Clone> Root<H> {
@@ -39,8 +75,12 @@ impl<H: Host + Clone> Root<H> {
             host,
             context_id,
             active: None,
+            source: PlanSource::Static,
             retired: Vec::new(),
             rng: Rc::new(RefCell::new(RandomPool::default())),
+            poller: None,
+            started_ms: 0,
+            last_flush_ms: None,
         }
     }
 
@@ -67,6 +107,60 @@ impl<H: Host + Clone> Root<H> {
                 return false;
             }
         };
+        self.started_ms = self.now_ms();
+        let tick = if config.control.is_some() {
+            CONTROL_TICK_MS
+        } else {
+            FLUSH_MS
+        };
+        self.poller = config.control.clone().map(|spec| self.new_poller(spec));
+        let (version, rollouts) = (config.plan.version, config.plan.rollouts.len());
+        if !self.install(config, PlanSource::Static) {
+            return false;
+        }
+        if self.host.set_tick_period_ms(tick).is_err() {
+            self.bump_host_error();
+        }
+        self.log(
+            LogLevel::Info,
+            &format!("configured: static plan version {version} with {rollouts} rollout(s)"),
+        );
+        // Adopt a plan other workers already hold, before the first request.
+        self.sync_from_shared();
+        true
+    }
+
+    fn new_poller(&self, spec: ControlSpec) -> Poller {
+        let prefix = spec.key_prefix();
+        let mut id = [0u8; 8];
+        let clock = || self.now_ms();
+        if let Ok(mut pool) = self.rng.try_borrow_mut() {
+            pool.fill(&mut id, clock);
+        }
+        let me = u64::from_le_bytes(id) | 1;
+        // The Envoy node id names this proxy at the sidecar (`xds.node.id`, formerly `node.id`).
+        let node_id = [&["xds", "node", "id"][..], &["node", "id"][..]]
+            .iter()
+            .find_map(|path| match self.host.property(path) {
+                Ok(Some(b)) if !b.is_empty() => Some(String::from_utf8_lossy(&b).into_owned()),
+                _ => None,
+            });
+        let proxy_id = node_id.unwrap_or_else(|| format!("envoy-{me:016x}"));
+        Poller {
+            spec,
+            plan_key: format!("{prefix}/plan"),
+            head_key: format!("{prefix}/head"),
+            lease_key: format!("{prefix}/lease"),
+            me,
+            proxy_id,
+            in_flight: None,
+            next_poll_ms: 0,
+            last_success_ms: None,
+        }
+    }
+
+    /// Makes `config` the one in force (new metrics defined for its plan).
+    fn install(&mut self, config: FilterConfig, source: PlanSource) -> bool {
         let metrics = match Metrics::define(&self.host, &config.plan) {
             Ok(m) => m,
             Err(e) => {
@@ -75,17 +169,7 @@ impl<H: Host + Clone> Root<H> {
             }
         };
         metrics.set_plan_version(&self.host, config.plan.version);
-        if self.host.set_tick_period_ms(TICK_MS).is_err() {
-            metrics.bump(metrics.host_errors);
-        }
-        self.log(
-            LogLevel::Info,
-            &format!(
-                "configured: plan version {} with {} rollout(s)",
-                config.plan.version,
-                config.plan.rollouts.len()
-            ),
-        );
+        self.source = source;
         if let Some(old) = self.active.replace(Rc::new(Active { config, metrics })) {
             old.metrics.flush(&self.host);
             self.retired.push(old);
@@ -93,15 +177,264 @@ impl<H: Host + Clone> Root<H> {
         true
     }
 
-    pub fn tick(&mut self) {
-        if let Some(a) = &self.active {
-            a.metrics.flush(&self.host);
+    fn install_plan(&mut self, spec: PlanSpec, plan: Plan) {
+        let Some(active) = &self.active else { return };
+        let version = plan.version;
+        let mut config = active.config.clone();
+        config.plan = plan;
+        config.plan_spec = spec;
+        if self.install(config, PlanSource::Control) {
+            self.log(
+                LogLevel::Info,
+                &format!("plan version {version} from the control sidecar is in force"),
+            );
         }
-        let host = &self.host;
-        self.retired.retain(|old| {
-            old.metrics.flush(host);
-            Rc::strong_count(old) > 1
-        });
+    }
+
+    fn in_force(&self) -> u64 {
+        self.active
+            .as_ref()
+            .map(|a| a.config.plan.version)
+            .unwrap_or(0)
+    }
+
+    pub fn tick(&mut self) {
+        let now = self.now_ms();
+        if self.poller.is_some() {
+            self.sync_from_shared();
+            self.maybe_poll(now);
+        }
+        let due = match self.last_flush_ms {
+            None => true,
+            Some(t) => now.saturating_sub(t) >= FLUSH_MS || self.poller.is_none(),
+        };
+        if due {
+            self.last_flush_ms = Some(now);
+            if let (Some(a), Some(p)) = (&self.active, &self.poller) {
+                let since = p.last_success_ms.unwrap_or(self.started_ms);
+                a.metrics
+                    .set_staleness(&self.host, now.saturating_sub(since) / 1000);
+            }
+            if let Some(a) = &self.active {
+                a.metrics.flush(&self.host);
+            }
+            let host = &self.host;
+            self.retired.retain(|old| {
+                old.metrics.flush(host);
+                Rc::strong_count(old) > 1
+            });
+        }
+    }
+
+    /// Adopts the plan another root published, when it is newer than ours.
+    fn sync_from_shared(&mut self) {
+        let Some(p) = &self.poller else { return };
+        let head = match self.host.get_shared(&p.head_key) {
+            Ok((Some(b), _)) => Head::decode(&b),
+            Ok((None, _)) => None,
+            Err(_) => {
+                self.bump_host_error();
+                None
+            }
+        };
+        let Some(head) = head else { return };
+        let plan_key = p.plan_key.clone();
+        if let Some(p) = &mut self.poller {
+            p.last_success_ms = Some(head.last_success_ms);
+        }
+        if !rollout_core::control::supersedes(head.version, self.in_force(), self.source) {
+            return;
+        }
+        let bytes = match self.host.get_shared(&plan_key) {
+            Ok((Some(b), _)) => b,
+            _ => {
+                self.bump_host_error();
+                return;
+            }
+        };
+        match parse_plan(&bytes) {
+            Ok((spec, plan))
+                if rollout_core::control::supersedes(
+                    plan.version,
+                    self.in_force(),
+                    self.source,
+                ) =>
+            {
+                self.install_plan(spec, plan)
+            }
+            Ok(_) => {}
+            Err(e) => self.log(
+                LogLevel::Error,
+                &format!("published plan in shared data is unusable: {e}"),
+            ),
+        }
+    }
+
+    fn maybe_poll(&mut self, now: u64) {
+        let in_force = self.in_force();
+        let source = self.source;
+        let Some(p) = &mut self.poller else { return };
+        if let Some((_, started)) = p.in_flight {
+            // The proxy answers every callout (at the latest when it times out);
+            // should an answer never come, stop waiting after a generous margin.
+            if now.saturating_sub(started) < p.spec.timeout_ms.saturating_add(5_000) {
+                return;
+            }
+            p.in_flight = None;
+        }
+        if now < p.next_poll_ms {
+            return;
+        }
+        p.next_poll_ms = now.saturating_add(p.spec.poll_interval_ms);
+        // Take or renew the lease; somebody else holding it polls instead.
+        let (current, cas) = match self.host.get_shared(&p.lease_key) {
+            Ok((b, cas)) => (b.and_then(|b| Lease::decode(&b)), cas),
+            Err(_) => (None, None),
+        };
+        if !Lease::available_to(current, p.me, now) {
+            // Try again the moment the holder's lease runs out.
+            if let Some(l) = current {
+                p.next_poll_ms = p.next_poll_ms.min(l.until_ms);
+            }
+            return;
+        }
+        let lease = Lease {
+            holder: p.me,
+            until_ms: now
+                .saturating_add(p.spec.poll_interval_ms.saturating_mul(2))
+                .saturating_add(p.spec.timeout_ms),
+        };
+        match self.host.set_shared(&p.lease_key, &lease.encode(), cas) {
+            Ok(()) => {}
+            Err(HostError::CasMismatch) => return,
+            Err(_) => {
+                self.bump_host_error();
+                return;
+            }
+        }
+        // Poll with the ETag only when we run the published version.
+        let etag = match self.host.get_shared(&p.head_key) {
+            Ok((Some(b), _)) => Head::decode(&b)
+                .filter(|h| {
+                    h.version == in_force && source == PlanSource::Control && !h.etag.is_empty()
+                })
+                .map(|h| h.etag),
+            _ => None,
+        };
+        let headers = p.spec.poll_headers(etag.as_deref(), &p.proxy_id, in_force);
+        let dispatched = self
+            .host
+            .dispatch(&p.spec.cluster, &headers, None, p.spec.timeout_ms);
+        let Some(active) = &self.active else { return };
+        let m = &active.metrics;
+        m.bump(m.control.polls);
+        match dispatched {
+            Ok(token) => p.in_flight = Some((token, now)),
+            Err(_) => m.poll_error(rollout_core::control::PollError::Unreachable),
+        }
+    }
+
+    /// A callout answered (or failed). Unknown tokens are ignored.
+    pub fn call_response(&mut self, token: u32, body_size: usize) {
+        let now = self.now_ms();
+        let in_force = self.in_force();
+        let source = self.source;
+        let Some(p) = &mut self.poller else { return };
+        if p.in_flight.map(|(t, _)| t) != Some(token) {
+            return;
+        }
+        p.in_flight = None;
+        let max = p.spec.max_plan_bytes;
+        let status = match self.host.call_response_header(":status") {
+            Ok(s) => s.and_then(|s| s.trim().parse::<u32>().ok()),
+            Err(_) => None,
+        };
+        let body = match status {
+            Some(200) if body_size <= max => self.host.call_response_body(body_size).ok().flatten(),
+            Some(200) | Some(304) | None => None,
+            // enough to recognise Envoy's own local replies
+            Some(_) => self
+                .host
+                .call_response_body(body_size.min(64))
+                .ok()
+                .flatten(),
+        };
+        let etag = self
+            .host
+            .call_response_header("etag")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let (head_key, plan_key) = (p.head_key.clone(), p.plan_key.clone());
+        let outcome = judge(status, body_size, body, max, in_force, source);
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let m = &active.metrics;
+        let success = |root: &mut Self, version: u64, etag: String| {
+            if let Some(p) = &mut root.poller {
+                p.last_success_ms = Some(now);
+            }
+            let head = Head {
+                version,
+                last_success_ms: now,
+                etag,
+            };
+            if root
+                .host
+                .set_shared(&head_key, head.encode().as_bytes(), None)
+                .is_err()
+            {
+                root.bump_host_error();
+            }
+        };
+        match outcome {
+            PollOutcome::NotModified | PollOutcome::Unchanged => {
+                let etag = if etag.is_empty() {
+                    self.current_etag()
+                } else {
+                    etag
+                };
+                success(self, in_force, etag);
+            }
+            PollOutcome::Accepted { spec, plan, body } => {
+                let version = plan.version;
+                if self.host.set_shared(&plan_key, &body, None).is_err() {
+                    self.bump_host_error();
+                    return;
+                }
+                success(self, version, etag);
+                m.bump(m.control.accepted);
+                self.install_plan(*spec, *plan);
+            }
+            PollOutcome::Rejected(reason, msg) => {
+                m.rejected(reason);
+                self.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "plan from the control sidecar rejected ({}), keeping version {in_force}: {msg}",
+                        reason.as_str()
+                    ),
+                );
+            }
+            PollOutcome::Failed(e) => {
+                m.poll_error(e);
+                self.log(
+                    LogLevel::Debug,
+                    &format!("poll failed ({}), keeping version {in_force}", e.as_str()),
+                );
+            }
+        }
+    }
+
+    fn current_etag(&self) -> String {
+        self.poller
+            .as_ref()
+            .and_then(|p| self.host.get_shared(&p.head_key).ok())
+            .and_then(|(b, _)| b)
+            .and_then(|b| Head::decode(&b))
+            .map(|h| h.etag)
+            .unwrap_or_default()
     }
 
     pub fn new_http(&self, context_id: u32) -> Http<H> {
@@ -113,6 +446,16 @@ impl<H: Host + Clone> Root<H> {
         )
     }
 
+    fn now_ms(&self) -> u64 {
+        self.host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0)
+    }
+
+    fn bump_host_error(&self) {
+        if let Some(a) = &self.active {
+            a.metrics.bump(a.metrics.host_errors);
+        }
+    }
+
     fn log(&self, level: LogLevel, msg: &str) {
         self.host.log(
             level,
@@ -121,7 +464,17 @@ impl<H: Host + Clone> Root<H> {
     }
 }
 
-impl Context for Root<ProxyHost> {}
+impl Context for Root<ProxyHost> {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        self.call_response(token_id, body_size);
+    }
+}
 
 impl RootContext for Root<ProxyHost> {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {

@@ -9,51 +9,7 @@ use rollout_core::stats;
 use crate::host::mock::MockHost;
 use crate::root::Root;
 
-#[derive(Clone, Default)]
-struct H(Rc<MockHost>);
-
-impl std::ops::Deref for H {
-    type Target = MockHost;
-    fn deref(&self) -> &MockHost {
-        &self.0
-    }
-}
-
-impl crate::host::Host for H {
-    fn request_header(&self, n: &str) -> crate::host::HostResult<Option<String>> {
-        self.0.request_header(n)
-    }
-    fn set_request_header(&self, n: &str, v: Option<&str>) -> crate::host::HostResult<()> {
-        self.0.set_request_header(n, v)
-    }
-    fn response_header(&self, n: &str) -> crate::host::HostResult<Option<String>> {
-        self.0.response_header(n)
-    }
-    fn set_response_header(&self, n: &str, v: Option<&str>) -> crate::host::HostResult<()> {
-        self.0.set_response_header(n, v)
-    }
-    fn now_nanos(&self) -> crate::host::HostResult<u64> {
-        self.0.now_nanos()
-    }
-    fn plugin_configuration(&self) -> crate::host::HostResult<Option<Vec<u8>>> {
-        self.0.plugin_configuration()
-    }
-    fn define_metric(&self, k: crate::host::MetricKind, n: &str) -> crate::host::HostResult<u32> {
-        self.0.define_metric(k, n)
-    }
-    fn increment_metric(&self, id: u32, d: i64) -> crate::host::HostResult<()> {
-        self.0.increment_metric(id, d)
-    }
-    fn record_metric(&self, id: u32, v: u64) -> crate::host::HostResult<()> {
-        self.0.record_metric(id, v)
-    }
-    fn set_tick_period_ms(&self, ms: u64) -> crate::host::HostResult<()> {
-        self.0.set_tick_period_ms(ms)
-    }
-    fn log(&self, l: LogLevel, m: &str) {
-        self.0.log(l, m)
-    }
-}
+type H = Rc<MockHost>;
 
 const CONFIG: &str = r#"{
   "subject": {"header": "x-user-id", "cookie": "uid"},
@@ -65,7 +21,7 @@ const CONFIG: &str = r#"{
 }"#;
 
 fn root_with(config: &str) -> (H, Root<H>) {
-    let h = H::default();
+    let h: H = Rc::default();
     *h.config.borrow_mut() = Some(config.as_bytes().to_vec());
     let mut root = Root::new(h.clone(), 1);
     assert!(root.configure());
@@ -279,4 +235,174 @@ fn counters_survive_a_reconfiguration_mid_request() {
         1
     );
     assert_eq!(h.metric(&stats::variant_requests("fraud", "canary")), 1);
+}
+
+// ---------------------------------------------------------------- live plans
+
+const CONTROLLED: &str = r#"{
+  "subject": {"header": "x-user-id"},
+  "control": {"cluster": "rollout_control", "poll_interval_ms": 1000, "timeout_ms": 500},
+  "plan": {"version": 1, "rollouts": [
+    {"name": "fraud", "match": {"path_prefix": "/v2/"}, "salt": "s",
+     "variants": [{"name": "stable", "weight": 100}, {"name": "canary", "weight": 0}]}]}
+}"#;
+
+fn plan_json(version: u64, canary: u32) -> String {
+    format!(
+        r#"{{"version":{version},"rollouts":[{{"name":"fraud","match":{{"path_prefix":"/v2/"}},"salt":"s",
+        "variants":[{{"name":"stable","weight":{}}},{{"name":"canary","weight":{canary}}}]}}]}}"#,
+        100 - canary
+    )
+}
+
+fn set_ms(h: &H, ms: u64) {
+    *h.now.borrow_mut() = ms * 1_000_000;
+}
+
+fn answer(h: &H, root: &mut Root<H>, status: Option<u32>, body: &str) {
+    let token = h.dispatched.borrow().len() as u32;
+    let mut headers = std::collections::BTreeMap::new();
+    if let Some(s) = status {
+        headers.insert(":status".to_string(), s.to_string());
+        headers.insert("etag".to_string(), "\"v9\"".to_string());
+    }
+    *h.call_response.borrow_mut() = (headers, Some(body.as_bytes().to_vec()));
+    root.call_response(token, body.len());
+}
+
+fn variant_for(h: &H, root: &Root<H>) -> String {
+    request(h, &[(":path", "/v2/models/x/infer"), ("x-user-id", "u1")]);
+    root.new_http(9).request_headers();
+    h.request.borrow().get("x-model-variant").cloned().unwrap()
+}
+
+#[test]
+fn one_worker_polls_and_every_worker_adopts_the_plan() {
+    let (h, mut a) = root_with(CONTROLLED);
+    let mut b = Root::new(h.clone(), 1);
+    assert!(b.configure());
+    set_ms(&h, 10_000);
+    a.tick();
+    b.tick();
+    assert_eq!(
+        h.dispatched.borrow().len(),
+        1,
+        "the lease lets one root poll"
+    );
+    let (cluster, headers, _) = h.dispatched.borrow()[0].clone();
+    assert_eq!(cluster, "rollout_control");
+    assert!(headers.contains(&(":path".into(), "/v1/plan".into())));
+    assert!(headers.contains(&("x-model-rollout-plan-version".into(), "1".into())));
+    assert!(headers.contains(&("x-model-rollout-proxy".into(), "test-node".into())));
+
+    answer(&h, &mut a, Some(200), &plan_json(2, 100));
+    assert_eq!(variant_for(&h, &a), "canary");
+    assert_eq!(variant_for(&h, &b), "stable", "b has not ticked yet");
+    set_ms(&h, 10_100);
+    b.tick();
+    assert_eq!(variant_for(&h, &b), "canary");
+
+    // next interval: the lease holder polls again, with the ETag; 304 changes nothing
+    set_ms(&h, 11_050);
+    b.tick();
+    a.tick();
+    assert_eq!(h.dispatched.borrow().len(), 2);
+    let (_, headers, _) = h.dispatched.borrow()[1].clone();
+    assert!(headers.contains(&("if-none-match".into(), "\"v9\"".into())));
+    answer(&h, &mut a, Some(304), "");
+    assert_eq!(variant_for(&h, &a), "canary");
+    a.tick();
+    assert_eq!(h.metric(stats::CONTROL_ACCEPTED), 1);
+    assert_eq!(h.metric(stats::CONTROL_POLLS), 2);
+    assert_eq!(h.metric(stats::PLAN_VERSION), 2);
+}
+
+#[test]
+fn lease_passes_on_when_the_holder_stops() {
+    let (h, mut a) = root_with(CONTROLLED);
+    let mut b = Root::new(h.clone(), 1);
+    assert!(b.configure());
+    set_ms(&h, 10_000);
+    a.tick();
+    answer(&h, &mut a, Some(304), "");
+    b.tick();
+    assert_eq!(h.dispatched.borrow().len(), 1);
+    // a goes quiet; after 2 intervals + timeout the lease expires and b polls
+    set_ms(&h, 12_400);
+    b.tick();
+    assert_eq!(h.dispatched.borrow().len(), 1);
+    set_ms(&h, 12_600);
+    b.tick();
+    assert_eq!(h.dispatched.borrow().len(), 2);
+}
+
+#[test]
+fn bad_answers_keep_the_plan_in_force() {
+    let (h, mut root) = root_with(CONTROLLED);
+    let mut t = 10_000;
+    let mut poll = |status: Option<u32>, body: &str, root: &mut Root<H>| {
+        t += 1_000;
+        set_ms(&h, t);
+        root.tick();
+        answer(&h, root, status, body);
+    };
+    poll(Some(200), &plan_json(5, 100), &mut root);
+    assert_eq!(variant_for(&h, &root), "canary");
+    let cases: Vec<(Option<u32>, String)> = vec![
+        (None, String::new()),                               // unreachable / timeout
+        (Some(500), "oops".into()),                          // 5xx
+        (Some(200), "garbage".into()),                       // malformed
+        (Some(200), plan_json(6, 100)[..50].to_string()),    // truncated
+        (Some(200), plan_json(6, 100).replace("100", "99")), // invalid
+        (Some(200), plan_json(4, 0)),                        // lower version
+        (Some(200), plan_json(7, 0) + &" ".repeat(2 << 20)), // oversized
+    ];
+    for (status, body) in &cases {
+        poll(*status, body, &mut root);
+        assert_eq!(
+            variant_for(&h, &root),
+            "canary",
+            "{status:?} {}",
+            &body[..body.len().min(40)]
+        );
+    }
+    set_ms(&h, t + 2_000);
+    root.tick();
+    assert_eq!(h.metric(&stats::control_poll_errors("unreachable")), 1);
+    assert_eq!(h.metric(&stats::control_poll_errors("status")), 1);
+    assert_eq!(h.metric(&stats::control_rejected("malformed")), 2);
+    assert_eq!(h.metric(&stats::control_rejected("invalid")), 1);
+    assert_eq!(h.metric(&stats::control_rejected("stale_version")), 1);
+    assert_eq!(h.metric(&stats::control_rejected("oversized")), 1);
+    assert_eq!(h.metric(stats::PLAN_VERSION), 5);
+    // staleness: last success was the first poll, 9 s before this flush
+    let names = h.metric_names.borrow();
+    let id = names
+        .iter()
+        .position(|(_, n)| n == stats::CONTROL_STALENESS)
+        .unwrap() as u32;
+    assert!(*h.metric_values.borrow().get(&id).unwrap() >= 8);
+}
+
+#[test]
+fn dispatch_failure_is_counted_and_nothing_breaks() {
+    let (h, mut root) = root_with(CONTROLLED);
+    *h.fail_dispatch.borrow_mut() = true;
+    set_ms(&h, 10_000);
+    root.tick();
+    set_ms(&h, 11_000);
+    root.tick();
+    assert_eq!(h.metric(&stats::control_poll_errors("unreachable")), 2);
+    assert_eq!(h.metric(stats::CONTROL_POLLS), 2);
+    assert_eq!(variant_for(&h, &root), "stable");
+}
+
+#[test]
+fn unknown_callout_tokens_are_ignored() {
+    let (h, mut root) = root_with(CONTROLLED);
+    set_ms(&h, 10_000);
+    root.tick();
+    *h.call_response.borrow_mut() = (Default::default(), Some(plan_json(9, 100).into_bytes()));
+    root.call_response(999, 10);
+    assert_eq!(variant_for(&h, &root), "stable");
 }

@@ -130,6 +130,9 @@ class EnvoyConfig:
             self.listener_ports[listener["name"]] = port
         for f in wasm_filters(self.doc):
             f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        # Nothing answers on the sidecar's port unless a test starts one there.
+        self.control_port = free_port()
+        self.upstreams({"rollout_control": self.control_port})
 
     def upstreams(self, ports: dict[str, int]) -> "EnvoyConfig":
         for c in self.doc["static_resources"]["clusters"]:

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::ControlSpec;
 use crate::decide::SubjectSource;
 use crate::error::ConfigError;
 use crate::plan::{check_header_name, Plan, PlanSpec};
@@ -33,7 +34,13 @@ pub struct PluginConfigSpec {
     pub echo: EchoSpec,
     #[serde(default, rename = "override")]
     pub override_: OverrideSpec,
-    pub plan: PlanSpec,
+    /// The control sidecar to poll for live plans (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlSpec>,
+    /// The static plan: in force until (and whenever) no newer plan came from the
+    /// sidecar. Required without `control`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -94,6 +101,7 @@ pub struct FilterConfig {
     pub echo_variant: bool,
     pub override_header: String,
     pub override_enabled: bool,
+    pub control: Option<ControlSpec>,
     pub plan: Plan,
     pub plan_spec: PlanSpec,
 }
@@ -143,7 +151,26 @@ impl PluginConfigSpec {
                 "must differ from variant_header and correlation_header",
             ));
         }
-        let plan = self.plan.compile().map_err(|e| e.within("plan"))?;
+        if let Some(c) = &self.control {
+            c.validate().map_err(|e| e.within("control"))?;
+        }
+        let plan_spec = match (&self.plan, &self.control) {
+            (Some(p), _) => p.clone(),
+            // With a sidecar and no static plan, requests pass untouched until the
+            // first plan arrives.
+            (None, Some(_)) => PlanSpec {
+                schema_version: crate::plan::SCHEMA_VERSION,
+                version: 0,
+                rollouts: Vec::new(),
+            },
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "plan",
+                    "missing: give a static plan, a control endpoint, or both",
+                ))
+            }
+        };
+        let plan = plan_spec.compile().map_err(|e| e.within("plan"))?;
         Ok(FilterConfig {
             subject,
             correlation_header,
@@ -152,8 +179,9 @@ impl PluginConfigSpec {
             echo_variant: self.echo.variant,
             override_header,
             override_enabled: self.override_.enabled,
+            control: self.control.clone(),
             plan,
-            plan_spec: self.plan.clone(),
+            plan_spec,
         })
     }
 }
@@ -182,6 +210,18 @@ mod tests {
         assert_eq!(c.plan.rollouts[0].variants[1].weight_bp, 1000);
         assert!(c.echo_correlation && c.echo_variant && !c.override_enabled);
         assert_eq!(c.override_header, "x-model-override");
+    }
+
+    #[test]
+    fn control_without_static_plan_starts_empty() {
+        let c = parse_plugin_config(br#"{"control":{"cluster":"rollout_control"}}"#).unwrap();
+        assert_eq!(c.plan.version, 0);
+        assert!(c.plan.rollouts.is_empty());
+        let ctl = c.control.unwrap();
+        assert_eq!(
+            (ctl.path.as_str(), ctl.poll_interval_ms, ctl.timeout_ms),
+            ("/v1/plan", 1000, 500)
+        );
     }
 
     #[test]
@@ -232,7 +272,7 @@ mod tests {
                 r#"{"plan":{"version":1,"rollouts":[{"name":"r","salt":"s","variants":[{"name":"a","weight":100}]}]}} x"#,
                 "",
             ),
-            (r#"{}"#, ""),
+            (r#"{}"#, "plan"),
             ("", ""),
             ("[1,2]", ""),
         ];
@@ -242,6 +282,10 @@ mod tests {
             assert!(!e.message.is_empty());
         }
         let e = parse_plugin_config(br#"{}"#).unwrap_err();
-        assert!(e.message.contains("plan"), "{e}");
+        assert_eq!(e.field, "plan");
+        let e = parse_plugin_config(br#"{"control":{"cluster":"c","timeout_ms":0}}"#).unwrap_err();
+        assert_eq!(e.field, "control.timeout_ms");
+        let e = parse_plugin_config(br#"{"control":{"cluster":"c","pth":"/x"}}"#).unwrap_err();
+        assert_eq!(e.field, "control.pth");
     }
 }

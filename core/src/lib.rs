@@ -3,10 +3,12 @@
 //! every component computes the same assignment from the same plan.
 
 pub mod config;
+pub mod control;
 pub mod correlation;
 pub mod decide;
 pub mod error;
 pub mod hash;
+pub mod ops;
 pub mod plan;
 pub mod request;
 pub mod stats;

@@ -48,6 +48,14 @@ pub struct RolloutSpec {
     pub variants: Vec<VariantSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targeting: Vec<TargetRuleSpec>,
+    /// Operator pause: the sidecar makes no automatic change to a paused rollout.
+    /// Routing is unaffected (the weights in force keep applying).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -113,6 +121,7 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollout {
     pub name: String,
+    pub paused: bool,
     pub matcher: Matcher,
     pub salt: String,
     pub variants: Vec<Variant>,
@@ -345,6 +354,7 @@ impl RolloutSpec {
         }
         Ok(Rollout {
             name: self.name.clone(),
+            paused: self.paused,
             matcher,
             salt: self.salt.clone(),
             variants,

@@ -47,6 +47,17 @@ pub const CORRELATION_GENERATED: &str = "model_rollout.correlation_generated_tot
 pub const HOST_ERRORS: &str = "model_rollout.host_errors_total";
 pub const RANDOM_FALLBACK: &str = "model_rollout.random_fallback_total";
 pub const PLAN_VERSION: &str = "model_rollout.plan_version";
+pub const CONTROL_POLLS: &str = "model_rollout.control.polls_total";
+pub const CONTROL_ACCEPTED: &str = "model_rollout.control.plans_accepted_total";
+pub const CONTROL_STALENESS: &str = "model_rollout.control.staleness_seconds";
+
+pub fn control_poll_errors(reason: &str) -> String {
+    format!("{PREFIX}.control.reason.{reason}.poll_errors_total")
+}
+
+pub fn control_rejected(reason: &str) -> String {
+    format!("{PREFIX}.control.reason.{reason}.plans_rejected_total")
+}
 
 /// `(tag name, regex)` pairs for Envoy's `stats_config.stats_tags`. The first
 /// capture group is cut from the name, the second is the label value.
@@ -60,7 +71,7 @@ pub const STATS_TAGS: [(&str, &str); 4] = [
         r"^wasmcustom\.model_rollout\.rollout\.[^.]+\.(variant\.([^.]+)\.)",
     ),
     ("class", r"\.(class\.([^.]+)\.)responses_total$"),
-    ("reason", r"\.(reason\.([^.]+)\.)assignments_total$"),
+    ("reason", r"\.(reason\.([^.]+)\.)[^.]+$"),
 ];
 
 /// A stat name split into metric and labels (the inverse of the builders above),
@@ -80,28 +91,38 @@ impl StatName {
     }
 }
 
-/// Parses `[wasmcustom.]model_rollout.(key.value.)*metric`.
+/// The label keys our names carry as `key.value` segments.
+pub const LABEL_KEYS: [&str; 4] = ["rollout", "variant", "class", "reason"];
+
+/// Parses `[wasmcustom.]model_rollout.<segments>`: a known label key followed by
+/// its value is a label, every other segment is part of the metric name
+/// (`model_rollout.control.reason.invalid.plans_rejected_total` is
+/// `model_rollout_control_plans_rejected_total{reason="invalid"}`).
 pub fn parse_stat_name(name: &str) -> Option<StatName> {
     let rest = name
         .strip_prefix("wasmcustom.")
         .unwrap_or(name)
         .strip_prefix("model_rollout.")?;
-    let parts: Vec<&str> = rest.split('.').collect();
-    let (metric, pairs) = parts.split_last()?;
-    if pairs.len() % 2 != 0 {
+    let mut metric = String::from(PREFIX);
+    let mut labels = Vec::new();
+    let mut parts = rest.split('.');
+    let mut last_plain = false;
+    while let Some(seg) = parts.next() {
+        if LABEL_KEYS.contains(&seg) {
+            let value = parts.next()?;
+            labels.push((seg.to_string(), value.to_string()));
+            last_plain = false;
+        } else {
+            metric.push('_');
+            metric.push_str(seg);
+            last_plain = true;
+        }
+    }
+    // A name must end in its metric, never in a label value.
+    if !last_plain {
         return None;
     }
-    let labels = pairs
-        .chunks(2)
-        .filter_map(|kv| match kv {
-            [k, v] => Some((k.to_string(), v.to_string())),
-            _ => None,
-        })
-        .collect();
-    Some(StatName {
-        metric: format!("{PREFIX}_{metric}"),
-        labels,
-    })
+    Some(StatName { metric, labels })
 }
 
 #[cfg(test)]
@@ -120,6 +141,9 @@ mod tests {
         assert_eq!(p.metric, "model_rollout_unmatched_total");
         assert!(p.labels.is_empty());
         assert!(parse_stat_name("cluster.x.upstream_rq").is_none());
+        // "control" is a plain segment, not a label
+        let p = parse_stat_name(&format!("wasmcustom.{}", control_rejected("invalid"))).unwrap();
+        assert_eq!(p.label("reason"), Some("invalid"));
     }
 
     #[test]
