@@ -75,6 +75,14 @@ pub trait Host {
     fn call_response_header(&self, name: &str) -> HostResult<Option<String>>;
     fn call_response_body(&self, max: usize) -> HostResult<Option<Vec<u8>>>;
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>>;
+    /// All request headers (one call), for the shadow copy.
+    fn request_headers_all(&self) -> HostResult<Vec<(String, String)>>;
+    /// The request body bytes buffered at this callback (the current chunk).
+    fn request_body(&self, size: usize) -> HostResult<Option<Vec<u8>>>;
+    fn response_body(&self, size: usize) -> HostResult<Option<Vec<u8>>>;
+    fn register_queue(&self, name: &str) -> HostResult<u32>;
+    fn enqueue(&self, queue: u32, value: &[u8]) -> HostResult<()>;
+    fn dequeue(&self, queue: u32) -> HostResult<Option<Vec<u8>>>;
 }
 
 /// A shared host is a host (tests keep a handle on the mock they hand out).
@@ -135,6 +143,24 @@ impl<T: Host> Host for std::rc::Rc<T> {
     }
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         (**self).property(path)
+    }
+    fn request_headers_all(&self) -> HostResult<Vec<(String, String)>> {
+        (**self).request_headers_all()
+    }
+    fn request_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
+        (**self).request_body(size)
+    }
+    fn response_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
+        (**self).response_body(size)
+    }
+    fn register_queue(&self, name: &str) -> HostResult<u32> {
+        (**self).register_queue(name)
+    }
+    fn enqueue(&self, queue: u32, value: &[u8]) -> HostResult<()> {
+        (**self).enqueue(queue, value)
+    }
+    fn dequeue(&self, queue: u32) -> HostResult<Option<Vec<u8>>> {
+        (**self).dequeue(queue)
     }
 }
 
@@ -243,6 +269,28 @@ impl Host for ProxyHost {
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         Ok(hostcalls::get_property(path.to_vec())?)
     }
+    fn request_headers_all(&self) -> HostResult<Vec<(String, String)>> {
+        Ok(hostcalls::get_map(MapType::HttpRequestHeaders)?)
+    }
+    fn request_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
+        Ok(hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)?)
+    }
+    fn response_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
+        Ok(hostcalls::get_buffer(
+            BufferType::HttpResponseBody,
+            0,
+            size,
+        )?)
+    }
+    fn register_queue(&self, name: &str) -> HostResult<u32> {
+        Ok(hostcalls::register_shared_queue(name)?)
+    }
+    fn enqueue(&self, queue: u32, value: &[u8]) -> HostResult<()> {
+        Ok(hostcalls::enqueue_shared_queue(queue, Some(value))?)
+    }
+    fn dequeue(&self, queue: u32) -> HostResult<Option<Vec<u8>>> {
+        Ok(hostcalls::dequeue_shared_queue(queue)?)
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +299,11 @@ pub mod mock {
     use super::*;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
+
+    /// A recorded callout: cluster, headers, body.
+    pub type Callout = (String, Vec<(String, String)>, Option<Vec<u8>>);
+    /// The answer the next callout response reads: headers, body.
+    pub type CallAnswer = (BTreeMap<String, String>, Option<Vec<u8>>);
 
     #[derive(Default)]
     pub struct MockHost {
@@ -265,9 +318,12 @@ pub mod mock {
         pub calls: RefCell<usize>,
         pub fail_headers: RefCell<bool>,
         pub shared: RefCell<BTreeMap<String, (Vec<u8>, u32)>>,
-        pub dispatched: RefCell<Vec<(String, Vec<(String, String)>, Option<Vec<u8>>)>>,
+        pub dispatched: RefCell<Vec<Callout>>,
         pub fail_dispatch: RefCell<bool>,
-        pub call_response: RefCell<(BTreeMap<String, String>, Option<Vec<u8>>)>,
+        pub call_response: RefCell<CallAnswer>,
+        pub request_chunk: RefCell<Vec<u8>>,
+        pub response_chunk: RefCell<Vec<u8>>,
+        pub queue: RefCell<Vec<Vec<u8>>>,
     }
 
     impl MockHost {
@@ -408,6 +464,42 @@ pub mod mock {
         }
         fn property(&self, _path: &[&str]) -> HostResult<Option<Vec<u8>>> {
             Ok(Some(b"test-node".to_vec()))
+        }
+        fn request_headers_all(&self) -> HostResult<Vec<(String, String)>> {
+            self.call();
+            Ok(self
+                .request
+                .borrow()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+        fn request_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
+            let b = self.request_chunk.borrow();
+            Ok(Some(
+                b.get(..size.min(b.len())).unwrap_or_default().to_vec(),
+            ))
+        }
+        fn response_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
+            let b = self.response_chunk.borrow();
+            Ok(Some(
+                b.get(..size.min(b.len())).unwrap_or_default().to_vec(),
+            ))
+        }
+        fn register_queue(&self, _name: &str) -> HostResult<u32> {
+            Ok(1)
+        }
+        fn enqueue(&self, _queue: u32, value: &[u8]) -> HostResult<()> {
+            self.queue.borrow_mut().push(value.to_vec());
+            Ok(())
+        }
+        fn dequeue(&self, _queue: u32) -> HostResult<Option<Vec<u8>>> {
+            let mut q = self.queue.borrow_mut();
+            Ok(if q.is_empty() {
+                None
+            } else {
+                Some(q.remove(0))
+            })
         }
     }
 }

@@ -14,15 +14,17 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use rollout_core::correlation;
-use rollout_core::decide::decide;
+use rollout_core::decide::{decide, subject_key};
 use rollout_core::hash::BUCKETS;
 use rollout_core::request::{CachedHeaders, RequestHeaders};
+use rollout_core::shadow::{extract, health, parse_answer};
 use rollout_core::stats::class_index;
 
 use crate::host::{Host, ProxyHost};
 use crate::metrics::Metrics;
 use crate::rng::{Draw, RandomPool};
 use crate::root::Active;
+use crate::shadow::{Answer, Hub, Job, JOIN_GRACE_MS};
 
 /// What the request half decided, for the response half.
 struct Assigned {
@@ -32,13 +34,37 @@ struct Assigned {
     start_ns: Option<u64>,
 }
 
+/// A shadow copy being assembled from the request body.
+struct Copy {
+    join: u64,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    max: usize,
+    too_large: bool,
+    sent: bool,
+}
+
+/// The primary's answer being collected (bounded) for comparison or health.
+struct Collect {
+    join: Option<u64>,
+    check_output: bool,
+    status: u32,
+    latency_ms: u64,
+    body: Vec<u8>,
+    max: usize,
+    too_large: bool,
+}
+
 pub struct Http<H: Host> {
     host: H,
     #[allow(dead_code)]
     context_id: u32,
     active: Option<Rc<Active>>,
     rng: Rc<RefCell<RandomPool>>,
+    hub: Rc<RefCell<Hub>>,
     assigned: Option<Assigned>,
+    copy: Option<Copy>,
+    collect: Option<Collect>,
 }
 
 impl<H: Host> Http<H> {
@@ -47,17 +73,21 @@ impl<H: Host> Http<H> {
         context_id: u32,
         active: Option<Rc<Active>>,
         rng: Rc<RefCell<RandomPool>>,
+        hub: Rc<RefCell<Hub>>,
     ) -> Self {
         Http {
             host,
             context_id,
             active,
             rng,
+            hub,
             assigned: None,
+            copy: None,
+            collect: None,
         }
     }
 
-    pub fn request_headers(&mut self) -> Action {
+    pub fn request_headers(&mut self, end_of_stream: bool) -> Action {
         let Some(active) = self.active.clone() else {
             return Action::Continue;
         };
@@ -145,13 +175,179 @@ impl<H: Host> Http<H> {
                 None
             }
         };
+        let cid_for_shadow = correlation_id.clone();
         self.assigned = Some(Assigned {
             rollout: ri,
             variant: decision.variant,
             correlation_id: cfg.echo_correlation.then_some(correlation_id),
             start_ns,
         });
+        if let Some(sh) = &rollout.shadow {
+            let method = headers.header(":method").unwrap_or_default();
+            let key = if sh.sticky {
+                subject_key(&cfg.subject, &mut headers)
+            } else {
+                None
+            };
+            let sampled = sh.method_allowed(&method)
+                && sh.sampled(key.as_deref(), || {
+                    let mut b = [0u8; 4];
+                    draw(rng, host, m, &mut b);
+                    u32::from_le_bytes(b)
+                });
+            if sampled {
+                let declared = headers
+                    .header("content-length")
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                self.start_copy(
+                    &active,
+                    ri,
+                    decision.variant,
+                    &cid_for_shadow,
+                    declared,
+                    end_of_stream,
+                );
+            }
+        }
         Action::Continue
+    }
+
+    /// Opens the join and starts assembling the copy (dispatched at once when the
+    /// request has no body).
+    fn start_copy(
+        &mut self,
+        active: &Rc<Active>,
+        ri: usize,
+        variant: usize,
+        correlation_id: &str,
+        declared_len: Option<usize>,
+        end_of_stream: bool,
+    ) {
+        let cfg = &active.config;
+        let m = &active.metrics;
+        let (Some(rollout), Some(sm)) = (cfg.plan.rollout(ri), m.shadow(ri)) else {
+            return;
+        };
+        let Some(sh) = &rollout.shadow else { return };
+        if declared_len.is_some_and(|n| n > sh.max_body_bytes) {
+            sm.skip(m, "body_too_large");
+            return;
+        }
+        let now_ms = self.host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0);
+        let expires = now_ms
+            .saturating_add(sh.timeout_ms)
+            .saturating_add(JOIN_GRACE_MS);
+        let opened = match self.hub.try_borrow_mut() {
+            Ok(mut hub) => hub
+                .open(active.clone(), ri, variant, correlation_id, expires)
+                .ok(),
+            Err(_) => None,
+        };
+        let Some(join) = opened else {
+            sm.skip(m, "join_table_full");
+            return;
+        };
+        let primary_headers = match self.host.request_headers_all() {
+            Ok(h) => h,
+            Err(_) => {
+                m.bump(m.host_errors);
+                self.cancel_join(join);
+                sm.skip(m, "dispatch_failed");
+                return;
+            }
+        };
+        let mut headers =
+            sh.copy_headers(&primary_headers, &cfg.correlation_header, correlation_id);
+        headers.retain(|(k, _)| *k != cfg.variant_header && *k != cfg.override_header);
+        self.copy = Some(Copy {
+            join,
+            headers,
+            body: Vec::new(),
+            max: sh.max_body_bytes,
+            too_large: false,
+            sent: false,
+        });
+        if end_of_stream {
+            self.send_copy();
+        }
+    }
+
+    pub fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(copy) = &mut self.copy else {
+            return Action::Continue;
+        };
+        if copy.sent {
+            return Action::Continue;
+        }
+        if !copy.too_large && body_size > 0 {
+            match self.host.request_body(body_size) {
+                Ok(Some(chunk)) if copy.body.len() + chunk.len() <= copy.max => {
+                    copy.body.extend_from_slice(&chunk)
+                }
+                Ok(None) => {}
+                _ => {
+                    copy.too_large = true;
+                    copy.body = Vec::new();
+                }
+            }
+        }
+        if end_of_stream {
+            self.send_copy();
+        }
+        Action::Continue
+    }
+
+    /// Hands the finished copy to the root (or counts why not).
+    fn send_copy(&mut self) {
+        let (Some(active), Some(a)) = (
+            self.active.clone(),
+            self.assigned.as_ref().map(|a| a.rollout),
+        ) else {
+            return;
+        };
+        let m = &active.metrics;
+        let Some(copy) = &mut self.copy else { return };
+        copy.sent = true;
+        let (Some(rollout), Some(sm)) = (active.config.plan.rollout(a), m.shadow(a)) else {
+            return;
+        };
+        let Some(sh) = &rollout.shadow else { return };
+        let join = copy.join;
+        if copy.too_large {
+            sm.skip(m, "body_too_large");
+            self.cancel_join(join);
+            return;
+        }
+        let job = Job {
+            join,
+            rollout: rollout.name.clone(),
+            cluster: sh.cluster.clone(),
+            headers: std::mem::take(&mut copy.headers),
+            body: std::mem::take(&mut copy.body),
+            timeout_ms: sh.timeout_ms,
+            max_in_flight: sh.max_in_flight,
+        };
+        let (pushed, queue) = match self.hub.try_borrow_mut() {
+            Ok(mut hub) => (hub.push(job), hub.queue),
+            Err(_) => return,
+        };
+        match pushed {
+            Ok(true) => {
+                if let Some(q) = queue {
+                    if self.host.enqueue(q, b"1").is_err() {
+                        m.bump(m.host_errors);
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(_) => sm.skip(m, "in_flight_limit"),
+        }
+    }
+
+    fn cancel_join(&self, join: u64) {
+        if let Ok(mut hub) = self.hub.try_borrow_mut() {
+            hub.cancel(join);
+        }
     }
 
     pub fn response_headers(&mut self) -> Action {
@@ -168,6 +364,7 @@ impl<H: Host> Http<H> {
                 0
             }
         };
+        let mut latency_ms = 0;
         if let Some(vm) = m.variant(a.rollout, a.variant) {
             if let Some(slot) = vm.classes.get(class_index(status)) {
                 m.bump(*slot);
@@ -175,12 +372,46 @@ impl<H: Host> Http<H> {
             if let Some(start) = a.start_ns {
                 match host.now_nanos() {
                     Ok(now) => {
-                        let ms = now.saturating_sub(start) / 1_000_000;
-                        m.record(host, vm.latency_ms, ms);
+                        latency_ms = now.saturating_sub(start) / 1_000_000;
+                        m.record(host, vm.latency_ms, latency_ms);
                     }
                     Err(_) => m.bump(m.host_errors),
                 }
             }
+        }
+        // Collect the answer when a shadow waits for it or its health is checked.
+        let rollout = cfg.plan.rollout(a.rollout);
+        let join = self.copy.as_ref().filter(|c| c.sent).map(|c| c.join);
+        let check_output = match rollout.and_then(|r| r.output.as_ref()) {
+            Some(o) if o.sample_bp >= 10_000 => true,
+            Some(o) if o.sample_bp > 0 => {
+                let mut b = [0u8; 4];
+                draw(&self.rng, host, m, &mut b);
+                u32::from_le_bytes(b) % 10_000 < u32::from(o.sample_bp)
+            }
+            _ => false,
+        };
+        if join.is_some() || check_output {
+            let max = rollout
+                .map(|r| {
+                    let c = r
+                        .shadow
+                        .as_ref()
+                        .map(|s| s.compare.max_response_bytes)
+                        .unwrap_or(0);
+                    let o = r.output.as_ref().map(|o| o.max_response_bytes).unwrap_or(0);
+                    c.max(o)
+                })
+                .unwrap_or(0);
+            self.collect = Some(Collect {
+                join,
+                check_output,
+                status,
+                latency_ms,
+                body: Vec::new(),
+                max,
+                too_large: false,
+            });
         }
         if let Some(id) = &a.correlation_id {
             set_response_header(host, m, &cfg.correlation_header, id);
@@ -191,6 +422,93 @@ impl<H: Host> Http<H> {
             }
         }
         Action::Continue
+    }
+}
+
+impl<H: Host> Http<H> {
+    pub fn response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        let Some(c) = &mut self.collect else {
+            return Action::Continue;
+        };
+        if c.too_large || body_size == 0 {
+            return Action::Continue;
+        }
+        match self.host.response_body(body_size) {
+            Ok(Some(chunk)) if c.body.len() + chunk.len() <= c.max => {
+                c.body.extend_from_slice(&chunk)
+            }
+            Ok(None) => {}
+            _ => {
+                c.too_large = true;
+                c.body = Vec::new();
+            }
+        }
+        Action::Continue
+    }
+
+    /// The request is over: check the answer's health and hand it to the join.
+    pub fn done(&mut self) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let m = &active.metrics;
+        if let Some(copy) = self.copy.take() {
+            if !copy.sent {
+                // The client went away before the body was complete.
+                if let Some(sm) = self.assigned.as_ref().and_then(|a| m.shadow(a.rollout)) {
+                    sm.skip(m, "aborted");
+                }
+                self.cancel_join(copy.join);
+            } else if self.collect.as_ref().and_then(|c| c.join).is_none() {
+                // Sent, but the primary never answered (reset): nothing to compare.
+                if let Some(sm) = self.assigned.as_ref().and_then(|a| m.shadow(a.rollout)) {
+                    sm.skip(m, "aborted");
+                }
+                self.cancel_join(copy.join);
+            }
+        }
+        let (Some(c), Some(a)) = (self.collect.take(), self.assigned.as_ref()) else {
+            return;
+        };
+        let Some(rollout) = active.config.plan.rollout(a.rollout) else {
+            return;
+        };
+        let parsed = if c.too_large {
+            None
+        } else {
+            parse_answer(&c.body)
+        };
+        if c.check_output {
+            if let (Some(o), Some(hm)) = (
+                &rollout.output,
+                m.variant(a.rollout, a.variant)
+                    .and_then(|v| v.output.as_ref()),
+            ) {
+                // An answer too large to read is not judged.
+                if !c.too_large {
+                    hm.count(m, health(parsed.as_ref(), &o.pointer, o.min, o.max));
+                }
+            }
+        }
+        if let (Some(join), Some(sh)) = (c.join, &rollout.shadow) {
+            let answer = Answer {
+                status: c.status,
+                latency_ms: c.latency_ms,
+                predictions: extract(parsed.as_ref(), &sh.compare.pointers),
+                too_large: c.too_large,
+            };
+            let now = self.host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0);
+            let rng = &self.rng;
+            let host = &self.host;
+            let mut random = || {
+                let mut b = [0u8; 4];
+                draw(rng, host, m, &mut b);
+                u32::from_le_bytes(b)
+            };
+            if let Ok(mut hub) = self.hub.try_borrow_mut() {
+                hub.primary_done(host, join, answer, now, &mut random);
+            }
+        }
     }
 }
 
@@ -221,11 +539,23 @@ fn draw(rng: &RefCell<RandomPool>, host: &impl Host, m: &Metrics, out: &mut [u8]
 impl Context for Http<ProxyHost> {}
 
 impl HttpContext for Http<ProxyHost> {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.request_headers()
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.request_headers(end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.request_body(body_size, end_of_stream)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.response_headers()
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.response_body(body_size, end_of_stream)
+    }
+
+    fn on_log(&mut self) {
+        self.done();
     }
 }

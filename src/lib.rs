@@ -7,6 +7,7 @@ pub mod http;
 pub mod metrics;
 pub mod rng;
 pub mod root;
+pub mod shadow;
 
 /// The commit the filter was built from (set by build.rs).
 pub const GIT_HASH: &str = env!("MODEL_ROLLOUT_GIT_HASH");

@@ -9,6 +9,7 @@ use std::cell::Cell;
 
 use rollout_core::control::{PollError, Rejection};
 use rollout_core::decide::Reason;
+use rollout_core::shadow::Health;
 use rollout_core::stats;
 use rollout_core::Plan;
 
@@ -26,11 +27,76 @@ pub struct VariantMetrics {
     pub requests: Slot,
     pub classes: [Slot; 5],
     pub latency_ms: u32,
+    /// With an `output` section: answers checked and invalid ones by kind.
+    pub output: Option<HealthMetrics>,
+}
+
+pub struct HealthMetrics {
+    pub checked: Slot,
+    /// Indexed like `Health::INVALID`.
+    pub invalid: [Slot; 5],
 }
 
 pub struct RolloutMetrics {
     pub variants: Vec<VariantMetrics>,
     pub reasons: [Slot; 4],
+    pub shadow: Option<ShadowMetrics>,
+}
+
+/// Per-rollout shadow stats; arrays are indexed like the reason lists in
+/// `rollout_core::stats`.
+pub struct ShadowMetrics {
+    pub sent: Slot,
+    pub skipped: [Slot; 7],
+    pub errors: [Slot; 2],
+    pub timeouts: Slot,
+    pub compared: Slot,
+    pub agree: Slot,
+    pub disagree: [Slot; 2],
+    pub expired: Slot,
+    pub latency_ms: u32,
+    pub primary_latency_ms: u32,
+    pub health: HealthMetrics,
+}
+
+fn slot_of(list: &[&str], reason: &str) -> usize {
+    list.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+impl ShadowMetrics {
+    pub fn skip(&self, m: &Metrics, reason: &str) {
+        if let Some(s) = self
+            .skipped
+            .get(slot_of(&stats::SHADOW_SKIP_REASONS, reason))
+        {
+            m.bump(*s);
+        }
+    }
+    pub fn error(&self, m: &Metrics, reason: &str) {
+        if let Some(s) = self
+            .errors
+            .get(slot_of(&stats::SHADOW_ERROR_REASONS, reason))
+        {
+            m.bump(*s);
+        }
+    }
+    pub fn disagree(&self, m: &Metrics, reason: &str) {
+        if let Some(s) = self
+            .disagree
+            .get(slot_of(&stats::SHADOW_DISAGREE_REASONS, reason))
+        {
+            m.bump(*s);
+        }
+    }
+}
+
+impl HealthMetrics {
+    pub fn count(&self, m: &Metrics, h: Health) {
+        m.bump(self.checked);
+        if let Some(slot) = h.invalid_index().and_then(|i| self.invalid.get(i)) {
+            m.bump(*slot);
+        }
+    }
 }
 
 pub struct Metrics {
@@ -43,6 +109,9 @@ pub struct Metrics {
     pub random_fallback: Slot,
     plan_version: u32,
     pub control: ControlMetrics,
+    pub records_sent: Slot,
+    /// Indexed like `stats::RECORD_DROP_REASONS`.
+    pub records_dropped: [Slot; 3],
 }
 
 /// Stats of the plan poller (defined whether or not a sidecar is configured).
@@ -86,17 +155,102 @@ impl Metrics {
                     MetricKind::Histogram,
                     &stats::variant_latency(&r.name, &v.name),
                 )?;
+                let output = match r.output {
+                    None => None,
+                    Some(_) => {
+                        let checked = counter(&stats::variant_metric(
+                            &r.name,
+                            &v.name,
+                            "outputs_checked_total",
+                        ))?;
+                        let mut invalid = [0; 5];
+                        for (slot, h) in invalid.iter_mut().zip(Health::INVALID) {
+                            *slot = counter(&stats::variant_reason_metric(
+                                &r.name,
+                                &v.name,
+                                h.as_str(),
+                                "invalid_outputs_total",
+                            ))?;
+                        }
+                        Some(HealthMetrics { checked, invalid })
+                    }
+                };
                 variants.push(VariantMetrics {
                     requests,
                     classes,
                     latency_ms,
+                    output,
                 });
             }
             let mut reasons = [0; 4];
             for (slot, reason) in reasons.iter_mut().zip(Reason::ALL) {
                 *slot = counter(&stats::rollout_assignments(&r.name, reason.as_str()))?;
             }
-            rollouts.push(RolloutMetrics { variants, reasons });
+            let shadow = match r.shadow {
+                None => None,
+                Some(_) => {
+                    let n = &r.name;
+                    let mut skipped = [0; 7];
+                    for (slot, why) in skipped.iter_mut().zip(stats::SHADOW_SKIP_REASONS) {
+                        *slot = counter(&stats::rollout_reason_metric(
+                            n,
+                            why,
+                            "shadow_skipped_total",
+                        ))?;
+                    }
+                    let mut errors = [0; 2];
+                    for (slot, why) in errors.iter_mut().zip(stats::SHADOW_ERROR_REASONS) {
+                        *slot =
+                            counter(&stats::rollout_reason_metric(n, why, "shadow_errors_total"))?;
+                    }
+                    let mut disagree = [0; 2];
+                    for (slot, why) in disagree.iter_mut().zip(stats::SHADOW_DISAGREE_REASONS) {
+                        *slot = counter(&stats::rollout_reason_metric(
+                            n,
+                            why,
+                            "shadow_disagree_total",
+                        ))?;
+                    }
+                    let mut invalid = [0; 5];
+                    for (slot, h) in invalid.iter_mut().zip(Health::INVALID) {
+                        *slot = counter(&stats::rollout_reason_metric(
+                            n,
+                            h.as_str(),
+                            "shadow_invalid_outputs_total",
+                        ))?;
+                    }
+                    Some(ShadowMetrics {
+                        sent: counter(&stats::rollout_metric(n, "shadow_sent_total"))?,
+                        skipped,
+                        errors,
+                        timeouts: counter(&stats::rollout_metric(n, "shadow_timeouts_total"))?,
+                        compared: counter(&stats::rollout_metric(n, "shadow_compared_total"))?,
+                        agree: counter(&stats::rollout_metric(n, "shadow_agree_total"))?,
+                        disagree,
+                        expired: counter(&stats::rollout_metric(n, "shadow_expired_total"))?,
+                        latency_ms: host.define_metric(
+                            MetricKind::Histogram,
+                            &stats::rollout_metric(n, "shadow_latency_ms"),
+                        )?,
+                        primary_latency_ms: host.define_metric(
+                            MetricKind::Histogram,
+                            &stats::rollout_metric(n, "shadow_primary_latency_ms"),
+                        )?,
+                        health: HealthMetrics {
+                            checked: counter(&stats::rollout_metric(
+                                n,
+                                "shadow_outputs_checked_total",
+                            ))?,
+                            invalid,
+                        },
+                    })
+                }
+            };
+            rollouts.push(RolloutMetrics {
+                variants,
+                reasons,
+                shadow,
+            });
         }
         let plan_version = host.define_metric(MetricKind::Gauge, stats::PLAN_VERSION)?;
         let polls = counter(stats::CONTROL_POLLS)?;
@@ -108,6 +262,11 @@ impl Metrics {
         let mut rejected = [0; 4];
         for (slot, r) in rejected.iter_mut().zip(Rejection::ALL) {
             *slot = counter(&stats::control_rejected(r.as_str()))?;
+        }
+        let records_sent = counter(stats::SHADOW_RECORDS_SENT)?;
+        let mut records_dropped = [0; 3];
+        for (slot, why) in records_dropped.iter_mut().zip(stats::RECORD_DROP_REASONS) {
+            *slot = counter(&stats::records_dropped(why))?;
         }
         let control = ControlMetrics {
             polls,
@@ -126,6 +285,8 @@ impl Metrics {
             random_fallback,
             plan_version,
             control,
+            records_sent,
+            records_dropped,
         })
     }
 
@@ -158,6 +319,26 @@ impl Metrics {
             .is_err()
         {
             self.bump(self.host_errors);
+        }
+    }
+
+    pub fn shadow(&self, rollout: usize) -> Option<&ShadowMetrics> {
+        self.rollouts.get(rollout)?.shadow.as_ref()
+    }
+
+    pub fn records_dropped(&self, reason: &str, n: u64) {
+        if let Some(slot) = self
+            .records_dropped
+            .get(slot_of(&stats::RECORD_DROP_REASONS, reason))
+        {
+            self.add(*slot, n);
+        }
+    }
+
+    /// Counts `n` events; no host call.
+    pub fn add(&self, slot: Slot, n: u64) {
+        if let Some(c) = self.counters.get(slot) {
+            c.pending.set(c.pending.get().saturating_add(n));
         }
     }
 

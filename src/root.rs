@@ -29,6 +29,8 @@ use crate::host::{Host, HostError, ProxyHost};
 use crate::http::Http;
 use crate::metrics::Metrics;
 use crate::rng::RandomPool;
+use crate::shadow::{Answer, Hub, InFlight};
+use rollout_core::shadow::{extract, health, parse_answer};
 
 /// Counters reach Envoy's stats at most this long after the event.
 pub const FLUSH_MS: u64 = 1000;
@@ -67,6 +69,10 @@ pub struct Root<H: Host> {
     poller: Option<Poller>,
     started_ms: u64,
     last_flush_ms: Option<u64>,
+    hub: Rc<RefCell<Hub>>,
+    /// Token of the shadow-records POST in flight, with the number of records.
+    records_in_flight: Option<(u32, u64)>,
+    proxy_id: String,
 }
 
 impl<H: Host + Clone> Root<H> {
@@ -81,6 +87,9 @@ impl<H: Host + Clone> Root<H> {
             poller: None,
             started_ms: 0,
             last_flush_ms: None,
+            hub: Rc::new(RefCell::new(Hub::default())),
+            records_in_flight: None,
+            proxy_id: String::new(),
         }
     }
 
@@ -108,6 +117,8 @@ impl<H: Host + Clone> Root<H> {
             }
         };
         self.started_ms = self.now_ms();
+        self.proxy_id = self.node_id();
+        self.register_queue();
         let tick = if config.control.is_some() {
             CONTROL_TICK_MS
         } else {
@@ -130,6 +141,37 @@ impl<H: Host + Clone> Root<H> {
         true
     }
 
+    /// The Envoy node id (`xds.node.id`, formerly `node.id`), if any.
+    fn node_id(&self) -> String {
+        [&["xds", "node", "id"][..], &["node", "id"][..]]
+            .iter()
+            .find_map(|path| match self.host.property(path) {
+                Ok(Some(b)) if !b.is_empty() => Some(String::from_utf8_lossy(&b).into_owned()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The shared queue request contexts nudge when they park a shadow job.
+    fn register_queue(&mut self) {
+        let Ok(mut hub) = self.hub.try_borrow_mut() else {
+            return;
+        };
+        if hub.queue.is_some() {
+            return;
+        }
+        let mut id = [0u8; 8];
+        if let Ok(mut pool) = self.rng.try_borrow_mut() {
+            pool.fill(&mut id, || 7);
+        }
+        let name = format!(
+            "model_rollout/shadow/{:016x}/{}",
+            u64::from_le_bytes(id),
+            self.context_id
+        );
+        hub.queue = self.host.register_queue(&name).ok();
+    }
+
     fn new_poller(&self, spec: ControlSpec) -> Poller {
         let prefix = spec.key_prefix();
         let mut id = [0u8; 8];
@@ -138,14 +180,10 @@ impl<H: Host + Clone> Root<H> {
             pool.fill(&mut id, clock);
         }
         let me = u64::from_le_bytes(id) | 1;
-        // The Envoy node id names this proxy at the sidecar (`xds.node.id`, formerly `node.id`).
-        let node_id = [&["xds", "node", "id"][..], &["node", "id"][..]]
-            .iter()
-            .find_map(|path| match self.host.property(path) {
-                Ok(Some(b)) if !b.is_empty() => Some(String::from_utf8_lossy(&b).into_owned()),
-                _ => None,
-            });
-        let proxy_id = node_id.unwrap_or_else(|| format!("envoy-{me:016x}"));
+        // The Envoy node id names this proxy at the sidecar.
+        let proxy_id = Some(self.node_id())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("envoy-{me:016x}"));
         Poller {
             spec,
             plan_key: format!("{prefix}/plan"),
@@ -204,6 +242,11 @@ impl<H: Host + Clone> Root<H> {
             self.sync_from_shared();
             self.maybe_poll(now);
         }
+        // Jobs whose nudge was lost are dispatched here at the latest.
+        self.dispatch_jobs();
+        if let Ok(mut hub) = self.hub.try_borrow_mut() {
+            hub.expire(now);
+        }
         let due = match self.last_flush_ms {
             None => true,
             Some(t) => now.saturating_sub(t) >= FLUSH_MS || self.poller.is_none(),
@@ -215,6 +258,7 @@ impl<H: Host + Clone> Root<H> {
                 a.metrics
                     .set_staleness(&self.host, now.saturating_sub(since) / 1000);
             }
+            self.flush_records();
             if let Some(a) = &self.active {
                 a.metrics.flush(&self.host);
             }
@@ -334,8 +378,29 @@ impl<H: Host + Clone> Root<H> {
         }
     }
 
-    /// A callout answered (or failed). Unknown tokens are ignored.
+    /// A callout answered (or failed): a shadow, a records POST or a poll.
+    /// Unknown tokens are ignored.
     pub fn call_response(&mut self, token: u32, body_size: usize) {
+        let in_flight = self
+            .hub
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut h| h.in_flight.remove(&token));
+        if let Some(f) = in_flight {
+            self.shadow_answer(f, body_size);
+            return;
+        }
+        if let Some((t, n)) = self.records_in_flight {
+            if t == token {
+                self.records_in_flight = None;
+                self.records_answer(n);
+                return;
+            }
+        }
+        self.poll_answer(token, body_size);
+    }
+
+    fn poll_answer(&mut self, token: u32, body_size: usize) {
         let now = self.now_ms();
         let in_force = self.in_force();
         let source = self.source;
@@ -427,6 +492,248 @@ impl<H: Host + Clone> Root<H> {
         }
     }
 
+    /// The request contexts nudged: dispatch the parked shadow jobs.
+    pub fn queue_ready(&mut self, queue: u32) {
+        // Drain the nudges (their content carries nothing).
+        for _ in 0..crate::shadow::MAX_JOBS {
+            match self.host.dequeue(queue) {
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+        self.dispatch_jobs();
+    }
+
+    fn dispatch_jobs(&mut self) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let jobs = match self.hub.try_borrow_mut() {
+            Ok(mut hub) => hub.take_jobs(),
+            Err(_) => return,
+        };
+        let now = self.now_ms();
+        for job in jobs {
+            // Metrics of the plan the job was sampled under are found by name.
+            let ri = active
+                .config
+                .plan
+                .rollouts
+                .iter()
+                .position(|r| r.name == job.rollout);
+            let sm = ri.and_then(|i| active.metrics.shadow(i));
+            let m = &active.metrics;
+            let Ok(mut hub) = self.hub.try_borrow_mut() else {
+                return;
+            };
+            if hub.in_flight_for(&job.rollout) >= job.max_in_flight as usize {
+                hub.cancel(job.join);
+                if let Some(sm) = sm {
+                    sm.skip(m, "in_flight_limit");
+                }
+                continue;
+            }
+            match self
+                .host
+                .dispatch(&job.cluster, &job.headers, Some(&job.body), job.timeout_ms)
+            {
+                Ok(token) => {
+                    hub.in_flight.insert(
+                        token,
+                        InFlight {
+                            join: job.join,
+                            rollout: job.rollout,
+                            started_ms: now,
+                        },
+                    );
+                    if let Some(sm) = sm {
+                        m.bump(sm.sent);
+                    }
+                }
+                Err(e) => {
+                    hub.cancel(job.join);
+                    if let Some(sm) = sm {
+                        // Envoy refuses a callout to an unknown cluster with BadArgument.
+                        sm.skip(
+                            m,
+                            if e == HostError::BadArgument {
+                                "no_cluster"
+                            } else {
+                                "dispatch_failed"
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn shadow_answer(&mut self, f: InFlight, body_size: usize) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let now = self.now_ms();
+        let m = &active.metrics;
+        let Some(ri) = active
+            .config
+            .plan
+            .rollouts
+            .iter()
+            .position(|r| r.name == f.rollout)
+        else {
+            // The rollout left the plan meanwhile; its join expires.
+            return;
+        };
+        let (Some(rollout), Some(sm)) = (active.config.plan.rollout(ri), m.shadow(ri)) else {
+            return;
+        };
+        let Some(sh) = &rollout.shadow else { return };
+        let status = self
+            .host
+            .call_response_header(":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let limit = sh.compare.max_response_bytes;
+        let body = if body_size <= limit {
+            self.host
+                .call_response_body(body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            self.host
+                .call_response_body(64)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        let failure = match status {
+            None => Some(rollout_core::control::PollError::Unreachable),
+            Some(s) if !(200..300).contains(&s) => {
+                match rollout_core::control::PollError::classify(s, &body) {
+                    rollout_core::control::PollError::Status => None,
+                    e => Some(e),
+                }
+            }
+            _ => None,
+        };
+        match failure {
+            Some(rollout_core::control::PollError::Timeout) => {
+                m.bump(sm.timeouts);
+                self.with_hub(|hub| hub.shadow_failed(f.join));
+                return;
+            }
+            Some(_) => {
+                sm.error(m, "unreachable");
+                self.with_hub(|hub| hub.shadow_failed(f.join));
+                return;
+            }
+            None => {}
+        }
+        let status = status.unwrap_or(0);
+        if !(200..300).contains(&status) {
+            sm.error(m, "status");
+        }
+        let too_large = body_size > limit;
+        let parsed = if too_large { None } else { parse_answer(&body) };
+        if (200..300).contains(&status) && !too_large {
+            let (pointer, lo, hi) = match &rollout.output {
+                Some(o) => (o.pointer.as_str(), o.min, o.max),
+                None => (
+                    sh.compare
+                        .pointers
+                        .first()
+                        .map(String::as_str)
+                        .unwrap_or(""),
+                    None,
+                    None,
+                ),
+            };
+            sm.health.count(m, health(parsed.as_ref(), pointer, lo, hi));
+        }
+        let answer = Answer {
+            status,
+            latency_ms: now.saturating_sub(f.started_ms),
+            predictions: extract(parsed.as_ref(), &sh.compare.pointers),
+            too_large,
+        };
+        let rng = self.rng.clone();
+        let host = self.host.clone();
+        let mut random = move || {
+            let mut b = [0u8; 4];
+            if let Ok(mut pool) = rng.try_borrow_mut() {
+                pool.fill(&mut b, || now);
+            }
+            u32::from_le_bytes(b)
+        };
+        self.with_hub(|hub| hub.shadow_done(&host, f.join, answer, now, &mut random));
+    }
+
+    fn with_hub(&self, f: impl FnOnce(&mut Hub)) {
+        if let Ok(mut hub) = self.hub.try_borrow_mut() {
+            f(&mut hub);
+        }
+    }
+
+    /// Sends buffered comparison records to the sidecar (one POST in flight).
+    fn flush_records(&mut self) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let m = &active.metrics;
+        if self.records_in_flight.is_some() {
+            return;
+        }
+        let records = match self.hub.try_borrow_mut() {
+            Ok(mut hub) if hub.pending_records() > 0 => hub.take_records(),
+            _ => return,
+        };
+        let n = records.len() as u64;
+        let Some(control) = &active.config.control else {
+            m.records_dropped("no_sidecar", n);
+            return;
+        };
+        let body = serde_json::json!({"proxy": self.proxy_id, "records": records}).to_string();
+        let mut headers = vec![
+            (":method".to_string(), "POST".to_string()),
+            (":path".to_string(), "/v1/shadow-records".to_string()),
+            (":authority".to_string(), control.authority.clone()),
+            ("content-type".to_string(), "application/json".to_string()),
+        ];
+        if let Some(t) = &control.token {
+            headers.push(("authorization".to_string(), format!("Bearer {t}")));
+        }
+        match self.host.dispatch(
+            &control.cluster,
+            &headers,
+            Some(body.as_bytes()),
+            control.timeout_ms.max(1000),
+        ) {
+            Ok(token) => self.records_in_flight = Some((token, n)),
+            Err(_) => m.records_dropped("post_failed", n),
+        }
+    }
+
+    fn records_answer(&mut self, n: u64) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let m = &active.metrics;
+        let ok = self
+            .host
+            .call_response_header(":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .is_some_and(|s| (200..300).contains(&s));
+        if ok {
+            m.add(m.records_sent, n);
+        } else {
+            m.records_dropped("post_failed", n);
+        }
+    }
+
     fn current_etag(&self) -> String {
         self.poller
             .as_ref()
@@ -443,6 +750,7 @@ impl<H: Host + Clone> Root<H> {
             context_id,
             self.active.clone(),
             self.rng.clone(),
+            self.hub.clone(),
         )
     }
 
@@ -495,6 +803,10 @@ impl RootContext for Root<ProxyHost> {
 
     fn on_tick(&mut self) {
         self.tick();
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        self.queue_ready(queue_id);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

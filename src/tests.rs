@@ -45,7 +45,7 @@ fn matched_request_gets_variant_and_correlation_id() {
     );
     let mut ctx = root.new_http(2);
     *h.calls.borrow_mut() = 0;
-    assert_eq!(ctx.request_headers(), Action::Continue);
+    assert_eq!(ctx.request_headers(true), Action::Continue);
     let expect = if rollout_core::bucket("fraud-v2", "alice") >= 9000 {
         "canary"
     } else {
@@ -96,7 +96,7 @@ fn valid_client_id_is_kept_invalid_is_replaced() {
             ("x-request-id", "client-id-123"),
         ],
     );
-    root.new_http(2).request_headers();
+    root.new_http(2).request_headers(true);
     assert_eq!(
         h.request.borrow().get("x-request-id").unwrap(),
         "client-id-123"
@@ -105,7 +105,7 @@ fn valid_client_id_is_kept_invalid_is_replaced() {
         &h,
         &[(":path", "/v2/models/fraud/x"), ("x-request-id", "bad id!")],
     );
-    root.new_http(3).request_headers();
+    root.new_http(3).request_headers(true);
     let id = h.request.borrow().get("x-request-id").cloned().unwrap();
     assert_ne!(id, "bad id!");
     assert_eq!(id.len(), 36);
@@ -118,7 +118,7 @@ fn unmatched_request_is_untouched() {
     let before = h.request.borrow().clone();
     *h.calls.borrow_mut() = 0;
     let mut ctx = root.new_http(2);
-    ctx.request_headers();
+    ctx.request_headers(true);
     assert_eq!(*h.request.borrow(), before);
     assert_eq!(*h.calls.borrow(), 1, "only :path is read");
     h.response
@@ -139,7 +139,7 @@ fn override_is_stripped_when_disabled_and_honoured_when_enabled() {
             ("x-model-override", "canary"),
         ],
     );
-    root.new_http(2).request_headers();
+    root.new_http(2).request_headers(true);
     assert!(!h.request.borrow().contains_key("x-model-override"));
 
     let enabled = CONFIG.replacen('{', r#"{"override": {"enabled": true},"#, 1);
@@ -153,7 +153,7 @@ fn override_is_stripped_when_disabled_and_honoured_when_enabled() {
                 ("x-model-override", "canary"),
             ],
         );
-        root.new_http(2).request_headers();
+        root.new_http(2).request_headers(true);
         assert_eq!(h.request.borrow().get("x-model-variant").unwrap(), "canary");
         assert!(!h.request.borrow().contains_key("x-model-override"));
     }
@@ -165,7 +165,7 @@ fn override_is_stripped_when_disabled_and_honoured_when_enabled() {
             ("x-user-id", "a"),
         ],
     );
-    root.new_http(3).request_headers();
+    root.new_http(3).request_headers(true);
     let mut root = root;
     root.tick();
     assert_eq!(h.metric(stats::OVERRIDE_REJECTED), 1);
@@ -181,7 +181,7 @@ fn bad_configuration_is_refused_and_previous_stays() {
     assert!(msg.contains("plan.rollouts[0].variants"), "{msg}");
     // The earlier plan still routes.
     request(&h, &[(":path", "/v2/models/fraud/x"), ("x-tester", "1")]);
-    root.new_http(5).request_headers();
+    root.new_http(5).request_headers(true);
     assert_eq!(h.request.borrow().get("x-model-variant").unwrap(), "canary");
 }
 
@@ -191,7 +191,7 @@ fn header_read_failures_still_serve_the_request() {
     request(&h, &[(":path", "/v2/models/fraud/x")]);
     *h.fail_headers.borrow_mut() = true;
     let mut ctx = root.new_http(2);
-    assert_eq!(ctx.request_headers(), Action::Continue);
+    assert_eq!(ctx.request_headers(true), Action::Continue);
     root.tick();
     assert!(h.metric(stats::HOST_ERRORS) >= 1);
     assert_eq!(h.metric(stats::UNMATCHED), 1);
@@ -203,7 +203,7 @@ fn requests_without_key_are_split_randomly_by_weight() {
     let mut canary = 0;
     for i in 0..20_000 {
         request(&h, &[(":path", "/v2/models/fraud/x")]);
-        root.new_http(i).request_headers();
+        root.new_http(i).request_headers(true);
         if h.request.borrow().get("x-model-variant").unwrap() == "canary" {
             canary += 1;
         }
@@ -222,7 +222,7 @@ fn counters_survive_a_reconfiguration_mid_request() {
     let (h, mut root) = root_with(CONFIG);
     request(&h, &[(":path", "/v2/models/fraud/x"), ("x-tester", "1")]);
     let mut ctx = root.new_http(2);
-    ctx.request_headers();
+    ctx.request_headers(true);
     assert!(root.configure());
     h.response
         .borrow_mut()
@@ -272,7 +272,7 @@ fn answer(h: &H, root: &mut Root<H>, status: Option<u32>, body: &str) {
 
 fn variant_for(h: &H, root: &Root<H>) -> String {
     request(h, &[(":path", "/v2/models/x/infer"), ("x-user-id", "u1")]);
-    root.new_http(9).request_headers();
+    root.new_http(9).request_headers(true);
     h.request.borrow().get("x-model-variant").cloned().unwrap()
 }
 

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -284,3 +285,140 @@ def wait_for(fn, timeout: float = 10.0, interval: float = 0.2):
 
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+# ------------------------------------------------------------------ control sidecar
+
+CONTROL = ROOT / "target/native/rollout-control"
+
+
+class Sidecar:
+    """rollout-control serve on a fixed port (so it can be restarted in place)."""
+
+    def __init__(self, procs: Processes, plan: dict | None = None, port: int | None = None,
+                 data: str | None = None, token: str | None = None) -> None:
+        self.procs = procs
+        self.port = port or free_port()
+        self.data = data or tempfile.mkdtemp(prefix="control-", dir=procs.tmp.name)
+        self.token = token
+        self.args = [str(CONTROL), "serve", "--listen", f"127.0.0.1:{self.port}", "--data", self.data]
+        if plan is not None:
+            path = Path(self.data) / "initial-plan.json"
+            path.write_text(json.dumps(plan))
+            self.args += ["--initial-plan", str(path)]
+        if token is not None:
+            tf = Path(self.data) / "token"
+            tf.write_text(token + "\n")
+            self.args += ["--token-file", str(tf)]
+        self.start()
+
+    def start(self) -> None:
+        self.proc = self.procs.start(self.args, "control")
+        wait_http(self.url + "/ready", proc=self.proc)
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def call(self, method: str, path: str, body=None, headers: dict | None = None,
+             auth: bool = True) -> tuple[int, dict, dict | list | None]:
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        h = {"content-type": "application/json", **(headers or {})}
+        if auth and self.token:
+            h["authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                raw = r.read()
+                return r.status, dict(r.headers), (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                parsed = json.loads(raw) if raw else None
+            except ValueError:
+                parsed = {"raw": raw.decode(errors="replace")}
+            return e.code, dict(e.headers), parsed
+
+    def plan(self) -> dict:
+        status, _, body = self.call("GET", "/v1/plan")
+        assert status == 200, (status, body)
+        return body  # type: ignore[return-value]
+
+    def weights(self, rollout: str, weights: dict, reason: str = "test") -> int:
+        status, _, body = self.call("POST", f"/v1/rollouts/{rollout}/weights?reason={reason}",
+                                    {"weights": weights})
+        assert status == 200, (status, body)
+        return body["version"]  # type: ignore[index]
+
+    def op(self, rollout: str, op: str, body=None, reason: str = "test") -> int:
+        status, _, resp = self.call("POST", f"/v1/rollouts/{rollout}/{op}?reason={reason}", body or {})
+        assert status == 200, (status, resp)
+        return resp["version"]  # type: ignore[index]
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(CONTROL), *args], capture_output=True, text=True, timeout=60)
+    if check and r.returncode != 0:
+        raise AssertionError(f"rollout-control {' '.join(args)} -> {r.returncode}: {r.stdout}{r.stderr}")
+    return r
+
+
+class Load:
+    """Steady background load: `threads` keep-alive connections sending infer
+    requests for users round robin until `stop()` (or `max_seconds`, a hard bound).
+    Records (monotonic time, status, variant, model_version, user) per request."""
+
+    def __init__(self, port: int, users: list[str], path: str = "/v2/models/fraud/infer",
+                 threads: int = 4, max_seconds: float = 120.0, pause: float = 0.0) -> None:
+        self.port, self.users, self.path, self.pause = port, users, path, pause
+        self.results: list[tuple[float, int, str, str, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._deadline = time.monotonic() + max_seconds
+        self._threads = [threading.Thread(target=self._run, args=(i, threads), daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, offset: int, stride: int) -> None:
+        conn = None
+        i = offset
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            user = self.users[i % len(self.users)]
+            i += stride
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("POST", self.path, body=INFER_BODY,
+                             headers={"content-type": "application/json", "x-user-id": user})
+                r = conn.getresponse()
+                body = r.read()
+                try:
+                    version = json.loads(body).get("model_version", "")
+                except ValueError:
+                    version = ""
+                row = (time.monotonic(), r.status, r.getheader("x-model-variant") or "", version, user)
+            except (http.client.HTTPException, OSError) as e:
+                conn = None
+                with self._lock:
+                    self.errors.append(repr(e))
+                continue
+            with self._lock:
+                self.results.append(row)
+            if self.pause:
+                time.sleep(self.pause)
+
+    def snapshot(self) -> list[tuple[float, int, str, str, str]]:
+        with self._lock:
+            return list(self.results)
+
+    def stop(self) -> list[tuple[float, int, str, str, str]]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=15)
+        return self.snapshot()

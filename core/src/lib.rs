@@ -11,6 +11,7 @@ pub mod hash;
 pub mod ops;
 pub mod plan;
 pub mod request;
+pub mod shadow;
 pub mod stats;
 
 pub use config::{parse_plugin_config, FilterConfig, PluginConfigSpec};

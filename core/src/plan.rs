@@ -48,6 +48,12 @@ pub struct RolloutSpec {
     pub variants: Vec<VariantSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targeting: Vec<TargetRuleSpec>,
+    /// Shadow copies of sampled requests, compared with the primary's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowSpec>,
+    /// Health checks of the primary answers (missing/null/NaN/out of range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<crate::shadow::OutputSpec>,
     /// Operator pause: the sidecar makes no automatic change to a paused rollout.
     /// Routing is unaffected (the weights in force keep applying).
     #[serde(default, skip_serializing_if = "is_false")]
@@ -122,6 +128,8 @@ pub struct Plan {
 pub struct Rollout {
     pub name: String,
     pub paused: bool,
+    pub shadow: Option<crate::shadow::Shadow>,
+    pub output: Option<crate::shadow::Output>,
     pub matcher: Matcher,
     pub salt: String,
     pub variants: Vec<Variant>,
@@ -352,9 +360,19 @@ impl RolloutSpec {
             let rp = format!("targeting[{i}]");
             targeting.push(t.compile(&variants).map_err(|e| e.within(&rp))?);
         }
+        let shadow = match &self.shadow {
+            Some(s) => Some(s.compile(&self.salt).map_err(|e| e.within("shadow"))?),
+            None => None,
+        };
+        let output = match &self.output {
+            Some(o) => Some(o.compile().map_err(|e| e.within("output"))?),
+            None => None,
+        };
         Ok(Rollout {
             name: self.name.clone(),
             paused: self.paused,
+            shadow,
+            output,
             matcher,
             salt: self.salt.clone(),
             variants,

@@ -41,6 +41,44 @@ pub fn rollout_assignments(rollout: &str, reason: &str) -> String {
     format!("{PREFIX}.rollout.{rollout}.reason.{reason}.assignments_total")
 }
 
+/// `model_rollout.rollout.<r>.<metric>`: per-rollout shadow stats.
+pub fn rollout_metric(rollout: &str, metric: &str) -> String {
+    format!("{PREFIX}.rollout.{rollout}.{metric}")
+}
+
+/// `model_rollout.rollout.<r>.reason.<reason>.<metric>`.
+pub fn rollout_reason_metric(rollout: &str, reason: &str, metric: &str) -> String {
+    format!("{PREFIX}.rollout.{rollout}.reason.{reason}.{metric}")
+}
+
+/// `model_rollout.rollout.<r>.variant.<v>.<metric>` (and with a reason).
+pub fn variant_metric(rollout: &str, variant: &str, metric: &str) -> String {
+    format!("{PREFIX}.rollout.{rollout}.variant.{variant}.{metric}")
+}
+
+pub fn variant_reason_metric(rollout: &str, variant: &str, reason: &str, metric: &str) -> String {
+    format!("{PREFIX}.rollout.{rollout}.variant.{variant}.reason.{reason}.{metric}")
+}
+
+/// Reasons a sampled request was not shadowed or not compared.
+pub const SHADOW_SKIP_REASONS: [&str; 7] = [
+    "aborted",
+    "body_too_large",
+    "in_flight_limit",
+    "no_cluster",
+    "join_table_full",
+    "dispatch_failed",
+    "response_too_large",
+];
+pub const SHADOW_ERROR_REASONS: [&str; 2] = ["unreachable", "status"];
+pub const SHADOW_DISAGREE_REASONS: [&str; 2] = ["status", "prediction"];
+pub const RECORD_DROP_REASONS: [&str; 3] = ["no_sidecar", "buffer_full", "post_failed"];
+pub const SHADOW_RECORDS_SENT: &str = "model_rollout.shadow_records_sent_total";
+
+pub fn records_dropped(reason: &str) -> String {
+    format!("{PREFIX}.reason.{reason}.shadow_records_dropped_total")
+}
+
 pub const UNMATCHED: &str = "model_rollout.unmatched_total";
 pub const OVERRIDE_REJECTED: &str = "model_rollout.override_rejected_total";
 pub const CORRELATION_GENERATED: &str = "model_rollout.correlation_generated_total";

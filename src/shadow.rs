@@ -1,0 +1,295 @@
+//! Shadow copies and their comparison, done by the root context so that a shadow
+//! answering after the primary has finished is still compared.
+//!
+//! Why the root: a callout's answer goes to the context that dispatched it, and
+//! Envoy cancels a request context's callouts when the request ends. So a request
+//! context never dispatches a shadow itself. It opens a *join* (keyed by an
+//! internal id; the correlation id travels with it), parks the copy as a job in
+//! this worker's `Hub`, and nudges the root through a proxy-wasm shared queue; the
+//! root's `on_queue_ready` runs on the same worker right after the current
+//! callback and dispatches the job. The request context later hands over its own
+//! answer (status, latency, predictions) when it ends. Whichever half arrives
+//! second completes the join: compare, count, maybe record.
+//!
+//! Everything is bounded: jobs, joins (also by age: an expired join is counted),
+//! in-flight shadow calls (per rollout and worker), buffered records.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use rollout_core::shadow::{compare, Prediction};
+use serde_json::{json, Value};
+
+use crate::host::Host;
+use crate::root::Active;
+
+pub const MAX_JOBS: usize = 256;
+pub const MAX_JOINS: usize = 4096;
+pub const MAX_RECORDS: usize = 1000;
+pub const RECORD_BATCH: usize = 200;
+/// A join outlives its shadow's timeout by this much before it expires.
+pub const JOIN_GRACE_MS: u64 = 10_000;
+
+/// One answer, reduced to what the comparison needs.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u32,
+    pub latency_ms: u64,
+    pub predictions: Vec<Option<Prediction>>,
+    /// The body exceeded the comparison limit: not comparable.
+    pub too_large: bool,
+}
+
+pub struct Job {
+    pub join: u64,
+    pub rollout: String,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+    pub max_in_flight: u32,
+}
+
+struct Join {
+    active: Rc<Active>,
+    rollout: usize,
+    variant: usize,
+    correlation_id: String,
+    expires_ms: u64,
+    primary: Option<Answer>,
+    shadow: Option<Answer>,
+}
+
+pub struct InFlight {
+    pub join: u64,
+    pub rollout: String,
+    pub started_ms: u64,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    jobs: VecDeque<Job>,
+    joins: HashMap<u64, Join>,
+    next_join: u64,
+    pub in_flight: HashMap<u32, InFlight>,
+    /// Shared queue this worker's root listens on (None: nudges unavailable,
+    /// jobs are dispatched on the tick instead).
+    pub queue: Option<u32>,
+    records: Vec<Value>,
+    /// Disagreement records budget per rollout: (minute window start, used).
+    budget: HashMap<String, (u64, u32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    Joins,
+    Jobs,
+}
+
+impl Hub {
+    /// Opens a join for a sampled request.
+    pub fn open(
+        &mut self,
+        active: Rc<Active>,
+        rollout: usize,
+        variant: usize,
+        correlation_id: &str,
+        expires_ms: u64,
+    ) -> Result<u64, Full> {
+        if self.joins.len() >= MAX_JOINS {
+            return Err(Full::Joins);
+        }
+        self.next_join = self.next_join.wrapping_add(1);
+        let id = self.next_join;
+        self.joins.insert(
+            id,
+            Join {
+                active,
+                rollout,
+                variant,
+                correlation_id: correlation_id.to_string(),
+                expires_ms,
+                primary: None,
+                shadow: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Drops a join that will never complete (no shadow sent).
+    pub fn cancel(&mut self, join: u64) {
+        self.joins.remove(&join);
+    }
+
+    /// Parks a job; returns whether the root must be nudged (queue was empty).
+    pub fn push(&mut self, job: Job) -> Result<bool, Full> {
+        if self.jobs.len() >= MAX_JOBS {
+            self.joins.remove(&job.join);
+            return Err(Full::Jobs);
+        }
+        let was_empty = self.jobs.is_empty();
+        self.jobs.push_back(job);
+        Ok(was_empty)
+    }
+
+    pub fn take_jobs(&mut self) -> VecDeque<Job> {
+        std::mem::take(&mut self.jobs)
+    }
+
+    pub fn in_flight_for(&self, rollout: &str) -> usize {
+        self.in_flight
+            .values()
+            .filter(|f| f.rollout == rollout)
+            .count()
+    }
+
+    pub fn has_join(&self, join: u64) -> bool {
+        self.joins.contains_key(&join)
+    }
+
+    /// The primary's answer; completes the join if the shadow answered first.
+    pub fn primary_done(
+        &mut self,
+        host: &impl Host,
+        join: u64,
+        answer: Answer,
+        now: u64,
+        rng: &mut impl FnMut() -> u32,
+    ) {
+        let Some(j) = self.joins.get_mut(&join) else {
+            return;
+        };
+        j.primary = Some(answer);
+        if j.shadow.is_some() {
+            self.complete(host, join, now, rng);
+        }
+    }
+
+    /// The shadow's answer; completes the join if the primary answered first.
+    pub fn shadow_done(
+        &mut self,
+        host: &impl Host,
+        join: u64,
+        answer: Answer,
+        now: u64,
+        rng: &mut impl FnMut() -> u32,
+    ) {
+        let Some(j) = self.joins.get_mut(&join) else {
+            return;
+        };
+        j.shadow = Some(answer);
+        if j.primary.is_some() {
+            self.complete(host, join, now, rng);
+        }
+    }
+
+    /// The shadow produced no answer (unreachable, timeout): nothing to compare.
+    pub fn shadow_failed(&mut self, join: u64) {
+        self.joins.remove(&join);
+    }
+
+    fn complete(&mut self, host: &impl Host, join: u64, now: u64, rng: &mut impl FnMut() -> u32) {
+        let Some(j) = self.joins.remove(&join) else {
+            return;
+        };
+        let (Some(p), Some(s)) = (&j.primary, &j.shadow) else {
+            return;
+        };
+        let m = &j.active.metrics;
+        let Some(sm) = m.shadow(j.rollout) else {
+            return;
+        };
+        let Some(rollout) = j.active.config.plan.rollout(j.rollout) else {
+            return;
+        };
+        let Some(spec) = &rollout.shadow else { return };
+        if p.too_large || s.too_large {
+            sm.skip(m, "response_too_large");
+            return;
+        }
+        let verdict = compare(
+            p.status,
+            s.status,
+            &p.predictions,
+            &s.predictions,
+            &spec.compare,
+        );
+        m.bump(sm.compared);
+        if verdict.agrees() {
+            m.bump(sm.agree);
+        } else {
+            sm.disagree(m, verdict.as_str());
+        }
+        m.record(host, sm.latency_ms, s.latency_ms);
+        m.record(host, sm.primary_latency_ms, p.latency_ms);
+
+        let keep = if verdict.agrees() {
+            spec.record_bp > 0 && rng() % 10_000 < u32::from(spec.record_bp)
+        } else {
+            let (start, used) = self.budget.entry(rollout.name.clone()).or_insert((now, 0));
+            if now.saturating_sub(*start) >= 60_000 {
+                *start = now;
+                *used = 0;
+            }
+            *used += 1;
+            *used <= spec.disagreements_per_minute
+        };
+        if !keep {
+            return;
+        }
+        if self.records.len() >= MAX_RECORDS {
+            m.records_dropped("buffer_full", 1);
+            return;
+        }
+        let preds = |a: &Answer| {
+            Value::Array(
+                a.predictions
+                    .iter()
+                    .map(|p| p.as_ref().map(Prediction::to_json).unwrap_or(Value::Null))
+                    .collect(),
+            )
+        };
+        self.records.push(json!({
+            "correlation_id": j.correlation_id,
+            "rollout": rollout.name,
+            "variant": rollout.variant_name(j.variant),
+            "shadow_cluster": spec.cluster,
+            "agree": verdict.agrees(),
+            "verdict": verdict.as_str(),
+            "primary_status": p.status,
+            "shadow_status": s.status,
+            "primary_latency_ms": p.latency_ms,
+            "shadow_latency_ms": s.latency_ms,
+            "primary_prediction": preds(p),
+            "shadow_prediction": preds(s),
+            "unix_ms": now,
+        }));
+    }
+
+    /// Expires joins past their age; each is counted on its rollout.
+    pub fn expire(&mut self, now: u64) {
+        self.joins.retain(|_, j| {
+            if j.expires_ms > now {
+                return true;
+            }
+            if let Some(sm) = j.active.metrics.shadow(j.rollout) {
+                j.active.metrics.bump(sm.expired);
+            }
+            false
+        });
+    }
+
+    /// Takes up to a batch of records to send.
+    pub fn take_records(&mut self) -> Vec<Value> {
+        let n = self.records.len().min(RECORD_BATCH);
+        self.records.drain(..n).collect()
+    }
+
+    pub fn pending_records(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn joins(&self) -> usize {
+        self.joins.len()
+    }
+}
