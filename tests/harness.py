@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+from urllib.parse import quote
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -349,13 +350,13 @@ class Sidecar:
         return body  # type: ignore[return-value]
 
     def weights(self, rollout: str, weights: dict, reason: str = "test") -> int:
-        status, _, body = self.call("POST", f"/v1/rollouts/{rollout}/weights?reason={reason}",
+        status, _, body = self.call("POST", f"/v1/rollouts/{rollout}/weights?reason={quote(reason)}",
                                     {"weights": weights})
         assert status == 200, (status, body)
         return body["version"]  # type: ignore[index]
 
     def op(self, rollout: str, op: str, body=None, reason: str = "test") -> int:
-        status, _, resp = self.call("POST", f"/v1/rollouts/{rollout}/{op}?reason={reason}", body or {})
+        status, _, resp = self.call("POST", f"/v1/rollouts/{rollout}/{op}?reason={quote(reason)}", body or {})
         assert status == 200, (status, resp)
         return resp["version"]  # type: ignore[index]
 

@@ -27,7 +27,11 @@ impl ConfigError {
     /// Converts a serde error that carries its path into a `ConfigError`.
     pub fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> Self {
         let path = err.path().to_string();
-        let field = if path == "." { String::new() } else { path };
+        let field = if path == "." || path == "?" {
+            String::new()
+        } else {
+            path
+        };
         let inner = err.into_inner();
         ConfigError::new(field, strip_position(&inner.to_string()))
     }

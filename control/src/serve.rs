@@ -1,0 +1,145 @@
+//! `rollout-control serve`: opens the store, seeds it from `--initial-plan` when
+//! empty, serves the API until SIGTERM / SIGINT, then closes the store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::api::parse_plan_document;
+use crate::server::{app, AppState};
+use crate::store::{Change, Op, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    pub token_file: Option<PathBuf>,
+    pub initial_plan: Option<PathBuf>,
+}
+
+/// Reads a bearer token file; surrounding whitespace (the trailing newline) is dropped.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+/// Stores `file` as version 1 when the store is empty. Returns the stored version, or
+/// `None` when the store already had a plan (the file is then not read).
+pub fn seed_initial_plan(store: &Store, file: &Path) -> anyhow::Result<Option<u64>> {
+    if store.current().is_some() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let plan = parse_plan_document(&bytes)
+        .map_err(|e| anyhow::anyhow!("invalid initial plan {}: {e}", file.display()))?;
+    let reason = format!("initial plan from {}", file.display());
+    let cur = store.commit(|cur| {
+        if let Some(c) = cur {
+            // Another writer got there first: nothing to seed.
+            return Err(StoreError::Db(format!(
+                "the store already holds version {}",
+                c.version()
+            )));
+        }
+        Ok(Change {
+            plan,
+            op: Op::Initial,
+            reason,
+            author: "rollout-control".to_string(),
+        })
+    })?;
+    Ok(Some(cur.version()))
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Runs the sidecar until a shutdown signal.
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let token = opts.token_file.as_deref().map(read_token).transpose()?;
+    let store = Store::open(&opts.data)?;
+    if let Some(file) = &opts.initial_plan {
+        match seed_initial_plan(&store, file)? {
+            Some(v) => eprintln!(
+                "rollout-control: v{v} initial by \"rollout-control\": {:?}",
+                format!("initial plan from {}", file.display())
+            ),
+            None => eprintln!(
+                "rollout-control: the store already holds a plan; --initial-plan {} ignored",
+                file.display()
+            ),
+        }
+    }
+    match store.current() {
+        Some(c) => eprintln!(
+            "rollout-control: store {} at plan version {}",
+            store.path().display(),
+            c.version()
+        ),
+        None => eprintln!(
+            "rollout-control: store {} is empty: PUT /v1/plan to store the first plan",
+            store.path().display()
+        ),
+    }
+    if !is_loopback(&opts.listen) && token.is_none() {
+        eprintln!(
+            "rollout-control: warning: listening on {} without --token-file: anyone who can \
+             reach it can change the plan",
+            opts.listen
+        );
+    }
+    let store = Arc::new(store);
+    let state = AppState::new(Arc::clone(&store), token);
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let local = listener.local_addr()?;
+    eprintln!("rollout-control: listening on http://{local}");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    eprintln!("rollout-control: shutting down");
+    // Every handler has finished; the router and its state are gone, so this is the
+    // last reference. Close explicitly to report errors.
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.close()?,
+        Err(_) => eprintln!("rollout-control: store still referenced at exit; dropping"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            eprintln!("rollout-control: cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                eprintln!("rollout-control: cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
