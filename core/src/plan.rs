@@ -54,6 +54,15 @@ pub struct RolloutSpec {
     /// Health checks of the primary answers (missing/null/NaN/out of range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<crate::shadow::OutputSpec>,
+    /// A/B experiment: assignments are recorded and judged against feedback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<crate::experiment::ExperimentSpec>,
+    /// Progressive delivery: steps, checks, rollback rules, local trip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicySpec>,
+    /// Where the sidecar is in the policy's steps (written by the sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::policy::ProgressSpec>,
     /// Operator pause: the sidecar makes no automatic change to a paused rollout.
     /// Routing is unaffected (the weights in force keep applying).
     #[serde(default, skip_serializing_if = "is_false")]
@@ -130,6 +139,10 @@ pub struct Rollout {
     pub paused: bool,
     pub shadow: Option<crate::shadow::Shadow>,
     pub output: Option<crate::shadow::Output>,
+    pub experiment: Option<crate::experiment::Experiment>,
+    /// Index of the policy's candidate (the last variant without a policy).
+    pub candidate: usize,
+    pub trip: Option<crate::policy::Trip>,
     pub matcher: Matcher,
     pub salt: String,
     pub variants: Vec<Variant>,
@@ -368,11 +381,39 @@ impl RolloutSpec {
             Some(o) => Some(o.compile().map_err(|e| e.within("output"))?),
             None => None,
         };
+        let experiment = match &self.experiment {
+            Some(x) => Some(x.compile().map_err(|e| e.within("experiment"))?),
+            None => None,
+        };
+        let names: Vec<String> = variants.iter().map(|v| v.name.clone()).collect();
+        let (candidate, trip) = match &self.policy {
+            Some(p) => p
+                .compile(
+                    &names,
+                    shadow.is_some(),
+                    output.is_some(),
+                    experiment.is_some(),
+                )
+                .map_err(|e| e.within("policy"))?,
+            None => (variants.len().saturating_sub(1), None),
+        };
+        if let Some(pr) = &self.progress {
+            let steps = self.policy.as_ref().map(|p| p.steps.len()).unwrap_or(0);
+            if pr.step >= steps {
+                return Err(ConfigError::new(
+                    "progress.step",
+                    format!("{} is not a step of the policy ({steps} steps)", pr.step),
+                ));
+            }
+        }
         Ok(Rollout {
             name: self.name.clone(),
             paused: self.paused,
             shadow,
             output,
+            experiment,
+            candidate,
+            trip,
             matcher,
             salt: self.salt.clone(),
             variants,
