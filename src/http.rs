@@ -17,7 +17,7 @@ use rollout_core::correlation;
 use rollout_core::decide::{decide, subject_key};
 use rollout_core::hash::BUCKETS;
 use rollout_core::request::{CachedHeaders, RequestHeaders};
-use rollout_core::shadow::{extract, health, parse_answer};
+use rollout_core::shadow::{extract, health, parse_answer, Health};
 use rollout_core::stats::class_index;
 
 use crate::host::{Host, ProxyHost};
@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::rng::{Draw, RandomPool};
 use crate::root::Active;
 use crate::shadow::{Answer, Hub, Job, JOIN_GRACE_MS};
+use crate::trip::Observed;
 
 /// What the request half decided, for the response half.
 struct Assigned {
@@ -150,12 +151,45 @@ impl<H: Host> Http<H> {
                 id
             }
         };
+        // A tripped proxy sends the candidate's users to stable until a newer plan.
+        let mut decision = decision;
+        if let Some(tw) = active.trip(ri) {
+            if tw.tripped() && decision.variant == tw.spec.candidate {
+                decision.variant = 0;
+                if let Some(tm) = m.trip(ri) {
+                    m.bump(tm.rerouted);
+                }
+            }
+        }
         set_request_header(
             host,
             m,
             &cfg.variant_header,
             Some(rollout.variant_name(decision.variant)),
         );
+        if let Some(x) = &rollout.experiment {
+            let recorded = x.record_bp >= 10_000 || {
+                let mut b = [0u8; 4];
+                draw(rng, host, m, &mut b);
+                u32::from_le_bytes(b) % 10_000 < u32::from(x.record_bp)
+            };
+            if recorded {
+                let record = serde_json::json!({
+                    "correlation_id": correlation_id,
+                    "rollout": rollout.name,
+                    "variant": rollout.variant_name(decision.variant),
+                    "unix_ms": host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0),
+                });
+                let kept = self
+                    .hub
+                    .try_borrow_mut()
+                    .map(|mut h| h.assignment(record))
+                    .unwrap_or(false);
+                if !kept {
+                    m.assignments_dropped("buffer_full", 1);
+                }
+            }
+        }
 
         if let Some(vm) = m.variant(ri, decision.variant) {
             m.bump(vm.requests);
@@ -365,18 +399,21 @@ impl<H: Host> Http<H> {
             }
         };
         let mut latency_ms = 0;
+        let now = host.now_nanos().map_err(|_| m.bump(m.host_errors)).ok();
         if let Some(vm) = m.variant(a.rollout, a.variant) {
             if let Some(slot) = vm.classes.get(class_index(status)) {
                 m.bump(*slot);
             }
-            if let Some(start) = a.start_ns {
-                match host.now_nanos() {
-                    Ok(now) => {
-                        latency_ms = now.saturating_sub(start) / 1_000_000;
-                        m.record(host, vm.latency_ms, latency_ms);
-                    }
-                    Err(_) => m.bump(m.host_errors),
-                }
+            if let (Some(start), Some(now)) = (a.start_ns, now) {
+                latency_ms = now.saturating_sub(start) / 1_000_000;
+                m.record(host, vm.latency_ms, latency_ms);
+            }
+        }
+        if let (Some(tw), Some(now)) = (active.trip(a.rollout), now) {
+            if a.variant == tw.spec.candidate
+                && tw.response(now / 1_000_000, (500..600).contains(&status)) == Observed::Tripped
+            {
+                announce_trip(host, active, a.rollout);
             }
         }
         // Collect the answer when a shadow waits for it or its health is checked.
@@ -486,7 +523,16 @@ impl<H: Host> Http<H> {
             ) {
                 // An answer too large to read is not judged.
                 if !c.too_large {
-                    hm.count(m, health(parsed.as_ref(), &o.pointer, o.min, o.max));
+                    let h = health(parsed.as_ref(), &o.pointer, o.min, o.max);
+                    hm.count(m, h);
+                    if let Some(tw) = active.trip(a.rollout) {
+                        let now = self.host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0);
+                        if a.variant == tw.spec.candidate
+                            && tw.output(now, h != Health::Valid) == Observed::Tripped
+                        {
+                            announce_trip(&self.host, &active, a.rollout);
+                        }
+                    }
                 }
             }
         }
@@ -510,6 +556,33 @@ impl<H: Host> Http<H> {
             }
         }
     }
+}
+
+/// This worker tripped: count it, raise the gauge, tell the other workers.
+fn announce_trip(host: &impl Host, active: &Active, rollout: usize) {
+    let m = &active.metrics;
+    if let Some(tm) = m.trip(rollout) {
+        m.bump(tm.trips);
+        m.set_gauge(host, tm.tripped, 1);
+    }
+    let Some(r) = active.config.plan.rollout(rollout) else {
+        return;
+    };
+    let version = active.config.plan.version.to_string();
+    if host
+        .set_shared(&crate::root::trip_key(&r.name), version.as_bytes(), None)
+        .is_err()
+    {
+        m.bump(m.host_errors);
+    }
+    host.log(
+        proxy_wasm::types::LogLevel::Warn,
+        &format!(
+            "model-rollout: rollout {} tripped locally (plan version {version}): candidate {} traffic goes to stable",
+            r.name,
+            r.variant_name(active.trip(rollout).map(|t| t.spec.candidate).unwrap_or(0))
+        ),
+    );
 }
 
 fn set_request_header(host: &impl Host, m: &Metrics, name: &str, value: Option<&str>) {

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod rng;
 pub mod root;
 pub mod shadow;
+pub mod trip;
 
 /// The commit the filter was built from (set by build.rs).
 pub const GIT_HASH: &str = env!("MODEL_ROLLOUT_GIT_HASH");

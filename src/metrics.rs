@@ -41,6 +41,15 @@ pub struct RolloutMetrics {
     pub variants: Vec<VariantMetrics>,
     pub reasons: [Slot; 4],
     pub shadow: Option<ShadowMetrics>,
+    pub trip: Option<TripMetrics>,
+}
+
+/// The local trip: how often it fired, requests it sent to stable, and a gauge
+/// that is 1 while this proxy is tripped.
+pub struct TripMetrics {
+    pub trips: Slot,
+    pub rerouted: Slot,
+    pub tripped: u32,
 }
 
 /// Per-rollout shadow stats; arrays are indexed like the reason lists in
@@ -112,6 +121,8 @@ pub struct Metrics {
     pub records_sent: Slot,
     /// Indexed like `stats::RECORD_DROP_REASONS`.
     pub records_dropped: [Slot; 3],
+    pub assignments_sent: Slot,
+    pub assignments_dropped: [Slot; 3],
 }
 
 /// Stats of the plan poller (defined whether or not a sidecar is configured).
@@ -246,10 +257,22 @@ impl Metrics {
                     })
                 }
             };
+            let trip = match r.trip {
+                None => None,
+                Some(_) => Some(TripMetrics {
+                    trips: counter(&stats::rollout_metric(&r.name, "trips_total"))?,
+                    rerouted: counter(&stats::rollout_metric(&r.name, "trip_rerouted_total"))?,
+                    tripped: host.define_metric(
+                        MetricKind::Gauge,
+                        &stats::rollout_metric(&r.name, "tripped"),
+                    )?,
+                }),
+            };
             rollouts.push(RolloutMetrics {
                 variants,
                 reasons,
                 shadow,
+                trip,
             });
         }
         let plan_version = host.define_metric(MetricKind::Gauge, stats::PLAN_VERSION)?;
@@ -267,6 +290,14 @@ impl Metrics {
         let mut records_dropped = [0; 3];
         for (slot, why) in records_dropped.iter_mut().zip(stats::RECORD_DROP_REASONS) {
             *slot = counter(&stats::records_dropped(why))?;
+        }
+        let assignments_sent = counter(stats::ASSIGNMENT_RECORDS_SENT)?;
+        let mut assignments_dropped = [0; 3];
+        for (slot, why) in assignments_dropped
+            .iter_mut()
+            .zip(stats::RECORD_DROP_REASONS)
+        {
+            *slot = counter(&stats::assignment_records_dropped(why))?;
         }
         let control = ControlMetrics {
             polls,
@@ -287,6 +318,8 @@ impl Metrics {
             control,
             records_sent,
             records_dropped,
+            assignments_sent,
+            assignments_dropped,
         })
     }
 
@@ -332,6 +365,25 @@ impl Metrics {
             .get(slot_of(&stats::RECORD_DROP_REASONS, reason))
         {
             self.add(*slot, n);
+        }
+    }
+
+    pub fn assignments_dropped(&self, reason: &str, n: u64) {
+        if let Some(slot) = self
+            .assignments_dropped
+            .get(slot_of(&stats::RECORD_DROP_REASONS, reason))
+        {
+            self.add(*slot, n);
+        }
+    }
+
+    pub fn trip(&self, rollout: usize) -> Option<&TripMetrics> {
+        self.rollouts.get(rollout)?.trip.as_ref()
+    }
+
+    pub fn set_gauge(&self, host: &impl Host, id: u32, value: u64) {
+        if host.record_metric(id, value).is_err() {
+            self.bump(self.host_errors);
         }
     }
 

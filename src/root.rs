@@ -29,7 +29,8 @@ use crate::host::{Host, HostError, ProxyHost};
 use crate::http::Http;
 use crate::metrics::Metrics;
 use crate::rng::RandomPool;
-use crate::shadow::{Answer, Hub, InFlight};
+use crate::shadow::{Answer, Hub, InFlight, RecordKind};
+use crate::trip::TripWindow;
 use rollout_core::shadow::{extract, health, parse_answer};
 
 /// Counters reach Envoy's stats at most this long after the event.
@@ -41,6 +42,20 @@ pub const CONTROL_TICK_MS: u64 = 100;
 pub struct Active {
     pub config: FilterConfig,
     pub metrics: Metrics,
+    /// Local trip windows, by rollout index (`None` without a trip).
+    pub trips: Vec<Option<TripWindow>>,
+}
+
+impl Active {
+    pub fn trip(&self, rollout: usize) -> Option<&TripWindow> {
+        self.trips.get(rollout).and_then(Option::as_ref)
+    }
+}
+
+/// Shared-data key announcing a local trip to the proxy's other workers; the
+/// value is the plan version the trip belongs to.
+pub fn trip_key(rollout: &str) -> String {
+    format!("model_rollout/trip/{rollout}")
 }
 
 struct Poller {
@@ -72,6 +87,7 @@ pub struct Root<H: Host> {
     hub: Rc<RefCell<Hub>>,
     /// Token of the shadow-records POST in flight, with the number of records.
     records_in_flight: Option<(u32, u64)>,
+    assignments_in_flight: Option<(u32, u64)>,
     proxy_id: String,
 }
 
@@ -89,6 +105,7 @@ impl<H: Host + Clone> Root<H> {
             last_flush_ms: None,
             hub: Rc::new(RefCell::new(Hub::default())),
             records_in_flight: None,
+            assignments_in_flight: None,
             proxy_id: String::new(),
         }
     }
@@ -119,7 +136,8 @@ impl<H: Host + Clone> Root<H> {
         self.started_ms = self.now_ms();
         self.proxy_id = self.node_id();
         self.register_queue();
-        let tick = if config.control.is_some() {
+        let has_trip = config.plan.rollouts.iter().any(|r| r.trip.is_some());
+        let tick = if config.control.is_some() || has_trip {
             CONTROL_TICK_MS
         } else {
             FLUSH_MS
@@ -207,8 +225,23 @@ impl<H: Host + Clone> Root<H> {
             }
         };
         metrics.set_plan_version(&self.host, config.plan.version);
+        let trips: Vec<Option<TripWindow>> = config
+            .plan
+            .rollouts
+            .iter()
+            .map(|r| r.trip.clone().map(TripWindow::new))
+            .collect();
+        for (i, _) in trips.iter().enumerate().filter(|(_, t)| t.is_some()) {
+            if let Some(tm) = metrics.trip(i) {
+                metrics.set_gauge(&self.host, tm.tripped, 0);
+            }
+        }
         self.source = source;
-        if let Some(old) = self.active.replace(Rc::new(Active { config, metrics })) {
+        if let Some(old) = self.active.replace(Rc::new(Active {
+            config,
+            metrics,
+            trips,
+        })) {
             old.metrics.flush(&self.host);
             self.retired.push(old);
         }
@@ -244,6 +277,7 @@ impl<H: Host + Clone> Root<H> {
         }
         // Jobs whose nudge was lost are dispatched here at the latest.
         self.dispatch_jobs();
+        self.sync_trips();
         if let Ok(mut hub) = self.hub.try_borrow_mut() {
             hub.expire(now);
         }
@@ -393,7 +427,14 @@ impl<H: Host + Clone> Root<H> {
         if let Some((t, n)) = self.records_in_flight {
             if t == token {
                 self.records_in_flight = None;
-                self.records_answer(n);
+                self.records_answer(RecordKind::Shadow, n);
+                return;
+            }
+        }
+        if let Some((t, n)) = self.assignments_in_flight {
+            if t == token {
+                self.assignments_in_flight = None;
+                self.records_answer(RecordKind::Assignment, n);
                 return;
             }
         }
@@ -488,6 +529,29 @@ impl<H: Host + Clone> Root<H> {
                     LogLevel::Debug,
                     &format!("poll failed ({}), keeping version {in_force}", e.as_str()),
                 );
+            }
+        }
+    }
+
+    /// Follows a trip another worker of this proxy announced for the plan in force.
+    fn sync_trips(&self) {
+        let Some(active) = &self.active else { return };
+        let version = active.config.plan.version.to_string();
+        for (i, r) in active.config.plan.rollouts.iter().enumerate() {
+            let Some(tw) = active.trip(i) else { continue };
+            if tw.tripped() {
+                continue;
+            }
+            if let Ok((Some(v), _)) = self.host.get_shared(&trip_key(&r.name)) {
+                if v == version.as_bytes() && tw.trip() {
+                    if let Some(tm) = active.metrics.trip(i) {
+                        active.metrics.set_gauge(&self.host, tm.tripped, 1);
+                    }
+                    self.log(
+                        LogLevel::Warn,
+                        &format!("rollout {}: local trip announced by another worker; candidate traffic goes to stable", r.name),
+                    );
+                }
             }
         }
     }
@@ -676,28 +740,50 @@ impl<H: Host + Clone> Root<H> {
         }
     }
 
-    /// Sends buffered comparison records to the sidecar (one POST in flight).
+    /// Sends buffered records to the sidecar: shadow comparisons and experiment
+    /// assignments, one POST of each kind in flight.
     fn flush_records(&mut self) {
+        for kind in [RecordKind::Shadow, RecordKind::Assignment] {
+            self.flush_kind(kind);
+        }
+    }
+
+    fn flush_kind(&mut self, kind: RecordKind) {
         let Some(active) = self.active.clone() else {
             return;
         };
         let m = &active.metrics;
-        if self.records_in_flight.is_some() {
+        let slot = match kind {
+            RecordKind::Shadow => &self.records_in_flight,
+            RecordKind::Assignment => &self.assignments_in_flight,
+        };
+        if slot.is_some() {
             return;
         }
         let records = match self.hub.try_borrow_mut() {
-            Ok(mut hub) if hub.pending_records() > 0 => hub.take_records(),
-            _ => return,
+            Ok(mut hub) => hub.take(kind),
+            Err(_) => return,
         };
+        if records.is_empty() {
+            return;
+        }
         let n = records.len() as u64;
+        let dropped = |why: &str| match kind {
+            RecordKind::Shadow => m.records_dropped(why, n),
+            RecordKind::Assignment => m.assignments_dropped(why, n),
+        };
         let Some(control) = &active.config.control else {
-            m.records_dropped("no_sidecar", n);
+            dropped("no_sidecar");
             return;
         };
-        let body = serde_json::json!({"proxy": self.proxy_id, "records": records}).to_string();
+        let (path, field) = match kind {
+            RecordKind::Shadow => ("/v1/shadow-records", "records"),
+            RecordKind::Assignment => ("/v1/assignments", "assignments"),
+        };
+        let body = serde_json::json!({"proxy": self.proxy_id, field: records}).to_string();
         let mut headers = vec![
             (":method".to_string(), "POST".to_string()),
-            (":path".to_string(), "/v1/shadow-records".to_string()),
+            (":path".to_string(), path.to_string()),
             (":authority".to_string(), control.authority.clone()),
             ("content-type".to_string(), "application/json".to_string()),
         ];
@@ -710,12 +796,15 @@ impl<H: Host + Clone> Root<H> {
             Some(body.as_bytes()),
             control.timeout_ms.max(1000),
         ) {
-            Ok(token) => self.records_in_flight = Some((token, n)),
-            Err(_) => m.records_dropped("post_failed", n),
+            Ok(token) => match kind {
+                RecordKind::Shadow => self.records_in_flight = Some((token, n)),
+                RecordKind::Assignment => self.assignments_in_flight = Some((token, n)),
+            },
+            Err(_) => dropped("post_failed"),
         }
     }
 
-    fn records_answer(&mut self, n: u64) {
+    fn records_answer(&mut self, kind: RecordKind, n: u64) {
         let Some(active) = self.active.clone() else {
             return;
         };
@@ -727,10 +816,11 @@ impl<H: Host + Clone> Root<H> {
             .flatten()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .is_some_and(|s| (200..300).contains(&s));
-        if ok {
-            m.add(m.records_sent, n);
-        } else {
-            m.records_dropped("post_failed", n);
+        match (kind, ok) {
+            (RecordKind::Shadow, true) => m.add(m.records_sent, n),
+            (RecordKind::Shadow, false) => m.records_dropped("post_failed", n),
+            (RecordKind::Assignment, true) => m.add(m.assignments_sent, n),
+            (RecordKind::Assignment, false) => m.assignments_dropped("post_failed", n),
         }
     }
 

@@ -76,8 +76,18 @@ pub struct Hub {
     /// jobs are dispatched on the tick instead).
     pub queue: Option<u32>,
     records: Vec<Value>,
+    assignments: Vec<Value>,
     /// Disagreement records budget per rollout: (minute window start, used).
     budget: HashMap<String, (u64, u32)>,
+}
+
+/// The two kinds of records the filter sends to the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A shadow comparison (`POST /v1/shadow-records`).
+    Shadow,
+    /// Which variant served a correlation id, for A/B verdicts (`POST /v1/assignments`).
+    Assignment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,14 +289,23 @@ impl Hub {
         });
     }
 
-    /// Takes up to a batch of records to send.
-    pub fn take_records(&mut self) -> Vec<Value> {
-        let n = self.records.len().min(RECORD_BATCH);
-        self.records.drain(..n).collect()
+    /// Takes up to a batch of records of one kind to send.
+    pub fn take(&mut self, kind: RecordKind) -> Vec<Value> {
+        let buf = match kind {
+            RecordKind::Shadow => &mut self.records,
+            RecordKind::Assignment => &mut self.assignments,
+        };
+        let n = buf.len().min(RECORD_BATCH);
+        buf.drain(..n).collect()
     }
 
-    pub fn pending_records(&self) -> usize {
-        self.records.len()
+    /// Buffers an assignment record; false when the buffer is full.
+    pub fn assignment(&mut self, record: Value) -> bool {
+        if self.assignments.len() >= MAX_RECORDS {
+            return false;
+        }
+        self.assignments.push(record);
+        true
     }
 
     pub fn joins(&self) -> usize {

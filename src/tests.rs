@@ -406,3 +406,55 @@ fn unknown_callout_tokens_are_ignored() {
     root.call_response(999, 10);
     assert_eq!(variant_for(&h, &root), "stable");
 }
+
+// ---------------------------------------------------------------- local trip
+
+const TRIPPING: &str = r#"{
+  "subject": {"header": "x-user-id"},
+  "plan": {"version": 3, "rollouts": [
+    {"name": "fraud", "match": {"path_prefix": "/v2/"}, "salt": "s",
+     "variants": [{"name": "stable", "weight": 50}, {"name": "canary", "weight": 50}],
+     "policy": {"steps": [{"weight": 50}],
+                "trip": {"window_s": 5, "min_requests": 10, "max_error_rate": 0.5}}}]}
+}"#;
+
+fn serve(h: &H, root: &Root<H>, user: &str, status: u32) -> String {
+    request(h, &[(":path", "/v2/models/x/infer"), ("x-user-id", user)]);
+    let mut ctx = root.new_http(5);
+    ctx.request_headers(true);
+    let v = h.request.borrow().get("x-model-variant").cloned().unwrap();
+    h.response.borrow_mut().insert(":status".into(), status.to_string());
+    ctx.response_headers();
+    ctx.done();
+    v
+}
+
+#[test]
+fn candidate_errors_trip_the_proxy_and_other_workers_follow() {
+    let (h, mut a) = root_with(TRIPPING);
+    let mut b = Root::new(h.clone(), 1);
+    assert!(b.configure());
+    set_ms(&h, 50_000);
+    let users: Vec<String> = (0..400).map(|i| format!("u{i}")).collect();
+    let canary_users: Vec<&String> = users.iter().filter(|u| rollout_core::bucket("s", u) >= 5000).collect();
+    // healthy stable, failing canary: the 10th canary error trips worker a
+    let mut served_canary = 0;
+    for u in &canary_users {
+        if serve(&h, &a, u, 503) == "canary" {
+            served_canary += 1;
+        }
+    }
+    assert_eq!(served_canary, 10, "tripped after min_requests errors");
+    // worker b has not ticked: still routes to canary; after its tick it follows
+    assert_eq!(serve(&h, &b, canary_users[0], 200), "canary");
+    set_ms(&h, 50_100);
+    b.tick();
+    assert_eq!(serve(&h, &b, canary_users[1], 200), "stable");
+    a.tick();
+    assert_eq!(h.metric(&stats::rollout_metric("fraud", "trips_total")), 1);
+    assert!(h.metric(&stats::rollout_metric("fraud", "trip_rerouted_total")) >= 1);
+    // a newer plan ends the trip
+    *h.config.borrow_mut() = Some(TRIPPING.replace("\"version\": 3", "\"version\": 4").into_bytes());
+    assert!(a.configure());
+    assert_eq!(serve(&h, &a, canary_users[2], 200), "canary");
+}

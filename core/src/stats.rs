@@ -79,6 +79,12 @@ pub fn records_dropped(reason: &str) -> String {
     format!("{PREFIX}.reason.{reason}.shadow_records_dropped_total")
 }
 
+pub const ASSIGNMENT_RECORDS_SENT: &str = "model_rollout.assignment_records_sent_total";
+
+pub fn assignment_records_dropped(reason: &str) -> String {
+    format!("{PREFIX}.reason.{reason}.assignment_records_dropped_total")
+}
+
 pub const UNMATCHED: &str = "model_rollout.unmatched_total";
 pub const OVERRIDE_REJECTED: &str = "model_rollout.override_rejected_total";
 pub const CORRELATION_GENERATED: &str = "model_rollout.correlation_generated_total";
