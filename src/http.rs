@@ -24,7 +24,7 @@ use crate::host::{Host, ProxyHost};
 use crate::metrics::Metrics;
 use crate::rng::{Draw, RandomPool};
 use crate::root::Active;
-use crate::shadow::{Answer, Hub, Job, JOIN_GRACE_MS};
+use crate::shadow::{Answer, Half, Hub, Job, JOIN_GRACE_MS};
 use crate::trip::Observed;
 
 /// What the request half decided, for the response half.
@@ -552,7 +552,7 @@ impl<H: Host> Http<H> {
                 u32::from_le_bytes(b)
             };
             if let Ok(mut hub) = self.hub.try_borrow_mut() {
-                hub.primary_done(host, join, answer, now, &mut random);
+                hub.answered(host, join, Half::Primary, answer, now, &mut random);
             }
         }
     }

@@ -29,7 +29,7 @@ use crate::host::{Host, HostError, ProxyHost};
 use crate::http::Http;
 use crate::metrics::Metrics;
 use crate::rng::RandomPool;
-use crate::shadow::{Answer, Hub, InFlight, RecordKind};
+use crate::shadow::{Answer, Half, Hub, InFlight, RecordKind};
 use crate::trip::TripWindow;
 use rollout_core::shadow::{extract, health, parse_answer};
 
@@ -731,7 +731,7 @@ impl<H: Host + Clone> Root<H> {
             }
             u32::from_le_bytes(b)
         };
-        self.with_hub(|hub| hub.shadow_done(&host, f.join, answer, now, &mut random));
+        self.with_hub(|hub| hub.answered(&host, f.join, Half::Shadow, answer, now, &mut random));
     }
 
     fn with_hub(&self, f: impl FnOnce(&mut Hub)) {

@@ -81,6 +81,13 @@ pub struct Hub {
     budget: HashMap<String, (u64, u32)>,
 }
 
+/// Which side of a join answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    Primary,
+    Shadow,
+}
+
 /// The two kinds of records the filter sends to the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -157,11 +164,12 @@ impl Hub {
         self.joins.contains_key(&join)
     }
 
-    /// The primary's answer; completes the join if the shadow answered first.
-    pub fn primary_done(
+    /// One half's answer; completes the join when the other half is already there.
+    pub fn answered(
         &mut self,
         host: &impl Host,
         join: u64,
+        half: Half,
         answer: Answer,
         now: u64,
         rng: &mut impl FnMut() -> u32,
@@ -169,26 +177,12 @@ impl Hub {
         let Some(j) = self.joins.get_mut(&join) else {
             return;
         };
-        j.primary = Some(answer);
-        if j.shadow.is_some() {
-            self.complete(host, join, now, rng);
-        }
-    }
-
-    /// The shadow's answer; completes the join if the primary answered first.
-    pub fn shadow_done(
-        &mut self,
-        host: &impl Host,
-        join: u64,
-        answer: Answer,
-        now: u64,
-        rng: &mut impl FnMut() -> u32,
-    ) {
-        let Some(j) = self.joins.get_mut(&join) else {
-            return;
+        let (mine, other) = match half {
+            Half::Primary => (&mut j.primary, j.shadow.is_some()),
+            Half::Shadow => (&mut j.shadow, j.primary.is_some()),
         };
-        j.shadow = Some(answer);
-        if j.primary.is_some() {
+        *mine = Some(answer);
+        if other {
             self.complete(host, join, now, rng);
         }
     }

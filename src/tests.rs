@@ -423,7 +423,9 @@ fn serve(h: &H, root: &Root<H>, user: &str, status: u32) -> String {
     let mut ctx = root.new_http(5);
     ctx.request_headers(true);
     let v = h.request.borrow().get("x-model-variant").cloned().unwrap();
-    h.response.borrow_mut().insert(":status".into(), status.to_string());
+    h.response
+        .borrow_mut()
+        .insert(":status".into(), status.to_string());
     ctx.response_headers();
     ctx.done();
     v
@@ -436,7 +438,10 @@ fn candidate_errors_trip_the_proxy_and_other_workers_follow() {
     assert!(b.configure());
     set_ms(&h, 50_000);
     let users: Vec<String> = (0..400).map(|i| format!("u{i}")).collect();
-    let canary_users: Vec<&String> = users.iter().filter(|u| rollout_core::bucket("s", u) >= 5000).collect();
+    let canary_users: Vec<&String> = users
+        .iter()
+        .filter(|u| rollout_core::bucket("s", u) >= 5000)
+        .collect();
     // healthy stable, failing canary: the 10th canary error trips worker a
     let mut served_canary = 0;
     for u in &canary_users {
@@ -454,7 +459,11 @@ fn candidate_errors_trip_the_proxy_and_other_workers_follow() {
     assert_eq!(h.metric(&stats::rollout_metric("fraud", "trips_total")), 1);
     assert!(h.metric(&stats::rollout_metric("fraud", "trip_rerouted_total")) >= 1);
     // a newer plan ends the trip
-    *h.config.borrow_mut() = Some(TRIPPING.replace("\"version\": 3", "\"version\": 4").into_bytes());
+    *h.config.borrow_mut() = Some(
+        TRIPPING
+            .replace("\"version\": 3", "\"version\": 4")
+            .into_bytes(),
+    );
     assert!(a.configure());
     assert_eq!(serve(&h, &a, canary_users[2], 200), "canary");
 }
