@@ -467,6 +467,9 @@ pub mod mock {
         }
         fn request_headers_all(&self) -> HostResult<Vec<(String, String)>> {
             self.call();
+            if *self.fail_headers.borrow() {
+                return Err(HostError::InternalFailure);
+            }
             Ok(self
                 .request
                 .borrow()

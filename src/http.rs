@@ -27,6 +27,25 @@ use crate::root::Active;
 use crate::shadow::{Answer, Half, Hub, Job, JOIN_GRACE_MS};
 use crate::trip::Observed;
 
+/// Request headers for the decision: a snapshot from one host call, or (should
+/// that fail) one host call per distinct header.
+struct Headers<F: FnMut(&str) -> Option<String>> {
+    snapshot: Option<Vec<(String, String)>>,
+    fallback: CachedHeaders<F>,
+}
+
+impl<F: FnMut(&str) -> Option<String>> RequestHeaders for Headers<F> {
+    fn header(&mut self, name: &str) -> Option<String> {
+        match &self.snapshot {
+            Some(pairs) => pairs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone()),
+            None => self.fallback.header(name),
+        }
+    }
+}
+
 /// What the request half decided, for the response half.
 struct Assigned {
     rollout: usize,
@@ -95,13 +114,26 @@ impl<H: Host> Http<H> {
         let cfg = &active.config;
         let m = &active.metrics;
         let host = &self.host;
-        let mut headers = CachedHeaders::new(|name: &str| match host.request_header(name) {
-            Ok(v) => v,
+        // One host call reads every request header; lookups after that are local.
+        // Should the snapshot fail, each header is fetched on its own.
+        let snapshot = match host.request_headers_all() {
+            Ok(pairs) => Some(pairs),
             Err(_) => {
                 m.bump(m.host_errors);
                 None
             }
-        });
+        };
+        let have_snapshot = snapshot.is_some();
+        let mut headers = Headers {
+            snapshot,
+            fallback: CachedHeaders::new(|name: &str| match host.request_header(name) {
+                Ok(v) => v,
+                Err(_) => {
+                    m.bump(m.host_errors);
+                    None
+                }
+            }),
+        };
         let path = headers.header(":path").unwrap_or_default();
         let authority = if cfg.plan.needs_host {
             headers.header(":authority")
@@ -117,15 +149,12 @@ impl<H: Host> Http<H> {
             return Action::Continue;
         };
 
-        // The override header never goes upstream; it is read first when trusted.
-        let override_value = if cfg.override_enabled {
-            headers.header(&cfg.override_header)
-        } else {
-            None
-        };
-        if !cfg.override_enabled || override_value.is_some() {
+        // The override header never goes upstream; it is honoured only when trusted.
+        let present = headers.header(&cfg.override_header);
+        if present.is_some() || !have_snapshot {
             set_request_header(host, m, &cfg.override_header, None);
         }
+        let override_value = if cfg.override_enabled { present } else { None };
 
         let rng = &self.rng;
         let decision = decide(
@@ -233,6 +262,7 @@ impl<H: Host> Http<H> {
                 let declared = headers
                     .header("content-length")
                     .and_then(|v| v.trim().parse::<usize>().ok());
+                let primary = headers.snapshot.take();
                 self.start_copy(
                     &active,
                     ri,
@@ -240,6 +270,7 @@ impl<H: Host> Http<H> {
                     &cid_for_shadow,
                     declared,
                     end_of_stream,
+                    primary,
                 );
             }
         }
@@ -256,6 +287,7 @@ impl<H: Host> Http<H> {
         correlation_id: &str,
         declared_len: Option<usize>,
         end_of_stream: bool,
+        primary_headers: Option<Vec<(String, String)>>,
     ) {
         let cfg = &active.config;
         let m = &active.metrics;
@@ -281,7 +313,10 @@ impl<H: Host> Http<H> {
             sm.skip(m, "join_table_full");
             return;
         };
-        let primary_headers = match self.host.request_headers_all() {
+        let primary_headers = match primary_headers
+            .map(Ok)
+            .unwrap_or_else(|| self.host.request_headers_all())
+        {
             Ok(h) => h,
             Err(_) => {
                 m.bump(m.host_errors);
