@@ -62,6 +62,10 @@ pub struct HistoryEntry {
     pub op: String,
     /// `{rollout: {variant: weight}}`, rollouts and variants in plan order.
     pub weights: OrderedMap<OrderedMap<f64>>,
+    /// For a version written by the policy engine: the decision behind it (checks
+    /// with values, thresholds, verdicts; `href` to the full decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<crate::policy::VersionAnalysis>,
 }
 
 /// `GET /v1/status`.
@@ -75,6 +79,9 @@ pub struct Status {
     pub age_seconds: Option<f64>,
     pub rollouts: Vec<StatusRollout>,
     pub proxies: Vec<StatusProxy>,
+    /// The policy engine (`null` when `serve` runs without `--envoy-admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_engine: Option<crate::policy::EngineView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +89,9 @@ pub struct StatusRollout {
     pub name: String,
     pub paused: bool,
     pub variants: Vec<StatusVariant>,
+    /// The rollout's policy: step, state, checks, next action (only with a policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

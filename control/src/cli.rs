@@ -119,13 +119,33 @@ pub enum Command {
         #[command(flatten)]
         write: WriteArgs,
     },
-    /// Resume automatic changes to a rollout.
+    /// Resume automatic changes to a rollout (a holding policy progresses again).
     Resume {
         /// Rollout name (as in the plan).
         #[arg(long)]
         rollout: String,
         #[command(flatten)]
         write: WriteArgs,
+    },
+    /// Restart a rollout's policy at step 0 (e.g. after a rollback).
+    Restart {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// The policy's recent decisions for a rollout: checks, values, thresholds, verdicts.
+    Analysis {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        /// Most decisions to show (newest first).
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Only the decision that wrote this plan version.
+        #[arg(long)]
+        version: Option<u64>,
     },
     /// Plan versions, newest first.
     History {
@@ -160,6 +180,46 @@ pub enum Command {
         #[arg(long)]
         bucket: bool,
     },
+    /// Check a plugin configuration offline (exit 1 with `FIELD: message` if invalid).
+    ValidateConfig {
+        /// The configuration JSON; `-` reads stdin.
+        file: PathBuf,
+    },
+    /// Check a plan document offline (exit 1 with `FIELD: message` if invalid).
+    ValidatePlan {
+        /// The plan JSON; `-` reads stdin.
+        file: PathBuf,
+    },
+    /// Shadow comparisons of a rollout: agreement, latency, recent disagreements.
+    ShadowReport {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        /// Most recent disagreements to list (server default 50, at most 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only records at or after this time (unix milliseconds).
+        #[arg(long, value_name = "UNIX_MS")]
+        since_ms: Option<u64>,
+    },
+    /// The A/B verdict of a rollout's experiment.
+    Experiment {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+    },
+    /// Delete a rollout's experiment data (assignments and outcomes) to start over.
+    ResetExperiment {
+        /// Rollout name.
+        #[arg(long)]
+        rollout: String,
+    },
+    /// Post experiment outcomes from a JSON-lines file, in batches of 1,000.
+    Feedback {
+        /// One `{"correlation_id": "...", "reward": 1}` per line; `-` reads stdin.
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +233,9 @@ pub struct ServeArgs {
     /// Plan stored as version 1 when the store is empty.
     #[arg(long)]
     pub initial_plan: Option<PathBuf>,
+    /// The progressive-delivery engine (`--envoy-admin`, `--stats-format`, `--analysis-tick-ms`).
+    #[command(flatten)]
+    pub policy: crate::policy::PolicyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +398,26 @@ pub fn run_client(cli: Cli) -> anyhow::Result<()> {
             "resume",
             write.reason,
         )?,
+        Command::Restart { rollout, write } => simple(
+            out,
+            json,
+            &mk(write.author)?,
+            &rollout,
+            "restart",
+            write.reason,
+        )?,
+        Command::Analysis {
+            rollout,
+            limit,
+            version,
+        } => crate::policy::run_analysis(
+            &mk(None)?,
+            out,
+            json,
+            path_segment(&rollout)?,
+            limit,
+            version,
+        )?,
         Command::History { limit } => {
             let reply = mk(None)?.get(&format!("/v1/history?limit={limit}"))?;
             if json {
@@ -382,6 +465,26 @@ pub fn run_client(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => bail!("give --user or --users-file"),
             };
             assign(out, json, &plan, &rollout, &users, bucket, single)?;
+        }
+        Command::ValidateConfig { file } => {
+            crate::validate::run(out, crate::validate::Kind::Config, &file)?
+        }
+        Command::ValidatePlan { file } => {
+            crate::validate::run(out, crate::validate::Kind::Plan, &file)?
+        }
+        Command::ShadowReport {
+            rollout,
+            limit,
+            since_ms,
+        } => crate::records::run_report(&mk(None)?, out, json, &rollout, limit, since_ms)?,
+        Command::Experiment { rollout } => {
+            crate::experiments::run_experiment(&mk(None)?, out, json, &rollout)?
+        }
+        Command::ResetExperiment { rollout } => {
+            crate::experiments::run_reset(&mk(None)?, out, json, &rollout)?
+        }
+        Command::Feedback { file } => {
+            crate::experiments::run_feedback(&mk(None)?, out, json, &file)?
         }
     }
     out.flush()?;
@@ -491,6 +594,7 @@ pub fn print_status(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             })
             .collect();
         table(out, &["ROLLOUT", "PAUSED", "WEIGHTS"], &rows)?;
+        crate::policy::print_policies(out, &s.rollouts, s.policy_engine.as_ref())?;
     }
     writeln!(out)?;
     if s.proxies.is_empty() {

@@ -4,6 +4,12 @@
 //! - [`store`]: durable, versioned plan history in redb.
 //! - [`serve`]: process wiring (store, initial plan, listener, signals).
 //! - [`cli`] / [`client`]: the subcommands that talk to a running sidecar.
+//! - [`records`]: shadow comparison records; [`experiments`]: A/B assignments,
+//!   feedback and verdicts; [`metrics`]: `GET /metrics`; [`validate`]: offline
+//!   checks of plugin configurations and plans.
+//! - [`policy`]: the progressive-delivery engine (steps, checks, rollback), reading
+//!   Envoy stats through [`scrape`] into the time series of [`window`]; its pure
+//!   rules are `rollout_core::analysis`.
 //!
 //! Plan operations themselves are pure functions in `rollout_core::ops`.
 
@@ -11,12 +17,19 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod experiments;
+pub mod metrics;
 pub mod ordered;
+pub mod policy;
 pub mod proxies;
+pub mod records;
+pub mod scrape;
 pub mod serve;
 pub mod server;
 pub mod store;
 pub mod timefmt;
+pub mod validate;
+pub mod window;
 
 #[doc(hidden)]
 pub mod testutil;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
                 data: args.data,
                 token_file: cli.token_file,
                 initial_plan: args.initial_plan,
+                policy: args.policy.options(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -17,6 +17,8 @@ pub struct ServeOptions {
     pub data: PathBuf,
     pub token_file: Option<PathBuf>,
     pub initial_plan: Option<PathBuf>,
+    /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
+    pub policy: Option<crate::policy::EngineOptions>,
 }
 
 /// Reads a bearer token file; surrounding whitespace (the trailing newline) is dropped.
@@ -98,6 +100,19 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let store = Arc::new(store);
     let state = AppState::new(Arc::clone(&store), token);
+    let engine = match &opts.policy {
+        Some(p) => {
+            let handle = crate::policy::start(&state, p.clone(), None)?;
+            eprintln!(
+                "rollout-control: policy engine: reading {} every {} ms ({:?})",
+                p.envoy_admin.join(", "),
+                p.tick.as_millis(),
+                p.stats_format
+            );
+            Some(handle)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -108,6 +123,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .await
         .context("server failed")?;
     eprintln!("rollout-control: shutting down");
+    if let Some(handle) = engine {
+        handle.shutdown().await;
+    }
     // Every handler has finished; the router and its state are gone, so this is the
     // last reference. Close explicitly to report errors.
     match Arc::try_unwrap(store) {

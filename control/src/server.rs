@@ -19,6 +19,11 @@
 //! | GET  | `/v1/status` | version, age, weights, proxies and how far behind they are |
 //! | GET  | `/live` | 200 while the process serves |
 //! | GET  | `/ready` | 200 when the store is open and readable, else 503 |
+//! | POST | `/v1/rollouts/{name}/restart` | restart the rollout's policy at step 0 (`crate::policy`) |
+//! | GET  | `/v1/rollouts/{name}/analysis?limit=N&version=V` | policy decisions, check values, window series (`crate::policy`) |
+//! | GET  | `/metrics` | Prometheus text: the sidecar's own metrics (`crate::metrics`) |
+//! | POST | `/v1/shadow-records`, GET `/v1/shadow-report` | shadow comparison records (`crate::records`) |
+//! | POST | `/v1/assignments`, `/v1/feedback`; GET `/v1/experiments/{rollout}` | A/B experiments (`crate::experiments`) |
 //!
 //! Every change (PUT / POST) creates exactly one new version, answers 200
 //! `{"version": N, "plan": {...}}` only after the durable commit, and accepts: the
@@ -73,6 +78,10 @@ struct Inner {
     proxies: ProxyTable,
     /// Bearer token required on writes; `None`: writes are open (loopback only).
     token: Option<Vec<u8>>,
+    /// The sidecar's own counters (`GET /metrics`).
+    metrics: crate::metrics::Metrics,
+    /// The progressive-delivery engine, when `serve` runs it (`--envoy-admin`).
+    policy: std::sync::OnceLock<Arc<crate::policy::Engine>>,
 }
 
 impl AppState {
@@ -81,6 +90,8 @@ impl AppState {
             store,
             proxies: ProxyTable::default(),
             token: token.map(String::into_bytes),
+            metrics: crate::metrics::Metrics::default(),
+            policy: std::sync::OnceLock::new(),
         }))
     }
 
@@ -90,6 +101,19 @@ impl AppState {
 
     pub fn proxies(&self) -> &ProxyTable {
         &self.0.proxies
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.0.metrics
+    }
+
+    /// Attaches the running policy engine (status and analysis read it); once.
+    pub fn set_policy_engine(&self, engine: Arc<crate::policy::Engine>) {
+        let _ = self.0.policy.set(engine);
+    }
+
+    pub fn policy_engine(&self) -> Option<Arc<crate::policy::Engine>> {
+        self.0.policy.get().cloned()
     }
 }
 
@@ -107,11 +131,20 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollouts/{name}/rollback", post(rollback))
         .route("/v1/rollouts/{name}/pause", post(pause))
         .route("/v1/rollouts/{name}/resume", post(resume))
+        .route("/v1/rollouts/{name}/restart", post(restart_policy))
         .route("/live", get(live))
         .route("/ready", get(ready))
+        .route("/metrics", get(crate::metrics::serve))
+        .merge(crate::records::routes())
+        .merge(crate::experiments::routes())
+        .merge(crate::policy::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -262,11 +295,22 @@ async fn history(
         },
     };
     let store = Arc::clone(&state.0.store);
-    let records = blocking(move || Ok(store.history(limit)?)).await?;
+    let (records, mut analyses) = blocking(move || {
+        let records = store.history(limit)?;
+        let policy_versions: Vec<u64> = records
+            .iter()
+            .filter(|r| r.author == crate::policy::AUTHOR)
+            .map(|r| r.version)
+            .collect();
+        let analyses = crate::policy::version_analyses(&store, &policy_versions)?;
+        Ok((records, analyses))
+    })
+    .await?;
     Ok(Json(
         records
             .into_iter()
             .map(|r| HistoryEntry {
+                analysis: analyses.remove(&r.version),
                 weights: weights_of(&r.plan),
                 version: r.version,
                 time: r.time,
@@ -304,6 +348,8 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
             },
         })
         .collect();
+    let engine = state.policy_engine();
+    let now_ms = now_unix_ms();
     let rollouts = cur
         .as_ref()
         .map(|c| {
@@ -312,6 +358,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
                 .rollouts
                 .iter()
                 .map(|r| StatusRollout {
+                    policy: crate::policy::rollout_status(engine.as_deref(), r, now_ms),
                     name: r.name.clone(),
                     paused: r.paused,
                     variants: r
@@ -336,6 +383,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         }),
         rollouts,
         proxies,
+        policy_engine: engine.map(|e| e.view()),
     })
 }
 
@@ -604,6 +652,7 @@ async fn set_weights(
 ) -> Result<Response, ApiError> {
     let meta = WriteMeta::new(&headers, query)?;
     let req: WeightsRequest = parse_json_body(&body_bytes(body)?)?;
+    let (author, author2) = (meta.author.clone(), meta.author.clone());
     let decide = match req {
         WeightsRequest {
             weights: Some(weights),
@@ -611,6 +660,8 @@ async fn set_weights(
             weight: None,
         } => on_rollout(name, move |plan, name| {
             let next = ops::set_weights(plan, name, &weights.0)?;
+            let next =
+                crate::policy::after_manual_weights(next, name, Op::SetWeights.as_str(), &author)?;
             let why = format!("set weights of {name}: {}", weights_text(&next, name));
             Ok((next, why))
         }),
@@ -620,6 +671,8 @@ async fn set_weights(
             weight: Some(weight),
         } => on_rollout(name, move |plan, name| {
             let next = ops::set_weight(plan, name, &variant, weight)?;
+            let next =
+                crate::policy::after_manual_weights(next, name, Op::SetWeights.as_str(), &author2)?;
             let why = format!("set weights of {name}: {}", weights_text(&next, name));
             Ok((next, why))
         }),
@@ -662,23 +715,16 @@ async fn switch(
 ) -> Result<Response, ApiError> {
     let meta = WriteMeta::new(&headers, query)?;
     let req: SwitchRequest = parse_json_body(&body_bytes(body)?)?;
+    let author = meta.author.clone();
     let decide = on_rollout(name, move |plan, name| {
         let next = ops::switch(plan, name, &req.variant)?;
+        let next = crate::policy::after_manual_weights(next, name, Op::Switch.as_str(), &author)?;
         Ok((next, format!("switch {name} to {}", req.variant)))
     });
     commit(&state, meta, Op::Switch, decide).await
 }
 
-fn candidate_of(plan: &PlanSpec, rollout: &str) -> String {
-    plan.rollouts
-        .iter()
-        .find(|r| r.name == rollout)
-        .and_then(|r| r.variants.last())
-        .map(|v| v.name.clone())
-        .unwrap_or_default()
-}
-
-/// Promote, rollback, pause, resume: no body needed (any body is ignored).
+/// Promote, rollback, pause, resume, restart: no body needed (any body is ignored).
 async fn simple_op(
     state: AppState,
     name: String,
@@ -689,26 +735,30 @@ async fn simple_op(
 ) -> Result<Response, ApiError> {
     let meta = WriteMeta::new(&headers, query)?;
     body_bytes(body)?;
+    let author = meta.author.clone();
     let decide = on_rollout(name, move |plan, name| {
-        let candidate = candidate_of(plan, name);
+        // With a policy, promote / rollback / resume also move its progress
+        // (`crate::policy`); without one they are the plain operations.
         let (next, why) = match op {
-            Op::Promote => (
-                ops::promote(plan, name)?,
-                format!("promote {candidate} in {name}"),
-            ),
-            Op::Rollback => (
-                ops::rollback(plan, name)?,
-                format!("roll back {candidate} in {name}"),
-            ),
+            Op::Promote => crate::policy::promote(plan, name, &author)?,
+            Op::Rollback => crate::policy::rollback(plan, name, &author)?,
             Op::Pause => (ops::set_paused(plan, name, true)?, format!("pause {name}")),
-            _ => (
-                ops::set_paused(plan, name, false)?,
-                format!("resume {name}"),
-            ),
+            Op::Restart => crate::policy::restart(plan, name, &author)?,
+            _ => crate::policy::resume(plan, name, &author)?,
         };
         Ok((next, why))
     });
     commit(&state, meta, op, decide).await
+}
+
+async fn restart_policy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<WriteQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    simple_op(state, name, headers, query, body, Op::Restart).await
 }
 
 async fn promote(

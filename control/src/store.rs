@@ -49,6 +49,10 @@ pub enum Op {
     Pause,
     Resume,
     Restore,
+    /// The policy's progress state changed without a weight change (wait, hold).
+    Progress,
+    /// A person restarted a rollout's policy at step 0.
+    Restart,
 }
 
 impl Op {
@@ -63,6 +67,8 @@ impl Op {
             Op::Pause => "pause",
             Op::Resume => "resume",
             Op::Restore => "restore",
+            Op::Progress => "progress",
+            Op::Restart => "restart",
         }
     }
 }
@@ -203,6 +209,13 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database itself, for modules that keep their own tables in the same file
+    /// (`records`: shadow records; `experiments`: assignments and outcomes; `policy`:
+    /// decisions). They never touch `plan_versions` or `meta`.
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     /// The latest version (cached; updated by every commit).

@@ -60,10 +60,10 @@ impl ExperimentSpec {
                 "must be between 0 and 0.5 (exclusive)",
             ));
         }
-        if !(10..=100_000_000).contains(&self.samples_per_variant) {
+        if !(10..=1_000_000).contains(&self.samples_per_variant) {
             return Err(ConfigError::new(
                 "samples_per_variant",
-                "must be between 10 and 100000000",
+                "must be between 10 and 1000000 (the sidecar keeps at most 1,000,000 outcomes per variant)",
             ));
         }
         Ok(Experiment {

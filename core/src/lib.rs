@@ -2,6 +2,8 @@
 //! Compiled into the filter (wasm32-wasip1), the control sidecar and the CLI, so
 //! every component computes the same assignment from the same plan.
 
+pub mod abtest;
+pub mod analysis;
 pub mod config;
 pub mod control;
 pub mod correlation;

@@ -1,0 +1,1192 @@
+//! A/B experiments: which variant served each (sampled) correlation id, outcomes
+//! keyed by correlation id, and the fixed-horizon verdict of a rollout's
+//! `experiment` section.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | POST | `/v1/assignments` | `{"proxy", "assignments": [{"correlation_id", "rollout", "variant", "unix_ms"}]}` (at most 1,000, 4 MiB): 200 `{"stored": n}` |
+//! | POST | `/v1/feedback` | `{"outcomes": [{"correlation_id", "reward"}]}` or one `{"correlation_id", "reward"}`: 200 `{"accepted", "unknown", "dropped"}` |
+//! | GET  | `/v1/experiments/{rollout}` | per-variant counts, rates or means with confidence intervals, comparisons against the first variant, status `collecting` / `complete` |
+//! | POST | `/v1/experiments/{rollout}/reset` | deletes the rollout's assignments and outcomes: 200 `{"assignments_deleted", "outcomes_deleted"}` |
+//!
+//! The statistics are `rollout_core::abtest`. The analysis is fixed-horizon: a
+//! variant's verdict uses exactly its first `samples_per_variant` outcomes in
+//! arrival order, and nothing is significant before every variant has that many.
+//!
+//! Storage, in the store's redb file (one write transaction per call, fsynced
+//! before the answer):
+//!
+//! - `assignments`: correlation id -> (rollout, variant, unix_ms, seq);
+//!   `assignment_order`: (rollout, unix_ms, seq) -> correlation id;
+//!   `assignment_counts`: rollout -> n. At most [`MAX_ASSIGNMENTS_PER_ROLLOUT`] per
+//!   rollout; beyond it the oldest (smallest `unix_ms`) are dropped.
+//! - `outcomes`: correlation id -> (rollout, variant, seq, reward);
+//!   `outcome_order`: (rollout, variant, seq) -> (correlation id, reward);
+//!   `outcome_counts`: (rollout, variant) -> n. `seq` is the arrival order. At
+//!   most [`MAX_OUTCOMES_PER_VARIANT`] per variant; later ones are `dropped` (they
+//!   could never enter a supported analysis). Outcomes stay when their assignment
+//!   is dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use redb::{ReadableTable, TableDefinition};
+use rollout_core::abtest::{self, Summary, ZTest};
+use rollout_core::experiment::ExperimentMetric;
+use rollout_core::policy::AbRequirement;
+use rollout_core::Rollout;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::records::{
+    begin_read, begin_write, blocking, check_batch, check_correlation_id, check_name, check_proxy,
+    db_err, ingest_body, parse_object, read_table, reserve_seq, Stored, MAX_INGEST_BODY,
+};
+use crate::server::AppState;
+use crate::store::{Store, StoreError};
+
+/// Assignments kept per rollout; the oldest go first.
+pub const MAX_ASSIGNMENTS_PER_ROLLOUT: u64 = 1_000_000;
+/// Outcomes kept per variant; later ones are dropped. A `samples_per_variant`
+/// above this can never complete.
+pub const MAX_OUTCOMES_PER_VARIANT: u64 = 1_000_000;
+/// Entries deleted per step of a reset (keeps memory flat).
+const RESET_CHUNK: usize = 10_000;
+
+const ASSIGNMENTS: TableDefinition<&str, (&str, &str, u64, u64)> =
+    TableDefinition::new("assignments");
+const ASSIGNMENT_ORDER: TableDefinition<(&str, u64, u64), &str> =
+    TableDefinition::new("assignment_order");
+const ASSIGNMENT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("assignment_counts");
+const OUTCOMES: TableDefinition<&str, (&str, &str, u64, f64)> = TableDefinition::new("outcomes");
+const OUTCOME_ORDER: TableDefinition<(&str, &str, u64), (&str, f64)> =
+    TableDefinition::new("outcome_order");
+const OUTCOME_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("outcome_counts");
+
+// ---------------------------------------------------------------------------
+// Assignments
+
+/// Which variant served a correlation id, as the filter sends it. Unknown fields
+/// are ignored, so a newer filter can add some.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub correlation_id: String,
+    pub rollout: String,
+    pub variant: String,
+    pub unix_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignmentsBody {
+    #[serde(default)]
+    proxy: Option<String>,
+    assignments: Vec<Assignment>,
+}
+
+/// Stores a batch in one transaction. A correlation id already assigned to the
+/// same rollout and variant is left as it is (a retried batch changes nothing); one
+/// assigned elsewhere is moved. Rollouts beyond [`MAX_ASSIGNMENTS_PER_ROLLOUT`]
+/// lose their oldest assignments. Returns the batch size. Blocking.
+pub fn store_assignments(store: &Store, batch: &[Assignment]) -> Result<u64, StoreError> {
+    store_assignments_capped(store, batch, MAX_ASSIGNMENTS_PER_ROLLOUT)
+}
+
+/// [`store_assignments`] with another cap per rollout (tests).
+#[doc(hidden)]
+pub fn store_assignments_capped(
+    store: &Store,
+    batch: &[Assignment],
+    cap: u64,
+) -> Result<u64, StoreError> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let tx = begin_write(store)?;
+    {
+        let first = reserve_seq(&tx, "assignment", batch.len() as u64)?;
+        let mut by_id = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
+        let mut order = tx.open_table(ASSIGNMENT_ORDER).map_err(db_err)?;
+        let mut counts = tx.open_table(ASSIGNMENT_COUNTS).map_err(db_err)?;
+        // rollout -> (added, removed)
+        let mut delta: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (seq, a) in (first..).zip(batch) {
+            let id = a.correlation_id.as_str();
+            let old = by_id.get(id).map_err(db_err)?.map(|g| {
+                let (r, v, ms, s) = g.value();
+                (r.to_string(), v.to_string(), ms, s)
+            });
+            if let Some((r, v, ms, s)) = old {
+                if r == a.rollout && v == a.variant {
+                    continue;
+                }
+                order.remove((r.as_str(), ms, s)).map_err(db_err)?;
+                delta.entry(r).or_default().1 += 1;
+            }
+            by_id
+                .insert(id, (a.rollout.as_str(), a.variant.as_str(), a.unix_ms, seq))
+                .map_err(db_err)?;
+            order
+                .insert((a.rollout.as_str(), a.unix_ms, seq), id)
+                .map_err(db_err)?;
+            delta.entry(a.rollout.clone()).or_default().0 += 1;
+        }
+        for (rollout, (added, removed)) in delta {
+            let r = rollout.as_str();
+            let have = (counts.get(r).map_err(db_err)?.map_or(0, |g| g.value()) + added)
+                .saturating_sub(removed);
+            let excess = have.saturating_sub(cap);
+            if excess > 0 {
+                let oldest: Vec<(u64, u64, String)> = order
+                    .range((r, 0u64, 0u64)..=(r, u64::MAX, u64::MAX))
+                    .map_err(db_err)?
+                    .take(usize::try_from(excess).unwrap_or(usize::MAX))
+                    .map(|e| {
+                        e.map(|(k, v)| {
+                            let (_, ms, s) = k.value();
+                            (ms, s, v.value().to_string())
+                        })
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?;
+                for (ms, s, id) in oldest {
+                    order.remove((r, ms, s)).map_err(db_err)?;
+                    let points_here = by_id.get(id.as_str()).map_err(db_err)?.is_some_and(|g| {
+                        let (gr, _, gms, gs) = g.value();
+                        gr == r && gms == ms && gs == s
+                    });
+                    if points_here {
+                        by_id.remove(id.as_str()).map_err(db_err)?;
+                    }
+                }
+            }
+            counts.insert(r, have.min(cap)).map_err(db_err)?;
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(batch.len() as u64)
+}
+
+/// The assignment of a correlation id: (rollout, variant, unix_ms). Blocking.
+pub fn assignment_of(store: &Store, id: &str) -> Result<Option<(String, String, u64)>, StoreError> {
+    let tx = begin_read(store)?;
+    let Some(t) = read_table(&tx, ASSIGNMENTS)? else {
+        return Ok(None);
+    };
+    let found = t.get(id).map_err(db_err)?.map(|g| {
+        let (r, v, ms, _) = g.value();
+        (r.to_string(), v.to_string(), ms)
+    });
+    Ok(found)
+}
+
+/// Assignments kept for a rollout. Blocking.
+pub fn assignment_count(store: &Store, rollout: &str) -> Result<u64, StoreError> {
+    let tx = begin_read(store)?;
+    let Some(t) = read_table(&tx, ASSIGNMENT_COUNTS)? else {
+        return Ok(0);
+    };
+    let n = t.get(rollout).map_err(db_err)?.map_or(0, |g| g.value());
+    Ok(n)
+}
+
+// ---------------------------------------------------------------------------
+// Feedback
+
+/// One outcome: the reward observed for a correlation id (higher is better).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub correlation_id: String,
+    pub reward: f64,
+}
+
+/// `{"outcomes": [...]}` or a single `{"correlation_id", "reward"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    #[serde(default)]
+    outcomes: Option<Vec<Outcome>>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    reward: Option<f64>,
+}
+
+/// Answer of `POST /v1/feedback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FeedbackResult {
+    /// Joined with a known assignment (new, repeated or replacing an earlier reward).
+    pub accepted: u64,
+    /// No assignment known for the correlation id: not stored (safe to send again later).
+    pub unknown: u64,
+    /// The variant already holds `MAX_OUTCOMES_PER_VARIANT` outcomes: not stored.
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// Where an outcome sits in the request body, for error fields.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Batch,
+    Single,
+}
+
+impl Shape {
+    fn field(self, i: usize, name: &str) -> String {
+        match self {
+            Shape::Batch => format!("outcomes[{i}].{name}"),
+            Shape::Single => name.to_string(),
+        }
+    }
+}
+
+fn check_reward(
+    shape: Shape,
+    i: usize,
+    reward: f64,
+    metric: Option<ExperimentMetric>,
+) -> Result<(), ApiError> {
+    if !reward.is_finite() {
+        return Err(ApiError::bad_request(
+            shape.field(i, "reward"),
+            "must be a finite number",
+        ));
+    }
+    if metric == Some(ExperimentMetric::Conversion) && reward != 0.0 && reward != 1.0 {
+        return Err(ApiError::bad_request(
+            shape.field(i, "reward"),
+            format!("{reward} is not 0 or 1 (this experiment's metric is conversion)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Joins outcomes with their assignments in one transaction. `metrics`: the
+/// experiment metric of each rollout in the current plan (rewards of conversion
+/// experiments must be 0 or 1). Any invalid outcome stores nothing. Blocking.
+fn store_feedback(
+    store: &Store,
+    outcomes: &[Outcome],
+    shape: Shape,
+    metrics: &HashMap<String, ExperimentMetric>,
+) -> Result<FeedbackResult, ApiError> {
+    let mut result = FeedbackResult::default();
+    if outcomes.is_empty() {
+        return Ok(result);
+    }
+    let tx = begin_write(store)?;
+    {
+        let mut next = reserve_seq(&tx, "outcome", outcomes.len() as u64)?;
+        let assignments = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
+        let mut by_id = tx.open_table(OUTCOMES).map_err(db_err)?;
+        let mut order = tx.open_table(OUTCOME_ORDER).map_err(db_err)?;
+        let mut counts = tx.open_table(OUTCOME_COUNTS).map_err(db_err)?;
+        for (i, o) in outcomes.iter().enumerate() {
+            let id = o.correlation_id.as_str();
+            let known = by_id.get(id).map_err(db_err)?.map(|g| {
+                let (r, v, s, reward) = g.value();
+                (r.to_string(), v.to_string(), s, reward)
+            });
+            if let Some((r, v, s, old)) = known {
+                // A repeat or a correction: same place in the arrival order.
+                check_reward(shape, i, o.reward, metrics.get(&r).copied())?;
+                if old.to_bits() != o.reward.to_bits() {
+                    by_id
+                        .insert(id, (r.as_str(), v.as_str(), s, o.reward))
+                        .map_err(db_err)?;
+                    order
+                        .insert((r.as_str(), v.as_str(), s), (id, o.reward))
+                        .map_err(db_err)?;
+                }
+                result.accepted += 1;
+                continue;
+            }
+            let assigned = assignments.get(id).map_err(db_err)?.map(|g| {
+                let (r, v, _, _) = g.value();
+                (r.to_string(), v.to_string())
+            });
+            let Some((r, v)) = assigned else {
+                check_reward(shape, i, o.reward, None)?;
+                result.unknown += 1;
+                continue;
+            };
+            check_reward(shape, i, o.reward, metrics.get(&r).copied())?;
+            let key = (r.as_str(), v.as_str());
+            let have = counts.get(key).map_err(db_err)?.map_or(0, |g| g.value());
+            if have >= MAX_OUTCOMES_PER_VARIANT {
+                result.dropped += 1;
+                continue;
+            }
+            let seq = next;
+            next += 1;
+            by_id
+                .insert(id, (r.as_str(), v.as_str(), seq, o.reward))
+                .map_err(db_err)?;
+            order
+                .insert((r.as_str(), v.as_str(), seq), (id, o.reward))
+                .map_err(db_err)?;
+            counts.insert(key, have + 1).map_err(db_err)?;
+            result.accepted += 1;
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(result)
+}
+
+/// Stores outcomes (the library form of `POST /v1/feedback`): a reward must be
+/// finite, and 0 or 1 for rollouts whose experiment (in `metrics`) is a conversion
+/// experiment. Blocking.
+pub fn record_feedback(
+    store: &Store,
+    outcomes: &[Outcome],
+    metrics: &HashMap<String, ExperimentMetric>,
+) -> Result<FeedbackResult, ApiError> {
+    store_feedback(store, outcomes, Shape::Batch, metrics)
+}
+
+// ---------------------------------------------------------------------------
+// Reset
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetResult {
+    pub assignments_deleted: u64,
+    pub outcomes_deleted: u64,
+}
+
+/// Deletes every assignment and outcome of a rollout (to start a new experiment
+/// under the same name). Blocking.
+pub fn reset(store: &Store, rollout: &str) -> Result<ResetResult, StoreError> {
+    let mut result = ResetResult {
+        assignments_deleted: 0,
+        outcomes_deleted: 0,
+    };
+    let upper = format!("{rollout}\0");
+    let tx = begin_write(store)?;
+    {
+        let mut by_id = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
+        let mut order = tx.open_table(ASSIGNMENT_ORDER).map_err(db_err)?;
+        loop {
+            let chunk: Vec<(u64, u64, String)> = order
+                .range((rollout, 0u64, 0u64)..=(rollout, u64::MAX, u64::MAX))
+                .map_err(db_err)?
+                .take(RESET_CHUNK)
+                .map(|e| {
+                    e.map(|(k, v)| {
+                        let (_, ms, s) = k.value();
+                        (ms, s, v.value().to_string())
+                    })
+                })
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (ms, s, id) in chunk {
+                order.remove((rollout, ms, s)).map_err(db_err)?;
+                let here = by_id
+                    .get(id.as_str())
+                    .map_err(db_err)?
+                    .is_some_and(|g| g.value().0 == rollout);
+                if here {
+                    by_id.remove(id.as_str()).map_err(db_err)?;
+                }
+                result.assignments_deleted += 1;
+            }
+        }
+        tx.open_table(ASSIGNMENT_COUNTS)
+            .map_err(db_err)?
+            .remove(rollout)
+            .map_err(db_err)?;
+
+        let mut outcomes = tx.open_table(OUTCOMES).map_err(db_err)?;
+        let mut order = tx.open_table(OUTCOME_ORDER).map_err(db_err)?;
+        loop {
+            let chunk: Vec<(String, u64, String)> = order
+                .range((rollout, "", 0u64)..(upper.as_str(), "", 0u64))
+                .map_err(db_err)?
+                .take(RESET_CHUNK)
+                .map(|e| {
+                    e.map(|(k, v)| {
+                        let (_, variant, s) = k.value();
+                        (variant.to_string(), s, v.value().0.to_string())
+                    })
+                })
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (variant, s, id) in chunk {
+                order
+                    .remove((rollout, variant.as_str(), s))
+                    .map_err(db_err)?;
+                let here = outcomes
+                    .get(id.as_str())
+                    .map_err(db_err)?
+                    .is_some_and(|g| g.value().0 == rollout);
+                if here {
+                    outcomes.remove(id.as_str()).map_err(db_err)?;
+                }
+                result.outcomes_deleted += 1;
+            }
+        }
+        let mut counts = tx.open_table(OUTCOME_COUNTS).map_err(db_err)?;
+        let keys: Vec<String> = counts
+            .range((rollout, "")..(upper.as_str(), ""))
+            .map_err(db_err)?
+            .map(|e| e.map(|(k, _)| k.value().1.to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
+        for variant in keys {
+            counts.remove((rollout, variant.as_str())).map_err(db_err)?;
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------
+// Analysis
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictStatus {
+    /// Some variant has fewer than `samples_per_variant` outcomes: no significance yet.
+    Collecting,
+    /// Every variant reached the horizon; the verdict is final (later outcomes do
+    /// not enter the analysis).
+    Complete,
+}
+
+/// One variant in a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantStats {
+    pub name: String,
+    /// Outcomes joined with this variant's assignments (all of them).
+    pub count: u64,
+    /// Outcomes analysed: the first `min(count, samples_per_variant)` in arrival order.
+    pub analysed: u64,
+    /// Conversion experiments: the share of analysed rewards equal to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<Option<f64>>,
+    /// Mean experiments: the mean analysed reward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Option<f64>>,
+    /// Confidence interval at `1 - alpha` (Wilson score for conversion, normal for means).
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+}
+
+impl VariantStats {
+    /// The estimate: conversion or mean.
+    pub fn estimate(&self) -> Option<f64> {
+        self.conversion.flatten().or(self.mean.flatten())
+    }
+}
+
+/// A variant against the control (the first variant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub variant: String,
+    pub against: String,
+    /// Variant minus control (rates or means) of the analysed outcomes.
+    pub diff: Option<f64>,
+    /// `diff / control` (relative lift); null when the control's estimate is 0.
+    pub lift: Option<f64>,
+    /// Only once complete (fixed horizon): null while collecting, and for an
+    /// infinite z (no variance at all).
+    pub z: Option<f64>,
+    pub p_value: Option<f64>,
+    /// `p_value < alpha`, and only ever true once complete.
+    pub significant: bool,
+    /// The better of the two when significant (higher reward is better).
+    pub winner: Option<String>,
+}
+
+/// `GET /v1/experiments/{rollout}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentReport {
+    pub rollout: String,
+    pub metric: ExperimentMetric,
+    pub alpha: f64,
+    pub samples_per_variant: u64,
+    pub status: VerdictStatus,
+    /// `two_proportion_z_pooled` (conversion) or `welch_z` (mean).
+    pub test: String,
+    /// `wilson` (conversion) or `normal` (mean).
+    pub interval: String,
+    /// The first variant: every other one is compared with it.
+    pub control: String,
+    /// The rollout's candidate (the policy's, default the last variant).
+    pub candidate: String,
+    pub variants: Vec<VariantStats>,
+    pub comparisons: Vec<Comparison>,
+    /// The candidate-vs-control comparison, as in [`Verdict`].
+    pub significant: bool,
+    pub candidate_better: Option<bool>,
+    pub winner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The verdict of a rollout's experiment, for the policy engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub status: VerdictStatus,
+    /// Candidate vs control significant at `alpha`; false while collecting.
+    pub significant: bool,
+    /// `None` while collecting; once complete, whether the candidate's observed
+    /// rate/mean is above the control's (read it together with `significant`).
+    pub candidate_better: Option<bool>,
+    pub control: String,
+    pub candidate: String,
+    /// Candidate minus control of the analysed outcomes.
+    pub diff: Option<f64>,
+    /// Two-sided p-value; `None` while collecting.
+    pub p_value: Option<f64>,
+    pub alpha: f64,
+    pub samples_per_variant: u64,
+    /// Outcomes joined per variant, in plan order.
+    pub counts: Vec<(String, u64)>,
+}
+
+impl Verdict {
+    /// Whether the verdict meets a policy's `ab` requirement: `None` while
+    /// collecting; `better`: significant and the candidate above the control;
+    /// `not_worse`: not significantly below the control.
+    pub fn satisfies(&self, require: AbRequirement) -> Option<bool> {
+        if self.status == VerdictStatus::Collecting {
+            return None;
+        }
+        let worse = self.significant && self.candidate_better == Some(false);
+        Some(match require {
+            AbRequirement::Better => self.significant && self.candidate_better == Some(true),
+            AbRequirement::NotWorse => !worse,
+        })
+    }
+}
+
+/// The first `limit` rewards of a variant, in arrival order, and the count joined.
+fn variant_data(
+    tx: &redb::ReadTransaction,
+    rollout: &str,
+    variant: &str,
+    limit: u64,
+) -> Result<(u64, Summary), StoreError> {
+    let count = match read_table(tx, OUTCOME_COUNTS)? {
+        Some(t) => t
+            .get((rollout, variant))
+            .map_err(db_err)?
+            .map_or(0, |g| g.value()),
+        None => 0,
+    };
+    let mut s = Summary::new();
+    if let Some(t) = read_table(tx, OUTCOME_ORDER)? {
+        for e in t
+            .range((rollout, variant, 0u64)..=(rollout, variant, u64::MAX))
+            .map_err(db_err)?
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        {
+            let (_, v) = e.map_err(db_err)?;
+            s.add(v.value().1);
+        }
+    }
+    Ok((count, s))
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// The report of a rollout's experiment; `None` when the rollout has no
+/// `experiment` section. Blocking (reads at most `samples_per_variant` outcomes
+/// per variant).
+pub fn report(store: &Store, rollout: &Rollout) -> Result<Option<ExperimentReport>, StoreError> {
+    let Some(x) = &rollout.experiment else {
+        return Ok(None);
+    };
+    let horizon = x.samples_per_variant;
+    let tx = begin_read(store)?;
+    let mut data = Vec::with_capacity(rollout.variants.len());
+    for v in &rollout.variants {
+        let (count, s) = variant_data(&tx, &rollout.name, &v.name, horizon)?;
+        data.push((v.name.clone(), count, s));
+    }
+    let conversion = x.metric == ExperimentMetric::Conversion;
+    let complete = !data.is_empty() && data.iter().all(|(_, count, _)| *count >= horizon);
+    let variants: Vec<VariantStats> = data
+        .iter()
+        .map(|(name, count, s)| {
+            let (estimate, ci) = if conversion {
+                (
+                    s.rate(),
+                    abtest::wilson_interval(s.successes(), s.n(), x.alpha),
+                )
+            } else {
+                (s.mean(), abtest::mean_interval(s, x.alpha))
+            };
+            VariantStats {
+                name: name.clone(),
+                count: *count,
+                analysed: s.n(),
+                conversion: conversion.then_some(estimate),
+                mean: (!conversion).then_some(estimate),
+                ci_low: ci.map(|i| i.low),
+                ci_high: ci.map(|i| i.high),
+            }
+        })
+        .collect();
+    let test = |a: &Summary, b: &Summary| -> Option<ZTest> {
+        if conversion {
+            abtest::two_proportion_z(a.successes(), a.n(), b.successes(), b.n())
+        } else {
+            abtest::welch_z(a, b)
+        }
+    };
+    let mut comparisons = Vec::new();
+    if let Some((control_name, _, control)) = data.first() {
+        let control_estimate = variants.first().and_then(VariantStats::estimate);
+        for ((name, _, s), stats) in data.iter().zip(&variants).skip(1) {
+            let t = test(control, s);
+            let diff = match (stats.estimate(), control_estimate) {
+                (Some(b), Some(a)) => Some(b - a),
+                _ => None,
+            };
+            let significant = complete && t.is_some_and(|t| t.significant(x.alpha));
+            comparisons.push(Comparison {
+                variant: name.clone(),
+                against: control_name.clone(),
+                diff,
+                lift: match (diff, control_estimate) {
+                    (Some(d), Some(a)) if a != 0.0 => Some(d / a),
+                    _ => None,
+                },
+                z: t.filter(|_| complete).and_then(|t| finite(t.z)),
+                p_value: t.filter(|_| complete).map(|t| t.p_value),
+                significant,
+                winner: match (significant, diff) {
+                    (true, Some(d)) if d > 0.0 => Some(name.clone()),
+                    (true, Some(_)) => Some(control_name.clone()),
+                    _ => None,
+                },
+            });
+        }
+    }
+    let control = rollout.variant_name(0).to_string();
+    let candidate = rollout.variant_name(rollout.candidate).to_string();
+    let headline = (rollout.candidate > 0)
+        .then(|| comparisons.iter().find(|c| c.variant == candidate))
+        .flatten();
+    let note = if horizon > MAX_OUTCOMES_PER_VARIANT {
+        Some(format!(
+            "samples_per_variant {horizon} is more than the {MAX_OUTCOMES_PER_VARIANT} outcomes \
+             the sidecar keeps per variant: this experiment cannot complete"
+        ))
+    } else {
+        None
+    };
+    Ok(Some(ExperimentReport {
+        rollout: rollout.name.clone(),
+        metric: x.metric,
+        alpha: x.alpha,
+        samples_per_variant: horizon,
+        status: if complete {
+            VerdictStatus::Complete
+        } else {
+            VerdictStatus::Collecting
+        },
+        test: if conversion {
+            "two_proportion_z_pooled"
+        } else {
+            "welch_z"
+        }
+        .to_string(),
+        interval: if conversion { "wilson" } else { "normal" }.to_string(),
+        control,
+        candidate,
+        significant: headline.is_some_and(|c| c.significant),
+        candidate_better: headline
+            .filter(|_| complete)
+            .and_then(|c| c.diff)
+            .map(|d| d > 0.0),
+        winner: headline.and_then(|c| c.winner.clone()),
+        variants,
+        comparisons,
+        note,
+    }))
+}
+
+/// The verdict of a rollout's experiment: `Ok(None)` when the rollout (as compiled
+/// from the current plan) has no `experiment` section. Candidate = `rollout.candidate`
+/// (the policy's candidate, default the last variant), control = the first variant.
+/// Blocking: call it from `tokio::task::spawn_blocking` in async code.
+pub fn verdict(store: &Store, rollout: &Rollout) -> Result<Option<Verdict>, StoreError> {
+    let Some(r) = report(store, rollout)? else {
+        return Ok(None);
+    };
+    let headline = r.comparisons.iter().find(|c| c.variant == r.candidate);
+    Ok(Some(Verdict {
+        status: r.status,
+        significant: r.significant,
+        candidate_better: r.candidate_better,
+        diff: headline.and_then(|c| c.diff),
+        p_value: headline.and_then(|c| c.p_value),
+        alpha: r.alpha,
+        samples_per_variant: r.samples_per_variant,
+        counts: r
+            .variants
+            .iter()
+            .map(|v| (v.name.clone(), v.count))
+            .collect(),
+        control: r.control,
+        candidate: r.candidate,
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+/// The routes of this module (merged into `server::app`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/assignments",
+            post(post_assignments).layer(DefaultBodyLimit::max(MAX_INGEST_BODY)),
+        )
+        .route(
+            "/v1/feedback",
+            post(post_feedback).layer(DefaultBodyLimit::max(MAX_INGEST_BODY)),
+        )
+        .route("/v1/experiments/{rollout}", get(get_experiment))
+        .route("/v1/experiments/{rollout}/reset", post(post_reset))
+}
+
+async fn post_assignments(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Stored>, ApiError> {
+    let body = ingest_body(body)?;
+    let AssignmentsBody { proxy, assignments } = parse_object(&body)?;
+    check_proxy(proxy.as_deref())?;
+    check_batch("assignments", assignments.len())?;
+    for (i, a) in assignments.iter().enumerate() {
+        check_correlation_id(
+            &format!("assignments[{i}].correlation_id"),
+            &a.correlation_id,
+        )?;
+        check_name(&format!("assignments[{i}].rollout"), &a.rollout)?;
+        check_name(&format!("assignments[{i}].variant"), &a.variant)?;
+    }
+    let store = Arc::clone(state.store());
+    let stored = blocking(move || Ok(store_assignments(&store, &assignments)?)).await?;
+    state.metrics().assignments_stored(stored);
+    Ok(Json(Stored { stored }))
+}
+
+/// Experiment metric of every rollout with an `experiment` section in the current plan.
+fn plan_metrics(state: &AppState) -> HashMap<String, ExperimentMetric> {
+    state
+        .store()
+        .current()
+        .map(|c| {
+            c.record
+                .plan
+                .rollouts
+                .iter()
+                .filter_map(|r| r.experiment.as_ref().map(|x| (r.name.clone(), x.metric)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn post_feedback(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<FeedbackResult>, ApiError> {
+    let body = ingest_body(body)?;
+    let parsed: FeedbackBody = parse_object(&body)?;
+    let (outcomes, shape) =
+        match parsed {
+            FeedbackBody {
+                outcomes: Some(o),
+                correlation_id: None,
+                reward: None,
+            } => (o, Shape::Batch),
+            FeedbackBody {
+                outcomes: None,
+                correlation_id: Some(id),
+                reward: Some(reward),
+            } => (
+                vec![Outcome {
+                    correlation_id: id,
+                    reward,
+                }],
+                Shape::Single,
+            ),
+            FeedbackBody {
+                outcomes: None,
+                correlation_id: Some(_),
+                reward: None,
+            } => return Err(ApiError::bad_request("reward", "missing")),
+            FeedbackBody {
+                outcomes: None,
+                correlation_id: None,
+                reward: Some(_),
+            } => return Err(ApiError::bad_request("correlation_id", "missing")),
+            _ => return Err(ApiError::bad_request(
+                "",
+                "give either \"outcomes\" (a list) or one \"correlation_id\" with its \"reward\"",
+            )),
+        };
+    check_batch("outcomes", outcomes.len())?;
+    for (i, o) in outcomes.iter().enumerate() {
+        check_correlation_id(&shape.field(i, "correlation_id"), &o.correlation_id)?;
+        check_reward(shape, i, o.reward, None)?;
+    }
+    let metrics = plan_metrics(&state);
+    let store = Arc::clone(state.store());
+    let result = blocking(move || store_feedback(&store, &outcomes, shape, &metrics)).await?;
+    state
+        .metrics()
+        .feedback(result.accepted, result.unknown, result.dropped);
+    Ok(Json(result))
+}
+
+/// The rollout of the current plan, compiled; 404 without a plan or for an unknown name.
+fn current_rollout(state: &AppState, name: &str) -> Result<Rollout, ApiError> {
+    let cur = state.store().current().ok_or_else(ApiError::no_plan)?;
+    let plan = cur
+        .record
+        .plan
+        .compile()
+        .map_err(|e| ApiError::internal(format!("the stored plan does not compile: {e}")))?;
+    let known: Vec<&str> = plan.rollouts.iter().map(|r| r.name.as_str()).collect();
+    let found = plan.rollouts.iter().find(|r| r.name == name).cloned();
+    found.ok_or_else(|| {
+        ApiError::not_found(
+            "rollout",
+            format!("no rollout named {name:?} (rollouts: {})", known.join(", ")),
+        )
+    })
+}
+
+async fn get_experiment(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ExperimentReport>, ApiError> {
+    let rollout = current_rollout(&state, &name)?;
+    if rollout.experiment.is_none() {
+        return Err(ApiError::not_found(
+            "experiment",
+            format!("rollout {name:?} has no experiment section"),
+        ));
+    }
+    let store = Arc::clone(state.store());
+    let report = blocking(move || Ok(report(&store, &rollout)?))
+        .await?
+        .ok_or_else(|| ApiError::not_found("experiment", "no experiment section"))?;
+    Ok(Json(report))
+}
+
+async fn post_reset(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ResetResult>, ApiError> {
+    ingest_body(body)?;
+    check_name("rollout", &name)?;
+    let store = Arc::clone(state.store());
+    let who = name.clone();
+    let result = blocking(move || Ok(reset(&store, &name)?)).await?;
+    eprintln!(
+        "rollout-control: experiment data of {who} reset: {} assignments, {} outcomes deleted",
+        result.assignments_deleted, result.outcomes_deleted
+    );
+    Ok(Json(result))
+}
+
+// ---------------------------------------------------------------------------
+// CLI output
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("-".to_string(), |x| format!("{:.2}%", x * 100.0))
+}
+
+fn num(x: Option<f64>) -> String {
+    x.map_or("-".to_string(), |x| format!("{x:.4}"))
+}
+
+/// The human form of a report.
+pub fn print_report(out: &mut impl std::io::Write, r: &ExperimentReport) -> std::io::Result<()> {
+    let conversion = r.metric == ExperimentMetric::Conversion;
+    let status = match r.status {
+        VerdictStatus::Collecting => "collecting",
+        VerdictStatus::Complete => "complete",
+    };
+    writeln!(
+        out,
+        "experiment {}: {} metric, alpha {}, fixed horizon {} outcomes per variant: {status}",
+        r.rollout,
+        if conversion { "conversion" } else { "mean" },
+        r.alpha,
+        r.samples_per_variant
+    )?;
+    if let Some(n) = &r.note {
+        writeln!(out, "note: {n}")?;
+    }
+    writeln!(out)?;
+    let level = format!("{}% CI", ((1.0 - r.alpha) * 1000.0).round() / 10.0);
+    let fmt = |x: Option<f64>| if conversion { pct(x) } else { num(x) };
+    let rows: Vec<Vec<String>> = r
+        .variants
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.count.to_string(),
+                v.analysed.to_string(),
+                fmt(v.estimate()),
+                match (v.ci_low, v.ci_high) {
+                    (Some(l), Some(h)) => format!("[{}, {}]", fmt(Some(l)), fmt(Some(h))),
+                    _ => "-".to_string(),
+                },
+            ]
+        })
+        .collect();
+    crate::cli::table(
+        out,
+        &[
+            "VARIANT",
+            "OUTCOMES",
+            "ANALYSED",
+            if conversion { "CONVERSION" } else { "MEAN" },
+            &level,
+        ],
+        &rows,
+    )?;
+    if !r.comparisons.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<Vec<String>> = r
+            .comparisons
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("{} vs {}", c.variant, c.against),
+                    match c.diff {
+                        Some(d) if conversion => format!("{:+.2}pp", d * 100.0),
+                        Some(d) => format!("{d:+.4}"),
+                        None => "-".to_string(),
+                    },
+                    c.lift
+                        .map_or("-".to_string(), |l| format!("{:+.1}%", l * 100.0)),
+                    c.z.map_or("-".to_string(), |z| format!("{z:.3}")),
+                    match c.p_value {
+                        Some(p) if p < 0.0001 => "<0.0001".to_string(),
+                        Some(p) => format!("{p:.4}"),
+                        None => "-".to_string(),
+                    },
+                    if c.significant { "yes" } else { "no" }.to_string(),
+                    c.winner.clone().unwrap_or_else(|| "-".to_string()),
+                ]
+            })
+            .collect();
+        crate::cli::table(
+            out,
+            &[
+                "COMPARISON",
+                "DIFF",
+                "LIFT",
+                "Z",
+                "P-VALUE",
+                "SIGNIFICANT",
+                "WINNER",
+            ],
+            &rows,
+        )?;
+    }
+    writeln!(out)?;
+    let verdict = match (r.status, r.significant, r.candidate_better) {
+        (VerdictStatus::Collecting, _, _) => {
+            let missing: Vec<String> = r
+                .variants
+                .iter()
+                .filter(|v| v.count < r.samples_per_variant)
+                .map(|v| format!("{} {}/{}", v.name, v.count, r.samples_per_variant))
+                .collect();
+            format!(
+                "collecting: no significance before every variant has {} outcomes ({})",
+                r.samples_per_variant,
+                missing.join(", ")
+            )
+        }
+        (VerdictStatus::Complete, true, Some(true)) => format!(
+            "{} is better than {} (significant at alpha {})",
+            r.candidate, r.control, r.alpha
+        ),
+        (VerdictStatus::Complete, true, _) => format!(
+            "{} is worse than {} (significant at alpha {})",
+            r.candidate, r.control, r.alpha
+        ),
+        (VerdictStatus::Complete, false, _) => format!(
+            "no significant difference between {} and {} at alpha {}",
+            r.candidate, r.control, r.alpha
+        ),
+    };
+    writeln!(out, "verdict: {verdict}")
+}
+
+// ---------------------------------------------------------------------------
+// CLI commands
+
+fn rollout_segment(rollout: &str) -> anyhow::Result<&str> {
+    rollout_core::plan::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(rollout)
+}
+
+/// `rollout-control experiment --rollout R`.
+pub fn run_experiment(
+    client: &crate::client::Client,
+    out: &mut impl std::io::Write,
+    json: bool,
+    rollout: &str,
+) -> anyhow::Result<()> {
+    let reply = client.get(&format!("/v1/experiments/{}", rollout_segment(rollout)?))?;
+    if json {
+        writeln!(out, "{}", reply.body)?;
+    } else {
+        print_report(out, &reply.json()?)?;
+    }
+    Ok(())
+}
+
+/// `rollout-control reset-experiment --rollout R`.
+pub fn run_reset(
+    client: &crate::client::Client,
+    out: &mut impl std::io::Write,
+    json: bool,
+    rollout: &str,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/experiments/{}/reset", rollout_segment(rollout)?);
+    let reply = client.write("POST", &path, None, None)?;
+    if json {
+        writeln!(out, "{}", reply.body)?;
+    } else {
+        let r: ResetResult = reply.json()?;
+        writeln!(
+            out,
+            "experiment data of {rollout} deleted: {} assignments, {} outcomes",
+            r.assignments_deleted, r.outcomes_deleted
+        )?;
+    }
+    Ok(())
+}
+
+/// A line of an outcomes file: other fields are ignored.
+#[derive(Debug, Deserialize)]
+struct OutcomeLine {
+    correlation_id: String,
+    reward: f64,
+}
+
+/// Reads a JSON-lines file of `{"correlation_id", "reward"}` objects (`-`: stdin;
+/// blank lines skipped). Errors name the line and the field.
+pub fn read_outcomes(path: &std::path::Path) -> anyhow::Result<Vec<Outcome>> {
+    let bytes = crate::validate::read_input(path)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut de = serde_json::Deserializer::from_str(line);
+        let parsed: Result<OutcomeLine, _> = serde_path_to_error::deserialize(&mut de);
+        let o = parsed.map_err(|e| {
+            let e = rollout_core::ConfigError::from_serde(e);
+            anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1)
+        })?;
+        if !rollout_core::correlation::is_valid(&o.correlation_id) {
+            anyhow::bail!(
+                "{}:{}: correlation_id: {:?} is not a correlation id",
+                path.display(),
+                n + 1,
+                o.correlation_id
+            );
+        }
+        out.push(Outcome {
+            correlation_id: o.correlation_id,
+            reward: o.reward,
+        });
+    }
+    Ok(out)
+}
+
+/// Totals of `rollout-control feedback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FeedbackTotals {
+    pub outcomes: u64,
+    pub batches: u64,
+    pub accepted: u64,
+    pub unknown: u64,
+    pub dropped: u64,
+}
+
+/// `rollout-control feedback --file outcomes.jsonl`: the whole file is read and
+/// checked first, then posted in batches of [`crate::records::MAX_BATCH`]. A failed
+/// batch stops the command; the batches before it are stored, and posting the
+/// file again is safe (a repeated outcome replaces itself).
+pub fn run_feedback(
+    client: &crate::client::Client,
+    out: &mut impl std::io::Write,
+    json: bool,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let outcomes = read_outcomes(path)?;
+    let mut totals = FeedbackTotals {
+        outcomes: outcomes.len() as u64,
+        ..FeedbackTotals::default()
+    };
+    for (i, batch) in outcomes.chunks(crate::records::MAX_BATCH).enumerate() {
+        let body = serde_json::to_vec(&serde_json::json!({ "outcomes": batch }))?;
+        let reply = client
+            .write("POST", "/v1/feedback", Some(body), None)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "batch {} (outcomes {} to {}): {e:#}",
+                    i + 1,
+                    i * crate::records::MAX_BATCH + 1,
+                    i * crate::records::MAX_BATCH + batch.len()
+                )
+            })?;
+        let r: FeedbackResult = reply.json()?;
+        totals.batches += 1;
+        totals.accepted += r.accepted;
+        totals.unknown += r.unknown;
+        totals.dropped += r.dropped;
+    }
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&totals)?)?;
+    } else {
+        writeln!(
+            out,
+            "{} outcomes in {} batch(es): {} accepted, {} unknown (no assignment known){}",
+            totals.outcomes,
+            totals.batches,
+            totals.accepted,
+            totals.unknown,
+            if totals.dropped > 0 {
+                format!(", {} dropped (variant full)", totals.dropped)
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,767 @@
+//! Shadow comparison records: the filter posts a sample of its per-request
+//! comparisons (every disagreement up to a per-minute budget, agreements at
+//! `shadow.records.sample_percent`); the sidecar keeps them durably and reports on
+//! them.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | POST | `/v1/shadow-records` | `{"proxy", "records": [...]}` (at most 1,000 records, 4 MiB): 200 `{"stored": n}` |
+//! | GET  | `/v1/shadow-report?rollout=R[&since_ms=T][&limit=N]` | agreement, verdicts, latency percentiles, recent disagreements |
+//!
+//! Storage: table `shadow_records` in the store's redb file, keyed by
+//! `(rollout, unix_ms, seq)` (`seq` a store-wide counter) -> the record as JSON;
+//! `shadow_record_counts`: rollout -> records kept. At most
+//! [`MAX_RECORDS_PER_ROLLOUT`] per rollout: a batch that goes beyond it drops the
+//! oldest (smallest `unix_ms`) in the same transaction. Each batch is one write
+//! transaction, fsynced before the answer.
+//!
+//! Also home of the helpers the ingestion endpoints share (`experiments` uses them):
+//! body limits, JSON parsing with the offending field named, blocking store calls.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use redb::{
+    ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction,
+};
+use rollout_core::ConfigError;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::server::AppState;
+use crate::store::{Store, StoreError};
+
+/// Largest body of an ingestion call (shadow records, assignments, feedback).
+pub const MAX_INGEST_BODY: usize = 4 * 1024 * 1024;
+/// Most items (records, assignments, outcomes) in one ingestion call.
+pub const MAX_BATCH: usize = 1000;
+/// Records kept per rollout; the oldest go first.
+pub const MAX_RECORDS_PER_ROLLOUT: u64 = 100_000;
+/// Recent disagreements a report lists without `?limit=`.
+pub const DEFAULT_DISAGREEMENTS: usize = 50;
+/// Most recent disagreements a report lists.
+pub const MAX_DISAGREEMENTS: usize = 1000;
+
+const RECORDS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("shadow_records");
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("shadow_record_counts");
+/// Store-wide sequence numbers of the data tables: `shadow`, `assignment`, `outcome`.
+const SEQ: TableDefinition<&str, u64> = TableDefinition::new("data_seq");
+
+/// The verdicts a record may carry (`rollout_core::shadow::Verdict::as_str`).
+pub const VERDICTS: [&str; 3] = ["agree", "status", "prediction"];
+
+// ---------------------------------------------------------------------------
+// Helpers shared with `experiments`
+
+pub(crate) fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into().to_string())
+}
+
+/// Opens a table for reading; `None` when it was never written.
+pub(crate) fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match tx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
+pub(crate) fn begin_read(store: &Store) -> Result<ReadTransaction, StoreError> {
+    store.database().begin_read().map_err(db_err)
+}
+
+pub(crate) fn begin_write(store: &Store) -> Result<WriteTransaction, StoreError> {
+    store.database().begin_write().map_err(db_err)
+}
+
+/// Reserves `n` sequence numbers of `kind`; returns the first.
+pub(crate) fn reserve_seq(tx: &WriteTransaction, kind: &str, n: u64) -> Result<u64, StoreError> {
+    let mut t = tx.open_table(SEQ).map_err(db_err)?;
+    let first = t.get(kind).map_err(db_err)?.map_or(0, |g| g.value());
+    t.insert(kind, first.saturating_add(n)).map_err(db_err)?;
+    Ok(first)
+}
+
+/// Runs a store call on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+}
+
+/// The body, or 413 beyond [`MAX_INGEST_BODY`].
+pub(crate) fn ingest_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        let status = e.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the request body is larger than {MAX_INGEST_BODY} bytes")
+        } else {
+            e.body_text()
+        };
+        ApiError::new(status, "", message)
+    })
+}
+
+/// A JSON object body; errors name the field (`records[3].agree`).
+pub(crate) fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::bad_request(
+                "",
+                "the request body is empty: a JSON object is expected",
+            ))
+        }
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "",
+                "the request body must be a JSON object",
+            ))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| name_missing_field(ConfigError::from_serde(e)))?;
+    de.end()
+        .map_err(|e| ApiError::bad_request("", format!("trailing data after the JSON: {e}")))?;
+    Ok(value)
+}
+
+/// serde reports a missing field at its parent (`records[2]`): name the field itself
+/// (`records[2].unix_ms`).
+fn name_missing_field(mut e: ConfigError) -> ConfigError {
+    let missing = e
+        .message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+        .map(str::to_string);
+    if let Some(name) = missing {
+        e.field = if e.field.is_empty() {
+            name
+        } else {
+            format!("{}.{name}", e.field)
+        };
+        e.message = "missing".to_string();
+    }
+    e
+}
+
+/// A batch is at most [`MAX_BATCH`] items.
+pub(crate) fn check_batch(field: &str, len: usize) -> Result<(), ApiError> {
+    if len > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            field,
+            format!("{len} items in one call; at most {MAX_BATCH}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A proxy id: printable ASCII, 1 to 256 bytes (like the poll header).
+pub(crate) fn check_proxy(proxy: Option<&str>) -> Result<(), ApiError> {
+    match proxy {
+        Some(p)
+            if p.is_empty()
+                || p.len() > crate::proxies::MAX_ID_LEN
+                || !p.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Err(ApiError::bad_request(
+                "proxy",
+                format!(
+                    "must be 1 to {} printable ASCII characters",
+                    crate::proxies::MAX_ID_LEN
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn check_correlation_id(field: &str, id: &str) -> Result<(), ApiError> {
+    if !rollout_core::correlation::is_valid(id) {
+        return Err(ApiError::bad_request(
+            field,
+            format!("{id:?} is not a correlation id (8 to 128 characters of [A-Za-z0-9._:-])"),
+        ));
+    }
+    Ok(())
+}
+
+/// A rollout or variant name, by the plan's rules.
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    rollout_core::plan::check_name(field, name)
+        .map_err(|e| ApiError::bad_request(e.field, e.message))
+}
+
+/// 400 for a query the extractor refused.
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("", e.body_text()))
+}
+
+/// An optional unsigned query parameter.
+pub(crate) fn parse_u64_param(field: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+    raw.map(|s| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(field, format!("{s:?} is not a whole number")))
+    })
+    .transpose()
+}
+
+// ---------------------------------------------------------------------------
+// Records
+
+/// One comparison, as the filter sends it (`Hub::complete` in the filter). Unknown
+/// fields are ignored, so a newer filter can add some.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowRecord {
+    pub correlation_id: String,
+    pub rollout: String,
+    /// The variant that served the primary request.
+    pub variant: String,
+    pub shadow_cluster: String,
+    pub agree: bool,
+    /// `agree`, `status` (status classes differ) or `prediction`.
+    pub verdict: String,
+    pub primary_status: u32,
+    pub shadow_status: u32,
+    pub primary_latency_ms: u64,
+    pub shadow_latency_ms: u64,
+    #[serde(default)]
+    pub primary_prediction: Value,
+    #[serde(default)]
+    pub shadow_prediction: Value,
+    pub unix_ms: u64,
+    /// The proxy that sent the record (the batch's `proxy`), added by the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+}
+
+/// Body of `POST /v1/shadow-records`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordsBody {
+    #[serde(default)]
+    proxy: Option<String>,
+    records: Vec<ShadowRecord>,
+}
+
+/// Answer of the ingestion calls that store items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    pub stored: u64,
+}
+
+fn validate(i: usize, r: &ShadowRecord) -> Result<(), ApiError> {
+    let f = |name: &str| format!("records[{i}].{name}");
+    check_correlation_id(&f("correlation_id"), &r.correlation_id)?;
+    check_name(&f("rollout"), &r.rollout)?;
+    check_name(&f("variant"), &r.variant)?;
+    if r.shadow_cluster.is_empty() || r.shadow_cluster.len() > 255 {
+        return Err(ApiError::bad_request(
+            f("shadow_cluster"),
+            "must be 1 to 255 characters",
+        ));
+    }
+    if !VERDICTS.contains(&r.verdict.as_str()) {
+        return Err(ApiError::bad_request(
+            f("verdict"),
+            format!("{:?} is not one of agree, status, prediction", r.verdict),
+        ));
+    }
+    if r.agree != (r.verdict == "agree") {
+        return Err(ApiError::bad_request(
+            f("agree"),
+            format!("{} contradicts verdict {:?}", r.agree, r.verdict),
+        ));
+    }
+    for (name, status) in [
+        ("primary_status", r.primary_status),
+        ("shadow_status", r.shadow_status),
+    ] {
+        if status > 999 {
+            return Err(ApiError::bad_request(f(name), "not an HTTP status"));
+        }
+    }
+    Ok(())
+}
+
+/// Stores a batch in one transaction, trimming every touched rollout to
+/// [`MAX_RECORDS_PER_ROLLOUT`]. Blocking.
+pub fn store_records(store: &Store, records: &[ShadowRecord]) -> Result<u64, StoreError> {
+    store_records_capped(store, records, MAX_RECORDS_PER_ROLLOUT)
+}
+
+/// [`store_records`] with another cap per rollout (tests).
+#[doc(hidden)]
+pub fn store_records_capped(
+    store: &Store,
+    records: &[ShadowRecord],
+    cap: u64,
+) -> Result<u64, StoreError> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let tx = begin_write(store)?;
+    {
+        let first = reserve_seq(&tx, "shadow", records.len() as u64)?;
+        let mut table = tx.open_table(RECORDS).map_err(db_err)?;
+        let mut counts = tx.open_table(COUNTS).map_err(db_err)?;
+        let mut added: BTreeMap<&str, u64> = BTreeMap::new();
+        for (seq, r) in (first..).zip(records) {
+            let bytes = serde_json::to_vec(r)
+                .map_err(|e| StoreError::Db(format!("cannot serialize a record: {e}")))?;
+            table
+                .insert((r.rollout.as_str(), r.unix_ms, seq), bytes.as_slice())
+                .map_err(db_err)?;
+            *added.entry(r.rollout.as_str()).or_insert(0) += 1;
+        }
+        for (rollout, n) in added {
+            let have = counts
+                .get(rollout)
+                .map_err(db_err)?
+                .map_or(0, |g| g.value())
+                + n;
+            let excess = have.saturating_sub(cap);
+            if excess > 0 {
+                let oldest: Vec<(u64, u64)> = table
+                    .range((rollout, 0u64, 0u64)..=(rollout, u64::MAX, u64::MAX))
+                    .map_err(db_err)?
+                    .take(usize::try_from(excess).unwrap_or(usize::MAX))
+                    .map(|e| e.map(|(k, _)| (k.value().1, k.value().2)))
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?;
+                for (ms, seq) in oldest {
+                    table.remove((rollout, ms, seq)).map_err(db_err)?;
+                }
+            }
+            counts.insert(rollout, have.min(cap)).map_err(db_err)?;
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(records.len() as u64)
+}
+
+/// Latency summary of the records in a report (ms; nearest-rank percentiles).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub p50: Option<u64>,
+    pub p90: Option<u64>,
+    pub p99: Option<u64>,
+    pub mean: Option<f64>,
+}
+
+impl LatencySummary {
+    fn of(mut values: Vec<u64>) -> Self {
+        values.sort_unstable();
+        let n = values.len();
+        let rank = |p: u64| -> Option<u64> {
+            if n == 0 {
+                return None;
+            }
+            // nearest rank: the smallest value with at least p % of the values <= it
+            let r = (p as usize * n).div_ceil(100).max(1);
+            values.get(r - 1).copied()
+        };
+        let mean = (n > 0).then(|| {
+            let sum: u128 = values.iter().map(|v| u128::from(*v)).sum();
+            ((sum as f64 / n as f64) * 1000.0).round() / 1000.0
+        });
+        LatencySummary {
+            p50: rank(50),
+            p90: rank(90),
+            p99: rank(99),
+            mean,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyReport {
+    pub primary: LatencySummary,
+    pub shadow: LatencySummary,
+}
+
+/// One disagreement in a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Disagreement {
+    pub correlation_id: String,
+    pub variant: String,
+    pub verdict: String,
+    pub primary_prediction: Value,
+    pub shadow_prediction: Value,
+    pub primary_status: u32,
+    pub shadow_status: u32,
+    pub unix_ms: u64,
+}
+
+/// `GET /v1/shadow-report`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    pub rollout: String,
+    /// Always true: the records are a sample (see `note`).
+    pub sampled: bool,
+    pub note: String,
+    pub since_ms: Option<u64>,
+    /// Records considered (each is one comparison).
+    pub records: u64,
+    pub compared: u64,
+    pub agree: u64,
+    pub disagree: u64,
+    /// `agree / compared` over the records: biased low, disagreements are over-sampled.
+    pub agreement_rate: Option<f64>,
+    /// Agreements re-weighted by the current plan's `shadow.records.sample_percent`:
+    /// an estimate of the agreement over all comparisons (too high when the
+    /// disagreement budget ran out). `null` without that setting or without records.
+    pub estimated_agreement_rate: Option<f64>,
+    pub by_verdict: BTreeMap<String, u64>,
+    pub latency: LatencyReport,
+    pub first_unix_ms: Option<u64>,
+    pub last_unix_ms: Option<u64>,
+    /// Newest first.
+    pub recent_disagreements: Vec<Disagreement>,
+}
+
+pub const SAMPLE_NOTE: &str = "records are a sample: every disagreement up to the filter's \
+     per-minute budget, agreements at shadow.records.sample_percent; exact counts are Envoy's \
+     model_rollout_shadow_* metrics";
+
+/// The report of one rollout's records since `since_ms`. `sample_percent`: the
+/// current plan's `shadow.records.sample_percent`, if any. Blocking.
+pub fn shadow_report(
+    store: &Store,
+    rollout: &str,
+    since_ms: Option<u64>,
+    limit: usize,
+    sample_percent: Option<f64>,
+) -> Result<ShadowReport, StoreError> {
+    let mut by_verdict: BTreeMap<String, u64> =
+        VERDICTS.iter().map(|v| (v.to_string(), 0)).collect();
+    let (mut agree, mut total) = (0u64, 0u64);
+    let (mut primary, mut shadow) = (Vec::new(), Vec::new());
+    let (mut first, mut last) = (None, None);
+    let mut recent: VecDeque<Disagreement> = VecDeque::new();
+    let tx = begin_read(store)?;
+    if let Some(table) = read_table(&tx, RECORDS)? {
+        let from = since_ms.unwrap_or(0);
+        for entry in table
+            .range((rollout, from, 0u64)..=(rollout, u64::MAX, u64::MAX))
+            .map_err(db_err)?
+        {
+            let (k, v) = entry.map_err(db_err)?;
+            let r: ShadowRecord = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("shadow record {:?}: {e}", k.value())))?;
+            total += 1;
+            if r.agree {
+                agree += 1;
+            }
+            *by_verdict.entry(r.verdict.clone()).or_insert(0) += 1;
+            primary.push(r.primary_latency_ms);
+            shadow.push(r.shadow_latency_ms);
+            first = first.or(Some(r.unix_ms));
+            last = Some(r.unix_ms);
+            if !r.agree && limit > 0 {
+                if recent.len() == limit {
+                    recent.pop_front();
+                }
+                recent.push_back(Disagreement {
+                    correlation_id: r.correlation_id,
+                    variant: r.variant,
+                    verdict: r.verdict,
+                    primary_prediction: r.primary_prediction,
+                    shadow_prediction: r.shadow_prediction,
+                    primary_status: r.primary_status,
+                    shadow_status: r.shadow_status,
+                    unix_ms: r.unix_ms,
+                });
+            }
+        }
+    }
+    let disagree = total - agree;
+    let rate = |a: f64, d: f64| {
+        let n = a + d;
+        (n > 0.0).then(|| ((a / n) * 1e6).round() / 1e6)
+    };
+    let estimated = match sample_percent {
+        Some(sp) if sp > 0.0 => rate(agree as f64 * 100.0 / sp, disagree as f64),
+        _ => None,
+    };
+    Ok(ShadowReport {
+        rollout: rollout.to_string(),
+        sampled: true,
+        note: SAMPLE_NOTE.to_string(),
+        since_ms,
+        records: total,
+        compared: total,
+        agree,
+        disagree,
+        agreement_rate: rate(agree as f64, disagree as f64),
+        estimated_agreement_rate: estimated,
+        by_verdict,
+        latency: LatencyReport {
+            primary: LatencySummary::of(primary),
+            shadow: LatencySummary::of(shadow),
+        },
+        first_unix_ms: first,
+        last_unix_ms: last,
+        recent_disagreements: recent.into_iter().rev().collect(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+/// The routes of this module (merged into `server::app`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/shadow-records",
+            post(post_records).layer(DefaultBodyLimit::max(MAX_INGEST_BODY)),
+        )
+        .route("/v1/shadow-report", get(report))
+}
+
+async fn post_records(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Stored>, ApiError> {
+    let body = ingest_body(body)?;
+    let RecordsBody { proxy, mut records } = parse_object(&body)?;
+    check_proxy(proxy.as_deref())?;
+    check_batch("records", records.len())?;
+    for (i, r) in records.iter_mut().enumerate() {
+        validate(i, r)?;
+        r.proxy.clone_from(&proxy);
+    }
+    let store = Arc::clone(state.store());
+    let stored = blocking(move || Ok(store_records(&store, &records)?)).await?;
+    state.metrics().shadow_records_stored(stored);
+    Ok(Json(Stored { stored }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReportQuery {
+    rollout: Option<String>,
+    since_ms: Option<String>,
+    limit: Option<String>,
+}
+
+/// `shadow.records.sample_percent` of a rollout in the current plan.
+fn sample_percent(state: &AppState, rollout: &str) -> Option<f64> {
+    let cur = state.store().current()?;
+    let r = cur
+        .record
+        .plan
+        .rollouts
+        .iter()
+        .find(|r| r.name == rollout)?;
+    r.shadow.as_ref().map(|s| s.records.sample_percent)
+}
+
+async fn report(
+    State(state): State<AppState>,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Json<ShadowReport>, ApiError> {
+    let q = query(q)?;
+    let rollout = q
+        .rollout
+        .ok_or_else(|| ApiError::bad_request("rollout", "missing: give ?rollout=NAME"))?;
+    check_name("rollout", &rollout)?;
+    let since_ms = parse_u64_param("since_ms", q.since_ms.as_deref())?;
+    let limit = match parse_u64_param("limit", q.limit.as_deref())? {
+        None => DEFAULT_DISAGREEMENTS,
+        Some(n) if n <= MAX_DISAGREEMENTS as u64 => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "limit",
+                format!("{n} is more than {MAX_DISAGREEMENTS}"),
+            ))
+        }
+    };
+    let sp = sample_percent(&state, &rollout);
+    let store = Arc::clone(state.store());
+    let report =
+        blocking(move || Ok(shadow_report(&store, &rollout, since_ms, limit, sp)?)).await?;
+    Ok(Json(report))
+}
+
+// ---------------------------------------------------------------------------
+// CLI output
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("-".to_string(), |x| format!("{:.2}%", x * 100.0))
+}
+
+fn opt<T: ToString>(x: Option<T>) -> String {
+    x.map_or("-".to_string(), |x| x.to_string())
+}
+
+/// Up to `max` characters of a prediction's JSON.
+fn short_json(v: &Value, max: usize) -> String {
+    let s = v.to_string();
+    if s.chars().count() <= max {
+        return s;
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+/// The human form of a report: summary, latency table, recent disagreements.
+pub fn print_report(out: &mut impl std::io::Write, r: &ShadowReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "rollout {}: {} shadow records{}",
+        r.rollout,
+        r.records,
+        r.since_ms
+            .map(|s| format!(" since {}", crate::timefmt::rfc3339_ms(s)))
+            .unwrap_or_default()
+    )?;
+    writeln!(out, "  ({SAMPLE_NOTE})")?;
+    if r.records == 0 {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "agreement {} of the records ({} agree, {} disagree); estimated over all comparisons: {}",
+        pct(r.agreement_rate),
+        r.agree,
+        r.disagree,
+        pct(r.estimated_agreement_rate)
+    )?;
+    let verdicts: Vec<String> = r
+        .by_verdict
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    writeln!(out, "by verdict: {}", verdicts.join(" "))?;
+    writeln!(out)?;
+    let lat = |name: &str, l: &LatencySummary| {
+        vec![
+            name.to_string(),
+            opt(l.p50),
+            opt(l.p90),
+            opt(l.p99),
+            l.mean.map_or("-".to_string(), |m| format!("{m:.1}")),
+        ]
+    };
+    crate::cli::table(
+        out,
+        &["LATENCY MS", "P50", "P90", "P99", "MEAN"],
+        &[
+            lat("primary", &r.latency.primary),
+            lat("shadow", &r.latency.shadow),
+        ],
+    )?;
+    writeln!(out)?;
+    if r.recent_disagreements.is_empty() {
+        return writeln!(out, "no disagreement recorded");
+    }
+    writeln!(out, "recent disagreements, newest first:")?;
+    let rows: Vec<Vec<String>> = r
+        .recent_disagreements
+        .iter()
+        .map(|d| {
+            vec![
+                crate::timefmt::rfc3339_ms(d.unix_ms),
+                d.correlation_id.clone(),
+                d.variant.clone(),
+                d.verdict.clone(),
+                format!("{}/{}", d.primary_status, d.shadow_status),
+                short_json(&d.primary_prediction, 40),
+                short_json(&d.shadow_prediction, 40),
+            ]
+        })
+        .collect();
+    crate::cli::table(
+        out,
+        &[
+            "TIME",
+            "CORRELATION ID",
+            "VARIANT",
+            "VERDICT",
+            "STATUS P/S",
+            "PRIMARY",
+            "SHADOW",
+        ],
+        &rows,
+    )
+}
+
+/// `rollout-control shadow-report --rollout R [--limit N] [--since-ms T]`.
+pub fn run_report(
+    client: &crate::client::Client,
+    out: &mut impl std::io::Write,
+    json: bool,
+    rollout: &str,
+    limit: Option<usize>,
+    since_ms: Option<u64>,
+) -> anyhow::Result<()> {
+    rollout_core::plan::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut path = format!("/v1/shadow-report?rollout={rollout}");
+    if let Some(l) = limit {
+        path.push_str(&format!("&limit={l}"));
+    }
+    if let Some(s) = since_ms {
+        path.push_str(&format!("&since_ms={s}"));
+    }
+    let reply = client.get(&path)?;
+    if json {
+        writeln!(out, "{}", reply.body)?;
+    } else {
+        print_report(out, &reply.json()?)?;
+    }
+    Ok(())
+}
+
+/// Counts records per rollout (for tests and diagnostics). Blocking.
+pub fn record_counts(store: &Store) -> Result<HashMap<String, u64>, StoreError> {
+    let tx = begin_read(store)?;
+    let mut out = HashMap::new();
+    if let Some(t) = read_table(&tx, COUNTS)? {
+        for e in t.iter().map_err(db_err)? {
+            let (k, v) = e.map_err(db_err)?;
+            out.insert(k.value().to_string(), v.value());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let l = LatencySummary::of((1..=100).collect());
+        assert_eq!((l.p50, l.p90, l.p99), (Some(50), Some(90), Some(99)));
+        assert_eq!(l.mean, Some(50.5));
+        let one = LatencySummary::of(vec![7]);
+        assert_eq!((one.p50, one.p99, one.mean), (Some(7), Some(7), Some(7.0)));
+        let none = LatencySummary::of(vec![]);
+        assert_eq!((none.p50, none.mean), (None, None));
+        let l = LatencySummary::of(vec![10, 1, 5]);
+        assert_eq!((l.p50, l.p90), (Some(5), Some(10)));
+    }
+
+    #[test]
+    fn short_predictions() {
+        assert_eq!(short_json(&serde_json::json!([0.5]), 10), "[0.5]");
+        assert_eq!(short_json(&serde_json::json!("abcdefghijkl"), 6), "\"abcd…");
+    }
+}
