@@ -46,7 +46,7 @@ DESCRIPTIONS = {
     "nofilter": "router only: what Envoy costs without any extra filter",
     "native": "Envoy's own 90/10 split (no wasm): the cost of splitting natively",
     "noop": "a wasm filter that does nothing: the cost of crossing into the VM",
-    "ours": "the model-rollout filter with the demo's plugin configuration",
+    "ours": "the model-rollout filter, routing part of envoy/demo.yaml's configuration",
 }
 
 SHAPE_DESCRIPTIONS = {
@@ -186,8 +186,10 @@ NOOP_FILTER = """\
         runtime: envoy.wasm.runtime.v8
         code: {local: {filename: %s}}""" % NOOP_WASM
 
-# The plugin configuration is envoy/demo.yaml's, verbatim (bench/run.py warns when
-# the two drift apart).
+# The plugin configuration is envoy/demo.yaml's without the parts that are not on
+# every request's routing path: "control" (sidecar polling), and the fraud rollout's
+# "shadow" and "output" (see bench/README.md). bench/run.py warns when the rest drifts
+# apart from the demo's.
 OURS_FILTER = """\
 - name: model-rollout
   typed_config:
