@@ -25,6 +25,16 @@ ImageFetcher.PrepareFetch returns, `img.Digest()`), not with the sha256 of the .
 http(s) URLs it is the sha256 of the module itself. `pin` therefore writes the manifest
 digest, and `verify` checks that the layer holds exactly the .wasm.
 
+The commit id. build.rs embeds `git rev-parse --short=12 HEAD` in the .wasm, so every
+commit changes the module and its digest, even when the filter did not change. A digest
+committed in istio/*.yaml can therefore never equal the digest of a build *of that same
+commit* (the commit contains the digest). `pin` records the commit id it found in the
+module (annotation model-rollout.io/source-commit), and `check` compares modulo that id:
+it puts the recorded id back into the current module (same length, 12 hex digits, one
+occurrence) and requires the resulting image digest to equal the pinned sha256. Equal
+means: the pinned image holds exactly this build's code; only the logged commit id differs.
+(If the module ever stops embedding the commit, this reduces to a plain comparison.)
+
 Outputs of `build`:
   DIR/oci-layout, DIR/index.json, DIR/blobs/sha256/{layer,config,manifest}
   TAR: the same files in one tarball, plus a docker-save style manifest.json, so that
@@ -79,6 +89,37 @@ def descriptor(media_type: str, data: bytes, annotations: dict | None = None) ->
 def workspace_version() -> str:
     doc = tomllib.loads((ROOT / "Cargo.toml").read_text())
     return doc["workspace"]["package"]["version"]
+
+
+COMMIT_ANNOTATION = "model-rollout.io/source-commit"
+_HEX12 = re.compile(rb"[0-9a-f]{12}")
+
+
+def _git(*args: str) -> str:
+    import subprocess
+    try:
+        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return ""
+    return r.stdout if r.returncode == 0 else ""
+
+
+def embedded_commit(wasm: bytes, history: int = 2000) -> str | None:
+    """The 12-hex commit id build.rs put into the module: one of this repository's commits
+    occurring exactly once in it; None when none does (no git at build time: "unknown")."""
+    found = [c for c in _git("log", f"-n{history}", "--format=%H", "HEAD").split()
+             if wasm.count(c[:12].encode()) == 1]
+    return found[0][:12] if found else None
+
+
+def with_commit(wasm: bytes, commit: str | None) -> bytes:
+    """`wasm` as it would be had it been built at `commit` (see the module doc)."""
+    current = embedded_commit(wasm)
+    if commit is None or current is None or current == commit:
+        return wasm
+    if not re.fullmatch(r"[0-9a-f]{12}", commit):
+        raise ValueError(f"recorded commit {commit!r} is not 12 hex digits")
+    return wasm.replace(current.encode(), commit.encode(), 1)
 
 
 def _tar(members: list[tuple[str, bytes]]) -> bytes:
@@ -274,7 +315,21 @@ def filter_documents(text: str):
             yield i, doc
 
 
-def pin_text(text: str, digest: str, tag: str) -> str:
+_COMMIT = re.compile(r"(?m)^(?P<pre>\s*" + re.escape(COMMIT_ANNOTATION) + r":\s*)[\"']?(?P<id>[0-9a-f]{12}|unknown)[\"']?[ \t]*$")
+
+
+def pinned(text: str) -> list[dict]:
+    """sha256, tag and recorded commit of every filter document of a manifest file."""
+    out = []
+    for _, doc in filter_documents(text):
+        sha, url, commit = _SHA.search(doc), _URL.search(doc), _COMMIT.search(doc)
+        out.append({"sha256": sha.group("hex") if sha else None,
+                    "tag": url.group("tag") if url else None,
+                    "commit": commit.group("id") if commit else None})
+    return out
+
+
+def pin_text(text: str, digest: str, tag: str, commit: str | None = None) -> str:
     parts = _DOC_SPLIT.split(text)
     seps = _DOC_SPLIT.findall(text)
     for i, doc in filter_documents(text):
@@ -282,6 +337,10 @@ def pin_text(text: str, digest: str, tag: str) -> str:
             raise ValueError("a filter document must carry exactly one `sha256:` line")
         doc = _URL.sub(lambda m: f"{m.group('pre')}:{tag}", doc)
         doc = _SHA.sub(lambda m: f"{m.group('pre')}{digest}", doc)
+        if commit is not None:
+            if len(_COMMIT.findall(doc)) != 1:
+                raise ValueError(f"a filter document must carry exactly one `{COMMIT_ANNOTATION}:` annotation")
+            doc = _COMMIT.sub(lambda m: f"{m.group('pre')}{commit}", doc)
         parts[i] = doc
     out = parts[0]
     for sep, part in zip(seps, parts[1:]):
@@ -294,17 +353,25 @@ def manifest_files() -> list[Path]:
 
 
 def pin(wasm_path: Path, check: bool) -> list[str]:
-    """Writes (or, with check, compares) digest and tag; returns the files that differ."""
-    img = make_image(wasm_path.read_bytes())
+    """Writes digest, tag and source commit; with check, only compares (modulo the
+    commit id, see the module doc). Returns the files that differ."""
+    wasm = wasm_path.read_bytes()
     tag = workspace_version()
     stale = []
     for path in manifest_files():
         old = path.read_text()
-        new = pin_text(old, img.digest, tag)
+        if check:
+            for p in pinned(old):
+                expect = make_image(with_commit(wasm, p["commit"] if p["commit"] != "unknown" else None))
+                if p["sha256"] != expect.digest or p["tag"] != tag:
+                    stale.append(str(path.relative_to(ROOT)))
+                    break
+            continue
+        commit = embedded_commit(wasm) or "unknown"
+        new = pin_text(old, make_image(wasm).digest, tag, commit)
         if new != old:
             stale.append(str(path.relative_to(ROOT)))
-            if not check:
-                path.write_text(new)
+            path.write_text(new)
     return stale
 
 
