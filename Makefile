@@ -2,6 +2,7 @@
 #   make test    everything CI runs (installs what is missing on a fresh machine)
 #   make demo    Envoy + demo models locally, live split per variant (Ctrl-C stops)
 #   make bench   wrk benchmark: no filter / native split / no-op wasm / our filter
+#   make oci     OCI image of the filter for Istio, digest pinned into istio/*.yaml
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -16,8 +17,11 @@ DEMO    := $(NATIVE)/rollout-demo
 WASI_RUNNER := node --no-warnings $(CURDIR)/tools/wasi-run.mjs
 CARGO_WASM  := cargo build --release --target wasm32-wasip1
 
+OCI_DIR := target/oci/model-rollout
+OCI_TAR := target/oci/model-rollout.tar
+
 .PHONY: all deps rust-deps py-deps node-deps bench-deps build wasm native \
-        test lint unit wasm-unit integration demo bench clean
+        test lint unit wasm-unit integration demo bench clean oci oci-check oci-deps
 
 all: build
 
@@ -77,6 +81,19 @@ demo: py-deps build
 
 bench: py-deps bench-deps build
 	$(PY) bench/run.py --envoy $(ENVOY)
+
+# OCI image of the filter (Istio's compat layout: one layer holding plugin.wasm), and
+# its manifest digest pinned into istio/*.yaml (Istio checks `sha256` against it).
+oci: py-deps wasm
+	$(PY) tools/oci.py build --wasm $(WASM) --out $(OCI_DIR) --tar $(OCI_TAR)
+	$(PY) tools/oci.py pin --wasm $(WASM)
+
+oci-check: py-deps wasm
+	$(PY) tools/oci.py pin --wasm $(WASM) --check
+
+# optional: lets tests/test_oci.py also inspect the image with skopeo
+oci-deps:
+	@command -v skopeo >/dev/null || { apt-get update -qq && apt-get install -y -qq skopeo; }
 
 clean:
 	cargo clean
