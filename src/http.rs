@@ -550,7 +550,8 @@ impl<H: Host> Http<H> {
         } else {
             parse_answer(&c.body)
         };
-        if c.check_output {
+        // Only successful answers carry an output to judge; errors are counted as errors.
+        if c.check_output && (200..300).contains(&c.status) {
             if let (Some(o), Some(hm)) = (
                 &rollout.output,
                 m.variant(a.rollout, a.variant)

@@ -278,6 +278,15 @@ impl<H: Host + Clone> Root<H> {
         // Jobs whose nudge was lost are dispatched here at the latest.
         self.dispatch_jobs();
         self.sync_trips();
+        // A full batch of records goes out at once; partial ones with the 1 s flush.
+        if self
+            .hub
+            .try_borrow()
+            .map(|h| h.batch_ready())
+            .unwrap_or(false)
+        {
+            self.flush_records();
+        }
         if let Ok(mut hub) = self.hub.try_borrow_mut() {
             hub.expire(now);
         }

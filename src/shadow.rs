@@ -25,8 +25,8 @@ use crate::root::Active;
 
 pub const MAX_JOBS: usize = 256;
 pub const MAX_JOINS: usize = 4096;
-pub const MAX_RECORDS: usize = 1000;
-pub const RECORD_BATCH: usize = 200;
+pub const MAX_RECORDS: usize = 5000;
+pub const RECORD_BATCH: usize = 1000;
 /// A join outlives its shadow's timeout by this much before it expires.
 pub const JOIN_GRACE_MS: u64 = 10_000;
 
@@ -291,6 +291,11 @@ impl Hub {
         };
         let n = buf.len().min(RECORD_BATCH);
         buf.drain(..n).collect()
+    }
+
+    /// Whether a full batch of either kind is waiting.
+    pub fn batch_ready(&self) -> bool {
+        self.records.len() >= RECORD_BATCH || self.assignments.len() >= RECORD_BATCH
     }
 
     /// Buffers an assignment record; false when the buffer is full.

@@ -120,7 +120,11 @@ fn unmatched_request_is_untouched() {
     let mut ctx = root.new_http(2);
     ctx.request_headers(true);
     assert_eq!(*h.request.borrow(), before);
-    assert_eq!(*h.calls.borrow(), 1, "one read of the headers, nothing written");
+    assert_eq!(
+        *h.calls.borrow(),
+        1,
+        "one read of the headers, nothing written"
+    );
     h.response
         .borrow_mut()
         .insert(":status".into(), "200".into());

@@ -297,7 +297,7 @@ class Sidecar:
     """rollout-control serve on a fixed port (so it can be restarted in place)."""
 
     def __init__(self, procs: Processes, plan: dict | None = None, port: int | None = None,
-                 data: str | None = None, token: str | None = None) -> None:
+                 data: str | None = None, token: str | None = None, extra: list[str] | None = None) -> None:
         self.procs = procs
         self.port = port or free_port()
         self.data = data or tempfile.mkdtemp(prefix="control-", dir=procs.tmp.name)
@@ -311,6 +311,7 @@ class Sidecar:
             tf = Path(self.data) / "token"
             tf.write_text(token + "\n")
             self.args += ["--token-file", str(tf)]
+        self.args += extra or []
         self.start()
 
     def start(self) -> None:
@@ -374,8 +375,10 @@ class Load:
     Records (monotonic time, status, variant, model_version, user) per request."""
 
     def __init__(self, port: int, users: list[str], path: str = "/v2/models/fraud/infer",
-                 threads: int = 4, max_seconds: float = 120.0, pause: float = 0.0) -> None:
+                 threads: int = 4, max_seconds: float = 120.0, pause: float = 0.0,
+                 vary_body: bool = False) -> None:
         self.port, self.users, self.path, self.pause = port, users, path, pause
+        self.vary_body = vary_body
         self.results: list[tuple[float, int, str, str, str]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -395,7 +398,9 @@ class Load:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("POST", self.path, body=INFER_BODY,
+                body = INFER_BODY if not self.vary_body else json.dumps(
+                    {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [i % 997, i % 991]}]}).encode()
+                conn.request("POST", self.path, body=body,
                              headers={"content-type": "application/json", "x-user-id": user})
                 r = conn.getresponse()
                 body = r.read()

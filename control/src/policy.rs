@@ -757,7 +757,11 @@ async fn run_tick(
                 stable_idle,
                 baselines: Some(&bl.checks),
             };
-            let checks = evaluate_checks(policy, &ctx, &w);
+            let judged = PolicySpec {
+                checks: rollout_core::analysis::effective_checks(name, policy),
+                ..policy.clone()
+            };
+            let checks = evaluate_checks(&judged, &ctx, &w);
             let verdict = interval_verdict(&checks, &ctx, &w);
             update_baselines(&mut bl.checks, &checks, now);
             let Some(rt) = st.rollouts.get_mut(name) else {

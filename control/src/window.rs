@@ -140,7 +140,7 @@ pub fn stat_keys(r: &RolloutSpec) -> Vec<(String, Selector)> {
     let stable = r.variants.first().map(|v| v.name.as_str()).unwrap_or("");
     let candidate = rollout_core::analysis::candidate_name(r).unwrap_or("");
     let mut out: Vec<(String, Selector)> = Vec::new();
-    for c in &policy.checks {
+    for c in &rollout_core::analysis::effective_checks(&r.name, policy) {
         if c.metric != CheckMetric::Stat {
             continue;
         }

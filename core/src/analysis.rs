@@ -593,6 +593,28 @@ fn few(who: &str, have: f64, need: u64, noun: &str) -> String {
     format!("{who} has {have:.0} of {need} {noun} in the window")
 }
 
+/// The checks the engine judges: the policy's own and, when the policy has a local
+/// `trip`, `local_trip`: a proxy that tripped (gauge `model_rollout_tripped` above 0)
+/// fails the interval. A tripped proxy sends the candidate no more traffic to judge,
+/// so without this the global loop would see only "inconclusive" and never confirm.
+pub fn effective_checks(rollout: &str, policy: &PolicySpec) -> Vec<CheckSpec> {
+    let mut checks = policy.checks.clone();
+    if policy.trip.is_some() {
+        checks.push(CheckSpec {
+            name: Some("local_trip".to_string()),
+            metric: CheckMetric::Stat,
+            percentile: None,
+            stat: Some(format!("model_rollout_tripped{{rollout=\"{rollout}\"}}")),
+            max: Some(0.0),
+            max_increase: None,
+            max_ratio: None,
+            min_samples: Some(0),
+            require: None,
+        });
+    }
+    checks
+}
+
 /// Judges every check of the policy over one window.
 pub fn evaluate_checks(
     policy: &PolicySpec,
