@@ -263,32 +263,25 @@ impl<H: Host> Http<H> {
                     .header("content-length")
                     .and_then(|v| v.trim().parse::<usize>().ok());
                 let primary = headers.snapshot.take();
-                self.start_copy(
-                    &active,
-                    ri,
-                    decision.variant,
-                    &cid_for_shadow,
-                    declared,
-                    end_of_stream,
-                    primary,
-                );
+                self.start_copy(&active, &cid_for_shadow, declared, end_of_stream, primary);
             }
         }
         Action::Continue
     }
 
-    /// Opens the join and starts assembling the copy (dispatched at once when the
-    /// request has no body).
+    /// Opens the join for the assigned request and starts assembling the copy
+    /// (dispatched at once when the request has no body).
     fn start_copy(
         &mut self,
         active: &Rc<Active>,
-        ri: usize,
-        variant: usize,
         correlation_id: &str,
         declared_len: Option<usize>,
         end_of_stream: bool,
         primary_headers: Option<Vec<(String, String)>>,
     ) {
+        let Some((ri, variant)) = self.assigned.as_ref().map(|a| (a.rollout, a.variant)) else {
+            return;
+        };
         let cfg = &active.config;
         let m = &active.metrics;
         let (Some(rollout), Some(sm)) = (cfg.plan.rollout(ri), m.shadow(ri)) else {

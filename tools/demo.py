@@ -1,12 +1,18 @@
 """`make demo`: the whole thing locally, no docker.
 
 Starts the demo model servers (stable 8081, canary 8082, shadow 8083 which disagrees
-with production on 5 % of inputs), the control sidecar (9090) and Envoy with the
-shipped envoy/demo.yaml (public listener 10000, trusted 10001, admin 9901), streams
-traffic from many users and walks the fraud rollout live through the sidecar:
-canary 10 -> 5 -> 25 -> 50 -> 100 %, narrating each step with the split Envoy's
-stats show and the shadow agreement. Then it keeps the traffic running until Ctrl-C
-(or --duration seconds in all). Every process is stopped on exit.
+with production on 3 % of inputs), the control sidecar with its policy engine (9090)
+and Envoy with the shipped envoy/demo.yaml (public listener 10000, trusted 10001,
+admin 9901), streams traffic from many users, and runs two scenarios end to end,
+narrated in the terminal:
+
+  1. a good candidate: the policy walks it shadow -> 5 -> 25 -> 50 -> 100 % and
+     promotes it to stable, judged by the proxy's own metrics;
+  2. a bad candidate (25 % errors): deployed the same way, rolled back
+     automatically, the reason naming the failed check.
+
+Then the traffic keeps running until Ctrl-C (or --duration seconds in all). Every
+process is stopped on exit.
 """
 
 from __future__ import annotations
@@ -66,50 +72,117 @@ def demo_plan() -> dict:
     raise SystemExit("demo: no model-rollout filter in envoy/demo.yaml")
 
 
-def stats() -> dict[str, float]:
-    with urllib.request.urlopen("http://127.0.0.1:9901/stats?format=json&filter=model_rollout", timeout=2) as r:
-        doc = json.load(r)
-    return {s["name"]: s["value"] for s in doc.get("stats", []) if "value" in s}
-
-
 def say(msg: str) -> None:
     print(f"\n>>> {msg}\n", flush=True)
 
 
-def walk(steps: list[float], step_seconds: float, stop: threading.Event) -> None:
-    """Moves the fraud canary through `steps` with the sidecar CLI, narrating."""
-    prefix = "wasmcustom.model_rollout.rollout.fraud"
-    last = {}
-    for weight in steps:
-        if stop.wait(step_seconds):
-            return
-        r = subprocess.run([str(CONTROL), "--server", "http://127.0.0.1:9090", "set-weight", "--rollout", "fraud",
-                            "--variant", "canary", "--weight", str(weight), "--reason", f"demo: canary to {weight} %"],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            say(f"set-weight failed: {r.stderr.strip()}")
-            return
+def sidecar(method: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request("http://127.0.0.1:9090" + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"content-type": "application/json", "x-rollout-author": "demo"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.load(r)
+
+
+def fraud() -> dict:
+    return next(r for r in sidecar("GET", "/v1/plan")["rollouts"] if r["name"] == "fraud")
+
+
+def describe(r: dict) -> str:
+    p = r.get("progress") or {}
+    w = ", ".join(f"{v['name']} {v['weight']:g} %" for v in r["variants"])
+    return f"step {p.get('step', '-')} {p.get('state', 'not started')}: {w}"
+
+
+def follow(until: set[str], stop: threading.Event, timeout: float) -> dict:
+    """Narrates the fraud rollout's progress until its state is in `until`."""
+    last = ""
+    deadline = time.time() + timeout
+    while not stop.is_set() and time.time() < deadline:
         try:
-            s = stats()
+            r = fraud()
         except OSError:
+            stop.wait(0.5)
             continue
-        req = {v: s.get(f"{prefix}.variant.{v}.requests_total", 0) for v in ("stable", "canary")}
-        delta = {v: req[v] - last.get(v, 0) for v in req}
-        last = req
-        total = sum(delta.values()) or 1
-        compared = s.get(f"{prefix}.shadow_compared_total", 0)
-        agree = s.get(f"{prefix}.shadow_agree_total", 0)
-        stored = (r.stdout.strip().splitlines() or ["stored"])[0]
-        say(f"sidecar: fraud canary -> {weight} % ({stored}); Envoy saw canary "
-            f"{100 * delta['canary'] / total:.1f} % in the last step; shadow compared {compared:.0f}, "
-            f"agreement {100 * agree / max(compared, 1):.1f} %")
-    say("walk done: `.run/rollout-control history` lists every step; Ctrl-C stops the demo")
+        now = describe(r)
+        if now != last:
+            say(f"policy: {now}")
+            last = now
+        if (r.get("progress") or {}).get("state") in until:
+            return r
+        stop.wait(0.5)
+    return {}
+
+
+def deploy(plan_rollout: dict, stop: threading.Event, reason: str) -> None:
+    """A new candidate: the fraud rollout back at stable 100 %, canary 0 %, policy from step 0."""
+    plan = sidecar("GET", "/v1/plan")
+    for r in plan["rollouts"]:
+        if r["name"] == "fraud":
+            r.clear()
+            r.update(json.loads(json.dumps(plan_rollout)))
+    sidecar("PUT", "/v1/plan?reason=" + urllib.request.quote(reason), plan)
+
+
+def scenarios(rollout: dict, stop: threading.Event, fast: bool) -> None:
+    timeout = 120 if not fast else 60
+    if stop.wait(2):
+        return
+    say("scenario 1: a good candidate. The sidecar walks it shadow -> 5 -> 25 -> 50 -> 100 %, "
+        "advancing only while error rate, p99 latency, invalid outputs and shadow disagreement pass")
+    r = follow({"complete", "rolled_back"}, stop, timeout)
+    if r:
+        say(f"scenario 1 result: {(r.get('progress') or {}).get('state')}: {(r.get('progress') or {}).get('note', '')[:220]}")
+    if stop.is_set():
+        return
+    say("scenario 2: a bad candidate. The canary model now answers 25 % of requests with 500; "
+        "it is deployed as the new candidate with the same policy")
+    urllib.request.urlopen(urllib.request.Request(
+        "http://127.0.0.1:8082/admin/faults", data=b'{"error_rate": 0.25}', method="POST",
+        headers={"content-type": "application/json"}), timeout=5).read()
+    deploy(rollout, stop, "demo: deploy a bad candidate")
+    r = follow({"rolled_back", "complete"}, stop, timeout)
+    if r:
+        p = r.get("progress") or {}
+        say(f"scenario 2 result: {p.get('state')}: {p.get('note', '')[:300]}")
+    hist = subprocess.run([str(CONTROL), "--server", "http://127.0.0.1:9090", "history", "--limit", "12"],
+                          capture_output=True, text=True)
+    say("plan history (newest first):\n" + hist.stdout)
+    say("both scenarios done; `target/native/rollout-control status` shows the checks. Ctrl-C stops the demo")
+
+
+def demo_rollout(plan: dict, fast: bool) -> dict:
+    """The demo plan's fraud rollout with a policy (short intervals, for a demo)."""
+    r = next(r for r in plan["rollouts"] if r["name"] == "fraud")
+    r["variants"] = [{"name": "stable", "weight": 100}, {"name": "canary", "weight": 0}]
+    r.pop("targeting", None)
+    # every fraud request is shadowed, so each window holds enough comparisons
+    r["shadow"]["percent"] = 100
+    r["shadow"]["max_in_flight"] = 500
+    d = 2 if fast else 4
+    step = lambda w: {"weight": w, "min_duration_s": d, "min_requests": 30}  # noqa: E731
+    r["policy"] = {
+        "steps": [{"shadow_only": True, "min_duration_s": d, "min_requests": 30},
+                  step(5), step(25), step(50), step(100)],
+        # at 5 % of ~200 requests/s a window of 3 s holds ~30 candidate requests
+        "interval_s": 3 if fast else 5,
+        "checks": [
+            {"metric": "error_rate", "max_increase": 0.02, "min_samples": 20},
+            {"metric": "latency", "percentile": 99, "max_ratio": 3, "min_samples": 20},
+            {"metric": "invalid_output_rate", "max": 0.02, "min_samples": 20},
+            {"metric": "shadow_disagreement_rate", "max": 0.1, "min_samples": 50},
+        ],
+        "failure_limit": 2,
+        "inconclusive_limit": 30,
+        "trip": {"window_s": 5, "min_requests": 30, "max_error_rate": 0.5},
+    }
+    return json.loads(json.dumps(r))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=0, help="seconds of traffic in all; 0 = until Ctrl-C")
-    ap.add_argument("--step-seconds", type=float, default=8, help="pause between rollout steps")
+    ap.add_argument("--fast", action="store_true", help="shorter policy steps (for tests)")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--rps", type=int, default=200)
     args = ap.parse_args()
@@ -123,7 +196,9 @@ def main() -> None:
         for f in data.iterdir():
             f.unlink()
     data.mkdir(exist_ok=True)
-    (RUN / "plan.json").write_text(json.dumps(demo_plan(), indent=1))
+    plan = demo_plan()
+    rollout = demo_rollout(plan, args.fast)
+    (RUN / "plan.json").write_text(json.dumps(plan, indent=1))
     procs: list[subprocess.Popen] = []
     stop = threading.Event()
 
@@ -135,12 +210,13 @@ def main() -> None:
 
     try:
         for version, port, extra in (("stable", 8081, []), ("canary", 8082, []),
-                                     ("shadow", 8083, ["--disagree-rate", "0.05"])):
+                                     ("shadow", 8083, ["--disagree-rate", "0.03"])):
             p = start([str(DEMO), "model", "--listen", f"127.0.0.1:{port}", "--version", version,
                        "--latency-ms", "5", "--latency-jitter-ms", "10", *extra], f"model-{version}")
             wait(f"http://127.0.0.1:{port}/v2/health/ready", p, f"model {version}")
         p = start([str(CONTROL), "serve", "--listen", "127.0.0.1:9090", "--data", str(data),
-                   "--initial-plan", str(RUN / "plan.json")], "control")
+                   "--initial-plan", str(RUN / "plan.json"),
+                   "--envoy-admin", "http://127.0.0.1:9901", "--analysis-tick-ms", "500"], "control")
         wait("http://127.0.0.1:9090/ready", p, "rollout-control")
         envoy = start([str(ENVOY), "-c", "envoy/demo.yaml", "--concurrency", "2", "-l", "info"], "envoy")
         wait("http://127.0.0.1:9901/ready", envoy, "envoy")
@@ -151,11 +227,11 @@ def main() -> None:
         print("      target/native/rollout-control status\n", flush=True)
         traffic = subprocess.Popen(
             [str(DEMO), "traffic", "--url", "http://127.0.0.1:10000",
-             "--path", "/v2/models/fraud/infer", "--path", "/v2/models/churn/infer",
+             "--path", "/v2/models/fraud/infer",
              "--users", str(args.users), "--rps", str(args.rps), "--concurrency", "8",
              "--interval", "2", "--duration", str(args.duration)], cwd=ROOT)
         procs.append(traffic)
-        walker = threading.Thread(target=walk, args=([5, 25, 50, 100], args.step_seconds, stop), daemon=True)
+        walker = threading.Thread(target=scenarios, args=(rollout, stop, args.fast), daemon=True)
         walker.start()
         try:
             traffic.wait()
@@ -166,9 +242,6 @@ def main() -> None:
         walker.join(timeout=5)
         if traffic.returncode not in (0, -signal.SIGINT, 130):
             sys.exit(f"demo: traffic generator failed (exit {traffic.returncode})")
-        hist = subprocess.run([str(CONTROL), "--server", "http://127.0.0.1:9090", "history", "--limit", "10"],
-                              capture_output=True, text=True)
-        print("\nplan history:\n" + hist.stdout, flush=True)
     finally:
         stop.set()
         for p in reversed(procs):
