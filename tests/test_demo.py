@@ -17,6 +17,8 @@ def test_demo_promotes_a_good_candidate_and_rolls_back_a_bad_one():
     assert re.search(r"scenario 1 result: complete: policy: complete: .*canary promoted to stable", out), out[-4000:]
     m = re.search(r"scenario 2 result: rolled_back: policy: rollback at step \d+ \([^)]*\): check(s)? ([a-z_, ]+) failed", out)
     assert m and "error_rate" in m.group(2), out[-4000:]
+    # shadow agreement is shown live, from Envoy's stats
+    assert re.search(r"shadow model compared with production on [1-9]\d* requests, agreement \d+\.\d %", out), out[-3000:]
     # every step of scenario 1 went through the sidecar's history
     history = out.split("plan history")[-1]
     for w in (5, 25, 50, 100):

@@ -94,6 +94,17 @@ def describe(r: dict) -> str:
     return f"step {p.get('step', '-')} {p.get('state', 'not started')}: {w}"
 
 
+def shadow_agreement() -> str:
+    """The fraud rollout's shadow comparisons so far, from Envoy's own stats."""
+    url = "http://127.0.0.1:9901/stats?format=json&filter=model_rollout.rollout.fraud.shadow_"
+    with urllib.request.urlopen(url, timeout=2) as r:
+        stats = {s["name"]: s.get("value", 0) for s in json.load(r).get("stats", []) if "name" in s}
+    get = lambda n: sum(v for k, v in stats.items() if k.endswith(n))  # noqa: E731
+    compared, agree = get("shadow_compared_total"), get("shadow_agree_total")
+    return (f"shadow model compared with production on {compared:.0f} requests, "
+            f"agreement {100 * agree / max(compared, 1):.1f} %")
+
+
 def follow(until: set[str], stop: threading.Event, timeout: float) -> dict:
     """Narrates the fraud rollout's progress until its state is in `until`."""
     last = ""
@@ -106,7 +117,11 @@ def follow(until: set[str], stop: threading.Event, timeout: float) -> dict:
             continue
         now = describe(r)
         if now != last:
-            say(f"policy: {now}")
+            try:
+                agreement = shadow_agreement()
+            except (OSError, ValueError):
+                agreement = "shadow stats not available yet"
+            say(f"policy: {now} | {agreement}")
             last = now
         if (r.get("progress") or {}).get("state") in until:
             return r
