@@ -611,7 +611,9 @@ impl Scraper {
                         q("format=json&histogram_buckets=detailed&")
                     ),
                 )?;
-                let needs_kinds = selectors.iter().any(|s| !s.is_ours());
+                // A stat check needs to know gauges from counters, ours included
+                // (e.g. `model_rollout_tripped`, a gauge, for the local_trip check).
+                let needs_kinds = !selectors.is_empty();
                 let gauges = if needs_kinds {
                     Some(Self::get(
                         agent,
