@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import math
 import re
 import subprocess
@@ -789,6 +790,7 @@ def test_plan_changes_in_rollout_control_reach_the_gateway(mesh):
     assert "stored" in r.stdout
     version = control.plan()["version"]
     assert wait_for(lambda: metric(gw.prometheus(), "model_rollout_plan_version") == version, timeout=20)
+    time.sleep(0.3)  # the version gauge is shared by every root context; the others follow within a tick
     rs = send_all(gw.port, [(FRAUD, {"x-user-id": u}) for u in USERS])
     for u, r in zip(USERS, rs):
         want = "canary" if expected_bucket("fraud-v2", u) >= 5000 else "stable"
