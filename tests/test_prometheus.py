@@ -175,7 +175,11 @@ def scraped():
 
         def settled():
             exp = Exposition(envoy.prometheus())
-            return exp if exp.total("model_rollout_requests_total") >= total else None
+            done = (exp.total("model_rollout_requests_total") >= total
+                    and exp.total("model_rollout_responses_total") >= total
+                    and exp.total("model_rollout_latency_ms_count") >= total
+                    and exp.value("model_rollout_unmatched_total") >= len(sent["unmatched"]))
+            return exp if done else None
         exp = wait_for(settled, timeout=15)
         assert exp, "counters did not reach the requests sent"
         wait_for(lambda: Exposition(envoy.prometheus()).total("model_rollout_shadow_compared_total") > 0, timeout=15)
