@@ -523,26 +523,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 fn parse_json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => {
-            return Err(ApiError::bad_request(
-                "",
-                "the request body is empty: a JSON object is expected",
-            ))
-        }
-        Some(b'{') => {}
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "",
-                "the request body must be a JSON object",
-            ))
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(ConfigError::from_serde)?;
-    de.end()
-        .map_err(|e| ApiError::bad_request("", format!("trailing data after the JSON: {e}")))?;
-    Ok(value)
+    crate::records::parse_object(body)
 }
 
 /// The plan's next version, decided inside the store's write transaction.
