@@ -17,8 +17,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 import re
 import urllib.parse
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -353,3 +356,55 @@ def k8s_errors(doc: dict) -> list[str]:
 def errors(doc: dict) -> list[str]:
     """The check for any document: CRD schema for custom kinds, Kubernetes' own otherwise."""
     return crd_errors(doc) if is_custom(doc) else k8s_errors(doc)
+
+
+# ---------------------------------------------------------------- what controllers hand the filter
+
+def go_number(x: float) -> str:
+    """protojson's encoding of a double (Go strconv 'f', or 'e' below 1e-6 / from 1e21)."""
+    if math.isnan(x) or math.isinf(x):
+        raise ValueError("NaN/Inf cannot be a Struct number in JSON")
+    a = abs(x)
+    if a != 0 and (a < 1e-6 or a >= 1e21):
+        s = repr(x).replace("e-0", "e-").replace("e+0", "e+")
+        return s
+    d = Decimal(repr(x))
+    s = format(d, "f")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return s
+
+
+def istio_plugin_json(value) -> str:
+    """What istiod hands the filter: pluginConfig (a protobuf Struct, every number a
+    double) marshalled by protojson."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return go_number(float(value))
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ",".join(istio_plugin_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{istio_plugin_json(v)}"
+                              for k, v in sorted(value.items())) + "}"
+    raise TypeError(type(value))
+
+
+def go_json(value) -> str:
+    """The JSON Kubernetes stores for a free-form field (Envoy Gateway's `config`) and its
+    Go clients read back: integers stay integers, other numbers in Go's float format."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return go_number(value)
+    if isinstance(value, list):
+        return "[" + ",".join(go_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{go_json(v)}" for k, v in sorted(value.items())) + "}"
+    raise TypeError(type(value))

@@ -20,10 +20,8 @@ from __future__ import annotations
 import copy
 import json
 import time
-import math
 import re
 import subprocess
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,7 @@ import yaml
 from harness import (CONTROL, ENVOY, ROOT, WASM, Model, Processes, Sidecar, cli, expected_bucket,
                      free_port, metric, metric_samples, plugin_config, send_all, validate, wait_for,
                      wait_http)
-from kube import crd_errors, k8s_errors
+from kube import crd_errors, istio_plugin_json, k8s_errors
 
 ISTIO = ROOT / "istio"
 GATEWAY_SA = "cluster.local/ns/istio-ingress/sa/istio-ingressgateway"
@@ -129,40 +127,6 @@ def test_schema_check_rejects_broken_traffic_extension_and_routes():
 
 
 # ---------------------------------------------------------------- Istio's Struct -> JSON
-
-def go_number(x: float) -> str:
-    """protojson's encoding of a double (Go strconv 'f', or 'e' below 1e-6 / from 1e21)."""
-    if math.isnan(x) or math.isinf(x):
-        raise ValueError("NaN/Inf cannot be a Struct number in JSON")
-    a = abs(x)
-    if a != 0 and (a < 1e-6 or a >= 1e21):
-        s = repr(x).replace("e-0", "e-").replace("e+0", "e+")
-        return s
-    d = Decimal(repr(x))
-    s = format(d, "f")
-    if "." in s:
-        s = s.rstrip("0").rstrip(".")
-    return s
-
-
-def istio_plugin_json(value) -> str:
-    """What istiod hands the filter: pluginConfig (a protobuf Struct, every number a
-    double) marshalled by protojson."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return go_number(float(value))
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ",".join(istio_plugin_json(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{istio_plugin_json(v)}"
-                              for k, v in sorted(value.items())) + "}"
-    raise TypeError(type(value))
-
 
 def test_istio_json_encoding_matches_protojson_rules():
     assert istio_plugin_json({"a": 90, "b": 0.000001, "c": 1e-7, "d": 12.34, "e": True, "f": [1, "x"]}) == \
