@@ -2,7 +2,7 @@
 #   make test    everything CI runs (installs what is missing on a fresh machine)
 #   make demo    Envoy + demo models locally, live split per variant (Ctrl-C stops)
 #   make bench   wrk benchmark: no filter / native split / no-op wasm / our filter
-#   make oci     OCI image of the filter for Istio, digest pinned into istio/*.yaml
+#   make oci     OCI image of the filter, digest pinned into istio/, gateway-api/, envoy-gateway/
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -88,7 +88,8 @@ bench: py-deps bench-deps build
 	$(PY) bench/run.py --envoy $(ENVOY)
 
 # OCI image of the filter (Istio's compat layout: one layer holding plugin.wasm), and
-# its manifest digest pinned into istio/*.yaml (Istio checks `sha256` against it).
+# its manifest digest pinned into the manifests of istio/, gateway-api/ and envoy-gateway/
+# (Istio and Envoy Gateway check `sha256` against it).
 oci: py-deps wasm
 	$(PY) tools/oci.py build --wasm $(WASM) --out $(OCI_DIR) --tar $(OCI_TAR)
 	$(PY) tools/oci.py pin --wasm $(WASM)
