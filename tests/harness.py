@@ -118,6 +118,17 @@ def wasm_filters(doc: dict):
                         yield hf
 
 
+def demo_with_plugin(plugin_json: str) -> dict:
+    """envoy/demo.yaml with the built .wasm and `plugin_json`, verbatim, as the filter's
+    configuration (for `validate`: does the filter accept this configuration?)."""
+    doc = yaml.safe_load(DEMO_CONFIG.read_text())
+    for f in wasm_filters(doc):
+        cfg = f["typed_config"]["config"]
+        cfg["configuration"]["value"] = plugin_json
+        cfg["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    return doc
+
+
 class EnvoyConfig:
     """The shipped envoy/demo.yaml with ports substituted and, optionally, the
     plugin configuration edited."""

@@ -23,7 +23,6 @@ import re
 import urllib.parse
 from decimal import Decimal
 from functools import lru_cache
-from pathlib import Path
 
 import jsonschema
 import pytest

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import (CONTROL, ENVOY, ROOT, WASM, Model, Processes, Sidecar, cli, expected_bucket,
+from harness import (CONTROL, ENVOY, ROOT, WASM, Model, Processes, Sidecar, cli, demo_with_plugin, expected_bucket,
                      free_port, metric, metric_samples, plugin_config, send_all, validate, wait_for,
                      wait_http)
 from kube import crd_errors, istio_plugin_json, k8s_errors
@@ -142,30 +142,17 @@ def filter_extensions() -> list[tuple[str, dict]]:
 
 # ---------------------------------------------------------------- the filter parses pluginConfig
 
-def envoy_config_with_plugin(plugin_json: str) -> dict:
-    doc = yaml.safe_load((ROOT / "envoy/demo.yaml").read_text())
-    for listener in doc["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for nf in chain["filters"]:
-                for hf in nf["typed_config"].get("http_filters", []):
-                    if hf["typed_config"]["@type"].endswith("wasm.v3.Wasm"):
-                        cfg = hf["typed_config"]["config"]
-                        cfg["configuration"]["value"] = plugin_json
-                        cfg["vm_config"]["code"]["local"]["filename"] = str(WASM)
-    return doc
-
-
 @pytest.mark.parametrize("resource", ["WasmPlugin", "TrafficExtension"])
 def test_plugin_config_is_accepted_by_the_filter_in_envoy(tmp_path, resource):
     spec = dict(filter_extensions())[resource]
     path = tmp_path / "envoy.yaml"
-    path.write_text(yaml.safe_dump(envoy_config_with_plugin(istio_plugin_json(spec["pluginConfig"]))))
+    path.write_text(yaml.safe_dump(demo_with_plugin(istio_plugin_json(spec["pluginConfig"]))))
     r = validate(path)
     assert r.returncode == 0, r.stdout + r.stderr
     # and the check is real: a typo is refused by the filter, naming the field
     broken = copy.deepcopy(spec["pluginConfig"])
     broken["plan"]["rollouts"][0]["shadow"]["percnt"] = 5
-    path.write_text(yaml.safe_dump(envoy_config_with_plugin(istio_plugin_json(broken))))
+    path.write_text(yaml.safe_dump(demo_with_plugin(istio_plugin_json(broken))))
     r = validate(path)
     assert r.returncode != 0
     assert "invalid plugin configuration: plan.rollouts[0].shadow.percnt" in r.stdout + r.stderr

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from harness import (CONTROL, ENVOY, ROOT, WASM, Model, Processes, Sidecar, expected_bucket, free_port,
-                     metric, metric_samples, plugin_config, send_all, validate, wait_for, wait_http)
+from harness import (CONTROL, ENVOY, ROOT, WASM, Model, Processes, Sidecar, demo_with_plugin, expected_bucket,
+                     free_port, metric, metric_samples, send_all, validate, wait_for, wait_http)
 from kube import crd_errors, documents, errors, go_json, istio_plugin_json, k8s_errors
 
 FOLDERS = ("gateway-api", "envoy-gateway")
@@ -218,27 +217,15 @@ def configs() -> dict[str, str]:
     return {"gateway-api": istio_plugin_json(wp), "envoy-gateway": go_json(eep)}
 
 
-def envoy_with_plugin(plugin_json: str) -> dict:
-    doc = yaml.safe_load((ROOT / "envoy/demo.yaml").read_text())
-    for listener in doc["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for nf in chain["filters"]:
-                for hf in nf["typed_config"].get("http_filters", []):
-                    if hf["typed_config"]["@type"].endswith("wasm.v3.Wasm"):
-                        hf["typed_config"]["config"]["configuration"]["value"] = plugin_json
-                        hf["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(WASM)
-    return doc
-
-
 @pytest.mark.parametrize("style", FOLDERS)
 def test_plugin_config_is_accepted_by_the_filter_in_envoy(tmp_path, style):
     path = tmp_path / "envoy.yaml"
-    path.write_text(yaml.safe_dump(envoy_with_plugin(configs()[style])))
+    path.write_text(yaml.safe_dump(demo_with_plugin(configs()[style])))
     r = validate(path)
     assert r.returncode == 0, r.stdout + r.stderr
     broken = json.loads(configs()[style])
     broken["plan"]["rollouts"][0]["shadow"]["percnt"] = 5
-    path.write_text(yaml.safe_dump(envoy_with_plugin(json.dumps(broken))))
+    path.write_text(yaml.safe_dump(demo_with_plugin(json.dumps(broken))))
     r = validate(path)
     assert r.returncode != 0
     assert "invalid plugin configuration: plan.rollouts[0].shadow.percnt" in r.stdout + r.stderr
