@@ -2,7 +2,7 @@
 #   make test    everything CI runs (installs what is missing on a fresh machine)
 #   make demo    Envoy + demo models locally, live split per variant (Ctrl-C stops)
 #   make bench   wrk benchmark: no filter / native split / no-op wasm / our filter
-#   make oci     OCI image of the filter for Istio, digest pinned into istio/*.yaml
+#   make oci     OCI image of the filter, digest pinned into istio/, gateway-api/, envoy-gateway/
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -20,13 +20,13 @@ CARGO_WASM  := cargo build --release --target wasm32-wasip1
 OCI_DIR := target/oci/model-rollout
 OCI_TAR := target/oci/model-rollout.tar
 
-.PHONY: all deps rust-deps py-deps node-deps bench-deps build wasm native \
+.PHONY: all deps rust-deps py-deps node-deps prom-deps bench-deps build wasm native \
         test lint unit wasm-unit integration demo bench clean oci oci-check oci-deps
 
 all: build
 
 # ---------------------------------------------------------------- dependencies
-deps: rust-deps py-deps node-deps
+deps: rust-deps py-deps node-deps prom-deps
 
 rust-deps:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -42,6 +42,11 @@ $(VENV)/.installed: tests/requirements.txt
 # Node runs rollout-core's test binaries compiled to wasm32-wasip1 (node:wasi).
 node-deps:
 	@command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs; }
+
+# Prometheus (Debian's package) is a real component of the fleet tests: tests start
+# /usr/bin/prometheus on a free loopback port scraping the Envoys they run.
+prom-deps:
+	@test -x /usr/bin/prometheus || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
 
 bench-deps:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -72,7 +77,7 @@ wasm-unit: rust-deps node-deps
 	  cargo test -p rollout-core --target wasm32-wasip1
 
 # Real Envoy running the built .wasm with the shipped configs.
-integration: py-deps build
+integration: py-deps prom-deps build
 	$(PY) -m pytest tests -q -rs
 
 # ---------------------------------------------------------------- demo / bench
@@ -83,7 +88,8 @@ bench: py-deps bench-deps build
 	$(PY) bench/run.py --envoy $(ENVOY)
 
 # OCI image of the filter (Istio's compat layout: one layer holding plugin.wasm), and
-# its manifest digest pinned into istio/*.yaml (Istio checks `sha256` against it).
+# its manifest digest pinned into the manifests of istio/, gateway-api/ and envoy-gateway/
+# (Istio and Envoy Gateway check `sha256` against it).
 oci: py-deps wasm
 	$(PY) tools/oci.py build --wasm $(WASM) --out $(OCI_DIR) --tar $(OCI_TAR)
 	$(PY) tools/oci.py pin --wasm $(WASM)

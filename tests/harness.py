@@ -1,5 +1,6 @@
-"""Test harness: real Envoy running the built .wasm, demo model servers, all on
-127.0.0.1 with free ports, every process stopped by PID when the test ends."""
+"""Test harness: real Envoy running the built .wasm, demo model servers, rollout-control,
+Prometheus, all on 127.0.0.1 with free ports, every process stopped by PID when the test
+ends."""
 
 from __future__ import annotations
 
@@ -115,6 +116,17 @@ def wasm_filters(doc: dict):
                 for hf in nf["typed_config"].get("http_filters", []):
                     if hf["typed_config"]["@type"].endswith("wasm.v3.Wasm"):
                         yield hf
+
+
+def demo_with_plugin(plugin_json: str) -> dict:
+    """envoy/demo.yaml with the built .wasm and `plugin_json`, verbatim, as the filter's
+    configuration (for `validate`: does the filter accept this configuration?)."""
+    doc = yaml.safe_load(DEMO_CONFIG.read_text())
+    for f in wasm_filters(doc):
+        cfg = f["typed_config"]["config"]
+        cfg["configuration"]["value"] = plugin_json
+        cfg["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    return doc
 
 
 class EnvoyConfig:
@@ -428,3 +440,61 @@ class Load:
         for t in self._threads:
             t.join(timeout=15)
         return self.snapshot()
+
+
+# ------------------------------------------------------------------ Prometheus
+
+PROMETHEUS = Path("/usr/bin/prometheus")  # Debian's package (`make prom-deps`)
+
+
+class Prometheus:
+    """A real Prometheus scraping the given Envoy admin endpoints' /stats/prometheus every
+    `interval`, on a free 127.0.0.1 port, its storage in the test's temporary directory,
+    nothing remote (no remote read/write, no alerting). Stopped by PID with the other
+    processes of `procs`."""
+
+    def __init__(self, procs: Processes, targets: list[str], interval: str = "1s") -> None:
+        if not PROMETHEUS.exists():
+            raise RuntimeError(f"{PROMETHEUS} missing: `make prom-deps` installs Debian's prometheus")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="prometheus-", dir=procs.tmp.name))
+        self.targets = [t.removeprefix("http://").rstrip("/") for t in targets]
+        config = {
+            "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
+            "scrape_configs": [{"job_name": "envoy", "metrics_path": "/stats/prometheus",
+                                "static_configs": [{"targets": self.targets}]}],
+        }
+        self.config = self.dir / "prometheus.yml"
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.proc = procs.start([str(PROMETHEUS), f"--config.file={self.config}",
+                                 f"--storage.tsdb.path={self.dir / 'data'}",
+                                 f"--web.listen-address=127.0.0.1:{self.port}",
+                                 "--storage.tsdb.retention.time=1h", "--log.level=warn"], "prometheus")
+        wait_http(self.url + "/-/ready", timeout=30, proc=self.proc)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def query(self, promql: str, at: float | None = None) -> list[dict]:
+        """Instant query (GET /api/v1/query): the result vector, [{"metric": {...}, "value": [t, "v"]}]."""
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        from urllib.parse import urlencode
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{urlencode(params)}", timeout=10) as r:
+            body = json.load(r)
+        if body.get("status") != "success":
+            raise AssertionError(f"query {promql!r}: {body}")
+        if body["data"]["resultType"] != "vector":
+            raise AssertionError(f"query {promql!r}: {body['data']['resultType']}, not a vector")
+        return body["data"]["result"]
+
+    def values(self, promql: str, by: str, at: float | None = None) -> dict[str, float]:
+        """{value of label `by`: sample value} of a query's result vector."""
+        return {s["metric"].get(by, ""): float(s["value"][1]) for s in self.query(promql, at)}
+
+    def scraped_all(self) -> bool:
+        """Every target scraped at least once and up."""
+        up = {s["metric"].get("instance"): s["value"][1] for s in self.query('up{job="envoy"}')}
+        return set(up) == set(self.targets) and all(v == "1" for v in up.values())

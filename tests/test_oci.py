@@ -1,11 +1,12 @@
 """tools/oci.py: the OCI image of the filter (Istio's compat variant) and the digest
-pinned in istio/*.yaml.
+pinned in the manifests that deploy it: istio/ (WasmPlugin, TrafficExtension),
+gateway-api/ (WasmPlugin) and envoy-gateway/ (EnvoyExtensionPolicy).
 
 The layout is built here, in a temporary directory, from the .wasm `make build` just
 produced, so the check needs no build output committed: the manifests must carry the
 digest of *this* build, modulo the commit id build.rs compiles into the module (which
 changes with every commit; tools/oci.py explains). When the filter changes, this test
-fails until `make oci` (tools/oci.py pin) rewrites istio/*.yaml.
+fails until `make oci` (tools/oci.py pin) rewrites them.
 """
 
 from __future__ import annotations
@@ -158,35 +159,80 @@ def test_verifier_rejects_a_layer_with_another_module_or_extra_files(tmp_path):
     assert img.digest != bad.digest
 
 
+MANIFEST_DIRS = ("istio", "gateway-api", "envoy-gateway")
+
+
+def image_source(doc: dict) -> dict | None:
+    """{url, sha256} of a document that deploys the filter from its image, else None."""
+    kind, spec = doc.get("kind"), doc.get("spec") or {}
+    if kind == "WasmPlugin" and "url" in spec:
+        return spec
+    if kind == "TrafficExtension" and "wasm" in spec:
+        return spec["wasm"]
+    if kind == "EnvoyExtensionPolicy":
+        images = [w["code"]["image"] for w in spec.get("wasm", []) if w["code"].get("type") == "Image"]
+        assert len(images) <= 1, "one image per policy"
+        return images[0] if images else None
+    return None
+
+
 def filter_specs():
-    for f in sorted((ROOT / "istio").glob("*.yaml")):
-        for doc in yaml.safe_load_all(f.read_text()):
-            if doc and doc.get("kind") in ("WasmPlugin", "TrafficExtension") and (
-                    "wasm" in doc["spec"] or "url" in doc["spec"]):
-                yield f.name, doc["kind"], doc["spec"].get("wasm", doc["spec"]), doc["metadata"]
+    for d in MANIFEST_DIRS:
+        for f in sorted((ROOT / d).glob("*.yaml")):
+            for doc in yaml.safe_load_all(f.read_text()):
+                src = image_source(doc) if doc else None
+                if src is not None:
+                    yield f"{d}/{f.name}", doc["kind"], src, doc["metadata"]
 
 
-def test_istio_manifests_pin_the_image_built_from_the_current_wasm(built):
-    """sha256 in WasmPlugin / TrafficExtension = the manifest digest Istio will compute for
-    the image of this build (for oci:// URLs Istio compares the image digest), modulo the
-    commit id build.rs compiles in (recorded next to it; see tools/oci.py), and that
-    image's plugin.wasm is byte for byte the built filter."""
+def test_manifests_pin_the_image_built_from_the_current_wasm(built):
+    """sha256 in every WasmPlugin / TrafficExtension / EnvoyExtensionPolicy = the manifest
+    digest Istio and Envoy Gateway will compute for the image of this build (for OCI
+    images both compare the image digest), modulo the commit id build.rs compiles in
+    (recorded next to it; see tools/oci.py), and that image's plugin.wasm is byte for
+    byte the built filter."""
     out, _ = built
     wasm = WASM.read_bytes()
     facts = oci.verify_layout(out, wasm)
     assert facts["wasm_sha256"] == sha(wasm)
     specs = list(filter_specs())
-    assert {k for _, k, _, _ in specs} == {"WasmPlugin", "TrafficExtension"}
+    assert {(f.split("/")[0], k) for f, k, _, _ in specs} == {
+        ("istio", "WasmPlugin"), ("istio", "TrafficExtension"), ("gateway-api", "WasmPlugin"),
+        ("envoy-gateway", "EnvoyExtensionPolicy")}
+    # tools/oci.py pin rewrites exactly these files
+    assert sorted(str(p.relative_to(ROOT)) for p in oci.manifest_files()) == sorted({f for f, _, _, _ in specs})
     for fname, kind, spec, meta in specs:
         assert spec["url"].endswith(f"/model-rollout/filter:{oci.workspace_version()}"), (fname, spec["url"])
         commit = meta.get("annotations", {}).get(oci.COMMIT_ANNOTATION)
-        assert commit is not None, f"istio/{fname}: no {oci.COMMIT_ANNOTATION} annotation"
+        assert commit is not None, f"{fname}: no {oci.COMMIT_ANNOTATION} annotation"
         expected = oci.make_image(oci.with_commit(wasm, None if commit == "unknown" else commit)).digest
         assert spec["sha256"] == expected, (
-            f"istio/{fname} {kind}: sha256 {spec['sha256']} is not the image digest of the current build "
+            f"{fname} {kind}: sha256 {spec['sha256']} is not the image digest of the current build "
             f"(at commit {commit}: {expected}); run `make oci`")
     r = subprocess.run([*TOOL, "pin", "--wasm", str(WASM), "--check"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("relpath", ["istio/wasmplugin.yaml", "istio/trafficextension.yaml",
+                                     "gateway-api/wasmplugin.yaml", "envoy-gateway/extension.yaml"])
+def test_a_stale_digest_in_any_manifest_fails_the_check(tmp_path, monkeypatch, relpath):
+    """The check is real for every pinned file: one changed digest there, and `pin
+    --check` names that file; `pin` writes it back."""
+    copies = []
+    for d in MANIFEST_DIRS:
+        (tmp_path / d).mkdir()
+        for f in (ROOT / d).glob("*.yaml"):
+            (tmp_path / d / f.name).write_text(f.read_text())
+            copies.append(tmp_path / d / f.name)
+    monkeypatch.setattr(oci, "MANIFEST_DIRS", [tmp_path / d for d in MANIFEST_DIRS])
+    assert oci.pin(WASM, check=True) == []
+    target = tmp_path / relpath
+    text = target.read_text()
+    [p] = oci.pinned(text)
+    target.write_text(text.replace(p["sha256"], "0" * 64))
+    assert oci.pin(WASM, check=True) == [str(target)]
+    assert str(target) in oci.pin(WASM, check=False)   # `make oci` repairs it (and re-records the commit)
+    assert oci.pin(WASM, check=True) == []
 
 
 def test_check_ignores_only_the_embedded_commit_id(tmp_path):

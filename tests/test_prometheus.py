@@ -1,21 +1,23 @@
 """Envoy's /stats/prometheus with the filter, as dashboards read it: strictly valid text
 format, every model_rollout_* family of the README's metrics table present with the
 labels the README names, values that add up, and the Grafana dashboard's queries
-naming only series that exist. Also rollout-control's /metrics, and what Prometheus gets
-without stats_tags (Istio's default)."""
+naming only series that exist. Also rollout-control's /metrics, what Prometheus gets
+without stats_tags (Istio's default), and a real Prometheus (Debian's package) scraping
+two Envoys, summing the filter's series over both the way the fleet checks do."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import time
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import (CONTROL, ROOT, Envoy, EnvoyConfig, Model, Processes, Sidecar, expected_bucket,
+from harness import (CONTROL, ROOT, Envoy, EnvoyConfig, Model, Processes, Prometheus, Sidecar, expected_bucket,
                      send_all, wait_for)
 
 FRAUD = "/v2/models/fraud/infer"
@@ -359,3 +361,74 @@ def test_dashboard_check_can_fail(scraped):
     assert name == "model_rollout_requests_total" and labels == {"rollout", "flavour", "variant"}
     assert not labels <= set().union(*exp.labels_of(name))
     assert exp.family_of("model_rollout_request_total") is None
+
+
+# ---------------------------------------------------------------- a real Prometheus over two Envoys
+
+FLEET_FRAUD = 'model_rollout_requests_total{rollout="fraud"}'
+
+
+def fraud_split(users) -> Counter:
+    return Counter("canary" if expected_bucket("fraud-v2", u) >= 9000 else "stable" for u in users)
+
+
+def test_prometheus_sums_the_filter_series_over_two_envoys(procs):
+    """Two Envoys (envoy/demo.yaml, the built filter, 2 workers each) scraped every second by
+    one real Prometheus: the filter's series arrive with their `rollout` and `variant`
+    labels, one per Envoy, and the fleet-wide queries the policy checks make
+    (`sum by (variant)` of the counter, and of its `increase()` over the interval) give the
+    requests sent through both."""
+    stable, canary = Model(procs, "stable"), Model(procs, "canary")
+    envoys = [Envoy(procs, EnvoyConfig().upstreams({"model_stable": stable.port, "model_canary": canary.port}),
+                    concurrency=2) for _ in range(2)]
+    prom = Prometheus(procs, [e.admin for e in envoys])
+    assert wait_for(prom.scraped_all, timeout=20), prom.query("up")
+    users = [f"fleet-{i}" for i in range(2400)]
+    first = [users[0:400], users[400:800]]       # per Envoy
+    second = [users[800:1600], users[1600:2400]]
+    by_variant = f"sum by (variant) ({FLEET_FRAUD})"
+
+    def send(batches):
+        for envoy, batch in zip(envoys, batches):
+            rs = send_all(envoy.port(), [(FRAUD, {"x-user-id": u}) for u in batch])
+            assert all(r.status == 200 for r in rs)
+
+    # phase 1 creates the series
+    send(first)
+    want1 = fraud_split(first[0] + first[1])
+    assert wait_for(lambda: prom.values(by_variant, "variant") == want1, timeout=20), prom.values(by_variant, "variant")
+    series = prom.query(FLEET_FRAUD)
+    assert {s["metric"]["instance"] for s in series} == set(prom.targets)  # one series set per Envoy
+    assert {(s["metric"]["instance"], s["metric"]["variant"]) for s in series} == \
+        {(t, v) for t in prom.targets for v in ("stable", "canary")}
+    for s in series:
+        assert set(s["metric"]) == {"__name__", "job", "instance", "rollout", "variant"}, s["metric"]
+    assert prom.query('{__name__=~"model_rollout_rollout_.+"}') == []  # no label folded into a name
+    assert prom.values(f"sum by (instance) ({FLEET_FRAUD})", "instance") == \
+        {t: len(b) for t, b in zip(prom.targets, first)}
+
+    t1 = time.time()
+    time.sleep(2.0)  # a flat second of samples at the phase-1 values opens the window
+    send(second)
+    want = want1 + fraud_split(second[0] + second[1])
+    assert wait_for(lambda: prom.values(by_variant, "variant") == want, timeout=20), prom.values(by_variant, "variant")
+    time.sleep(1.5)  # and a flat scrape after phase 2 closes it
+    t2 = time.time()
+    window_ms = int((t2 - (t1 + 1.0)) * 1000)  # from inside the flat second to now
+    sent = fraud_split(second[0] + second[1])
+
+    # exact: the counter sums now minus the sums at the window's start
+    exact = prom.values(f"{by_variant} - sum by (variant) ({FLEET_FRAUD} offset {window_ms}ms)", "variant", at=t2)
+    assert exact == sent, (exact, sent)
+    # increase() over the window, summed over both Envoys: what a fleet check asks. Prometheus
+    # extrapolates the first and last samples to the window's ends, so it is never below the
+    # true increase and above it by at most the samples missing at the ends (< 1.5 scrape
+    # intervals each side here), hence the bound.
+    inc = prom.values(f"sum by (variant) (increase({FLEET_FRAUD}[{window_ms}ms]))", "variant", at=t2)
+    window_s = window_ms / 1000
+    for variant, n in sent.items():
+        assert n - 1e-9 <= inc[variant] <= n * window_s / (window_s - 3.0), (variant, inc[variant], n, window_s)
+    # and the error-rate shape of query the checks use has data for both variants
+    responses = prom.values(f'sum by (variant) (increase(model_rollout_responses_total{{rollout="fraud"}}'
+                            f'[{window_ms}ms]))', "variant", at=t2)
+    assert set(responses) == {"stable", "canary"} and all(v > 0 for v in responses.values())

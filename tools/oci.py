@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""OCI image of the model-rollout filter, for Istio's WasmPlugin / TrafficExtension.
+"""OCI image of the model-rollout filter, for Istio's WasmPlugin / TrafficExtension and
+Envoy Gateway's EnvoyExtensionPolicy.
 
     tools/oci.py build --wasm target/wasm32-wasip1/release/model_rollout.wasm \
                        --out target/oci/model-rollout [--tar target/oci/model-rollout.tar] [--tag 0.1.0]
     tools/oci.py digest --wasm FILE          # the image (manifest) digest, hex, for `sha256:` in manifests
-    tools/oci.py pin [--wasm FILE] [--check] # write (or check) that digest and the tag into istio/*.yaml
+    tools/oci.py pin [--wasm FILE] [--check] # write (or check) that digest and the tag into the manifests
+                                             # (istio/, gateway-api/, envoy-gateway/)
     tools/oci.py verify DIR [--wasm FILE]    # check an OCI image layout (structure, media types, digests)
 
 Format: Istio's *compat* variant (solo-io wasm image spec, "spec-compat"): a plain OCI
@@ -27,7 +29,7 @@ digest, and `verify` checks that the layer holds exactly the .wasm.
 
 The commit id. build.rs embeds `git rev-parse --short=12 HEAD` in the .wasm, so every
 commit changes the module and its digest, even when the filter did not change. A digest
-committed in istio/*.yaml can therefore never equal the digest of a build *of that same
+committed in a manifest can therefore never equal the digest of a build *of that same
 commit* (the commit contains the digest). `pin` records the commit id it found in the
 module (annotation model-rollout.io/source-commit), and `check` compares modulo that id:
 it puts the recorded id back into the current module (same length, 12 hex digits, one
@@ -58,7 +60,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WASM = ROOT / "target/wasm32-wasip1/release/model_rollout.wasm"
-ISTIO_DIR = ROOT / "istio"
+# Folders whose manifests deploy the filter from its OCI image (`pin` rewrites them).
+MANIFEST_DIRS = [ROOT / "istio", ROOT / "gateway-api", ROOT / "envoy-gateway"]
 # The repository part of the image in the shipped manifests (the registry is the user's).
 IMAGE_REPO_SUFFIX = "/model-rollout/filter"
 
@@ -300,7 +303,7 @@ def verify_layout(root: Path, wasm: bytes | None = None) -> dict:
             "manifest": manifest, "index": index}
 
 
-# ---------------------------------------------------------------- manifests in istio/
+# ---------------------------------------------------------------- manifests that pin the image
 
 _DOC_SPLIT = re.compile(r"(?m)^---[ \t]*$")
 _URL = re.compile(r"(?m)^(?P<pre>\s*url:\s*[\"']?oci://[^\s\"':]+(?::\d+)?[^\s\"':@]*"
@@ -311,7 +314,7 @@ _SHA = re.compile(r"(?m)^(?P<pre>\s*sha256:\s*)[\"']?(?P<hex>[0-9a-f]{64})?[\"']
 def filter_documents(text: str):
     """(index, document text) of the documents that deploy this filter from an OCI image."""
     for i, doc in enumerate(_DOC_SPLIT.split(text)):
-        if re.search(r"(?m)^kind:\s*(WasmPlugin|TrafficExtension)\s*$", doc) and _URL.search(doc):
+        if re.search(r"(?m)^kind:\s*(WasmPlugin|TrafficExtension|EnvoyExtensionPolicy)\s*$", doc) and _URL.search(doc):
             yield i, doc
 
 
@@ -349,7 +352,11 @@ def pin_text(text: str, digest: str, tag: str, commit: str | None = None) -> str
 
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in ISTIO_DIR.glob("*.yaml") if list(filter_documents(p.read_text())))
+    return sorted(p for d in MANIFEST_DIRS for p in d.glob("*.yaml") if list(filter_documents(p.read_text())))
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def pin(wasm_path: Path, check: bool) -> list[str]:
@@ -364,13 +371,13 @@ def pin(wasm_path: Path, check: bool) -> list[str]:
             for p in pinned(old):
                 expect = make_image(with_commit(wasm, p["commit"] if p["commit"] != "unknown" else None))
                 if p["sha256"] != expect.digest or p["tag"] != tag:
-                    stale.append(str(path.relative_to(ROOT)))
+                    stale.append(_shown(path))
                     break
             continue
         commit = embedded_commit(wasm) or "unknown"
         new = pin_text(old, make_image(wasm).digest, tag, commit)
         if new != old:
-            stale.append(str(path.relative_to(ROOT)))
+            stale.append(_shown(path))
             path.write_text(new)
     return stale
 
@@ -387,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="repository written into the tarball's docker-save manifest.json RepoTags")
     d = sub.add_parser("digest", help="print the image digest (hex) of a .wasm")
     d.add_argument("--wasm", type=Path, default=DEFAULT_WASM)
-    p = sub.add_parser("pin", help="write the image digest and tag into istio/*.yaml")
+    p = sub.add_parser("pin", help="write the image digest and tag into the manifests that deploy the filter")
     p.add_argument("--wasm", type=Path, default=DEFAULT_WASM)
     p.add_argument("--check", action="store_true", help="only report; exit 1 when a file is stale")
     v = sub.add_parser("verify", help="check an OCI image layout")
