@@ -866,14 +866,7 @@ fn current_rollout(state: &AppState, name: &str) -> Result<Rollout, ApiError> {
         .plan
         .compile()
         .map_err(|e| ApiError::internal(format!("the stored plan does not compile: {e}")))?;
-    let known: Vec<&str> = plan.rollouts.iter().map(|r| r.name.as_str()).collect();
-    let found = plan.rollouts.iter().find(|r| r.name == name).cloned();
-    found.ok_or_else(|| {
-        ApiError::not_found(
-            "rollout",
-            format!("no rollout named {name:?} (rollouts: {})", known.join(", ")),
-        )
-    })
+    Ok(plan.rollout_named(name)?.clone())
 }
 
 async fn get_experiment(
@@ -1045,7 +1038,7 @@ pub fn print_report(out: &mut impl std::io::Write, r: &ExperimentReport) -> std:
 // CLI commands
 
 fn rollout_segment(rollout: &str) -> anyhow::Result<&str> {
-    rollout_core::plan::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
+    rollout_core::fields::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(rollout)
 }
 

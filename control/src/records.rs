@@ -202,7 +202,7 @@ pub(crate) fn check_correlation_id(field: &str, id: &str) -> Result<(), ApiError
 
 /// A rollout or variant name, by the plan's rules.
 pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
-    rollout_core::plan::check_name(field, name)
+    rollout_core::fields::check_name(field, name)
         .map_err(|e| ApiError::bad_request(e.field, e.message))
 }
 
@@ -712,7 +712,7 @@ pub fn run_report(
     limit: Option<usize>,
     since_ms: Option<u64>,
 ) -> anyhow::Result<()> {
-    rollout_core::plan::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
+    rollout_core::fields::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut path = format!("/v1/shadow-report?rollout={rollout}");
     if let Some(l) = limit {
         path.push_str(&format!("&limit={l}"));

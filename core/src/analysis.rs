@@ -9,20 +9,15 @@
 //!   over a window as passed / failed / inconclusive / skipped.
 //! - The interval verdict ([`interval_verdict`]), the streaks of failed and
 //!   inconclusive intervals ([`Streak`]) and the step machine ([`decide`]).
-//! - Plan transitions ([`go_to_step`], [`roll_back`], [`complete`], ...): pure
-//!   functions from one `PlanSpec` to the next, writing `progress` and weights.
 //! - The texts stored as reasons and shown by status ([`rollback_reason`], ...).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ConfigError;
-use crate::ops;
-use crate::plan::{PlanSpec, RolloutSpec, VariantSpec};
 use crate::policy::{
-    AbRequirement, CheckMetric, CheckSpec, OnInconclusive, PolicySpec, ProgressSpec, ProgressState,
-    StepSpec,
+    step_label, AbRequirement, CheckMetric, CheckSpec, OnInconclusive, PolicySpec, ProgressSpec,
+    ProgressState, StepSpec,
 };
 
 /// Samples each compared variant needs in a window when a check gives no `min_samples`.
@@ -31,8 +26,6 @@ pub const DEFAULT_MIN_SAMPLES: u64 = 50;
 pub const DEFAULT_PERCENTILE: f64 = 99.0;
 /// Index of `5xx` in `stats::CLASSES`.
 pub const CLASS_5XX: usize = 3;
-/// Longest `progress.note` written (characters beyond are cut).
-pub const MAX_NOTE: usize = 512;
 /// Tolerance of threshold comparisons (floating point noise, not policy).
 const EPSILON: f64 = 1e-12;
 
@@ -1065,200 +1058,6 @@ fn traffic_noun(step: &StepSpec) -> &'static str {
 }
 
 // ---------------------------------------------------------------------------
-// Plan transitions
-
-/// The candidate's weight at a step (0 for a shadow-only step).
-pub fn step_weight(step: &StepSpec) -> f64 {
-    if step.shadow_only {
-        0.0
-    } else {
-        step.weight.unwrap_or(0.0)
-    }
-}
-
-/// `step 2 (5 %)`, `step 0 (shadow only)`.
-pub fn step_label(policy: &PolicySpec, i: usize) -> String {
-    match policy.steps.get(i) {
-        Some(s) if s.shadow_only => format!("step {i} (shadow only)"),
-        Some(s) => format!("step {i} ({} %)", step_weight(s)),
-        None => format!("step {i}"),
-    }
-}
-
-/// The candidate's index: `policy.candidate`, else the last variant.
-pub fn candidate_index(r: &RolloutSpec) -> Option<usize> {
-    match r.policy.as_ref().and_then(|p| p.candidate.as_ref()) {
-        Some(c) => r.variants.iter().position(|v| &v.name == c),
-        None => r.variants.len().checked_sub(1),
-    }
-}
-
-/// The candidate's name (see [`candidate_index`]).
-pub fn candidate_name(r: &RolloutSpec) -> Option<&str> {
-    candidate_index(r)
-        .and_then(|i| r.variants.get(i))
-        .map(|v| v.name.as_str())
-}
-
-fn truncate_note(note: &str) -> String {
-    note.chars().take(MAX_NOTE).collect()
-}
-
-fn rollout_mut<'a>(plan: &'a mut PlanSpec, name: &str) -> Result<&'a mut RolloutSpec, ConfigError> {
-    plan.rollouts
-        .iter_mut()
-        .find(|r| r.name == name)
-        .ok_or_else(|| ConfigError::new("rollout", format!("no rollout named {name:?}")))
-}
-
-fn find_rollout<'a>(plan: &'a PlanSpec, name: &str) -> Result<&'a RolloutSpec, ConfigError> {
-    plan.rollouts
-        .iter()
-        .find(|r| r.name == name)
-        .ok_or_else(|| ConfigError::new("rollout", format!("no rollout named {name:?}")))
-}
-
-fn policy_of(r: &RolloutSpec) -> Result<&PolicySpec, ConfigError> {
-    r.policy
-        .as_ref()
-        .ok_or_else(|| ConfigError::new("policy", format!("rollout {:?} has no policy", r.name)))
-}
-
-/// Writes `progress` (validating the plan).
-fn with_progress(
-    mut plan: PlanSpec,
-    rollout: &str,
-    progress: ProgressSpec,
-) -> Result<PlanSpec, ConfigError> {
-    rollout_mut(&mut plan, rollout)?.progress = Some(progress);
-    plan.compile()?;
-    Ok(plan)
-}
-
-/// Moves the rollout to `step` (state progressing, since `now_ms`) and sets the
-/// candidate's weight to the step's (the first variant absorbs the difference).
-pub fn go_to_step(
-    plan: &PlanSpec,
-    rollout: &str,
-    step: usize,
-    now_ms: u64,
-    note: &str,
-) -> Result<PlanSpec, ConfigError> {
-    let r = find_rollout(plan, rollout)?;
-    let policy = policy_of(r)?;
-    let s = policy.steps.get(step).ok_or_else(|| {
-        ConfigError::new(
-            "progress.step",
-            format!(
-                "{step} is not a step of the policy ({} steps)",
-                policy.steps.len()
-            ),
-        )
-    })?;
-    let candidate = candidate_name(r)
-        .ok_or_else(|| ConfigError::new("policy.candidate", "no candidate variant"))?
-        .to_string();
-    let next = ops::set_weight(plan, rollout, &candidate, step_weight(s))?;
-    with_progress(
-        next,
-        rollout,
-        ProgressSpec {
-            step,
-            state: ProgressState::Progressing,
-            since_ms: now_ms,
-            note: Some(truncate_note(note)),
-        },
-    )
-}
-
-/// Changes only the progress state (the step is kept; 0 when the rollout had none).
-pub fn set_state(
-    plan: &PlanSpec,
-    rollout: &str,
-    state: ProgressState,
-    now_ms: u64,
-    note: &str,
-) -> Result<PlanSpec, ConfigError> {
-    let r = find_rollout(plan, rollout)?;
-    policy_of(r)?;
-    let step = r.progress.as_ref().map_or(0, |p| p.step);
-    with_progress(
-        plan.clone(),
-        rollout,
-        ProgressSpec {
-            step,
-            state,
-            since_ms: now_ms,
-            note: Some(truncate_note(note)),
-        },
-    )
-}
-
-/// Candidate to 0 % at once (the first variant absorbs its share), state rolled_back.
-pub fn roll_back(
-    plan: &PlanSpec,
-    rollout: &str,
-    now_ms: u64,
-    note: &str,
-) -> Result<PlanSpec, ConfigError> {
-    let r = find_rollout(plan, rollout)?;
-    policy_of(r)?;
-    let candidate = candidate_name(r)
-        .ok_or_else(|| ConfigError::new("policy.candidate", "no candidate variant"))?
-        .to_string();
-    let next = ops::set_weight(plan, rollout, &candidate, 0.0)?;
-    set_state(&next, rollout, ProgressState::RolledBack, now_ms, note)
-}
-
-/// The candidate becomes stable: it gets 100 % and moves first, the others follow at
-/// 0 % in their previous order (what `ops::promote` does to the last variant). The
-/// policy's `candidate` field is cleared (it would now name the stable variant) and
-/// the state is complete.
-pub fn complete(
-    plan: &PlanSpec,
-    rollout: &str,
-    now_ms: u64,
-    note: &str,
-) -> Result<PlanSpec, ConfigError> {
-    let r = find_rollout(plan, rollout)?;
-    policy_of(r)?;
-    let ci = candidate_index(r)
-        .ok_or_else(|| ConfigError::new("policy.candidate", "no candidate variant"))?;
-    let step = r.progress.as_ref().map_or(0, |p| p.step);
-    let mut next = plan.clone();
-    let rm = rollout_mut(&mut next, rollout)?;
-    promote_in_place(rm, ci)?;
-    if let Some(p) = rm.policy.as_mut() {
-        p.candidate = None;
-    }
-    rm.progress = Some(ProgressSpec {
-        step,
-        state: ProgressState::Complete,
-        since_ms: now_ms,
-        note: Some(truncate_note(note)),
-    });
-    next.compile()?;
-    Ok(next)
-}
-
-/// Variant `index` to 100 % and first; the others at 0 % in their previous order.
-fn promote_in_place(r: &mut RolloutSpec, index: usize) -> Result<(), ConfigError> {
-    if index >= r.variants.len() {
-        return Err(ConfigError::new("variant", "no such variant"));
-    }
-    let mut chosen = r.variants.remove(index);
-    chosen.weight = 100.0;
-    let mut variants: Vec<VariantSpec> = Vec::with_capacity(r.variants.len() + 1);
-    variants.push(chosen);
-    for mut v in r.variants.drain(..) {
-        v.weight = 0.0;
-        variants.push(v);
-    }
-    r.variants = variants;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------
 // Texts
 
 fn failed_list(outcomes: &[CheckOutcome], verdict: CheckVerdict) -> Vec<&CheckOutcome> {
@@ -1552,7 +1351,6 @@ pub fn next_action(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::parse_plan;
 
     fn policy(json: &str) -> PolicySpec {
         serde_json::from_str(json).unwrap()
@@ -2146,70 +1944,6 @@ mod tests {
             ),
             Action::Stay(_)
         ));
-    }
-
-    fn plan() -> PlanSpec {
-        parse_plan(
-            format!(
-                r#"{{"version":3,"rollouts":[{{"name":"fraud","salt":"s",
-                "variants":[{{"name":"stable","weight":100}},{{"name":"canary","weight":0}}],
-                "policy":{POLICY}}}]}}"#
-            )
-            .as_bytes(),
-        )
-        .unwrap()
-        .0
-    }
-
-    #[test]
-    fn transitions_write_weights_and_progress() {
-        let p = go_to_step(&plan(), "fraud", 1, 42, "go").unwrap();
-        let r = &p.rollouts[0];
-        assert_eq!(r.variants[1].weight, 5.0);
-        assert_eq!(r.variants[0].weight, 95.0);
-        let pr = r.progress.as_ref().unwrap();
-        assert_eq!(
-            (pr.step, pr.state, pr.since_ms),
-            (1, ProgressState::Progressing, 42)
-        );
-        let back = roll_back(&p, "fraud", 43, "bad").unwrap();
-        let r = &back.rollouts[0];
-        assert_eq!(r.variants[1].weight, 0.0);
-        assert_eq!(r.variants[0].weight, 100.0);
-        assert_eq!(
-            r.progress.as_ref().unwrap().state,
-            ProgressState::RolledBack
-        );
-        assert_eq!(r.progress.as_ref().unwrap().step, 1);
-        let done = complete(&p, "fraud", 44, "ok").unwrap();
-        let r = &done.rollouts[0];
-        assert_eq!(r.variants[0].name, "canary");
-        assert_eq!(r.variants[0].weight, 100.0);
-        assert_eq!(r.progress.as_ref().unwrap().state, ProgressState::Complete);
-        done.compile().unwrap();
-        assert!(go_to_step(&plan(), "fraud", 9, 1, "x").is_err());
-        assert_eq!(
-            go_to_step(&plan(), "nope", 0, 1, "x").unwrap_err().field,
-            "rollout"
-        );
-    }
-
-    #[test]
-    fn complete_with_a_named_candidate_that_is_not_last() {
-        let (p, _) = parse_plan(
-            br#"{"version":1,"rollouts":[{"name":"r","salt":"s",
-            "variants":[{"name":"a","weight":90},{"name":"b","weight":10},{"name":"c","weight":0}],
-            "policy":{"candidate":"b","steps":[{"weight":10}]}}]}"#,
-        )
-        .unwrap();
-        let done = complete(&p, "r", 1, "ok").unwrap();
-        let names: Vec<(&str, f64)> = done.rollouts[0]
-            .variants
-            .iter()
-            .map(|v| (v.name.as_str(), v.weight))
-            .collect();
-        assert_eq!(names, vec![("b", 100.0), ("a", 0.0), ("c", 0.0)]);
-        assert_eq!(done.rollouts[0].policy.as_ref().unwrap().candidate, None);
     }
 
     #[test]

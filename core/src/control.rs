@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::fields::{check_authority, check_cluster, check_path, check_timeout_ms};
 use crate::plan::{parse_plan, Plan, PlanSpec};
 
 fn d_authority() -> String {
@@ -48,30 +49,16 @@ pub struct ControlSpec {
 
 impl ControlSpec {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.cluster.is_empty() || self.cluster.len() > 255 {
-            return Err(ConfigError::new("cluster", "must be 1 to 255 characters"));
-        }
-        if self.authority.is_empty() || self.authority.contains([' ', '/']) {
-            return Err(ConfigError::new("authority", "must be a host[:port]"));
-        }
-        if !self.path.starts_with('/') || self.path.contains(' ') {
-            return Err(ConfigError::new(
-                "path",
-                "must start with '/' and contain no spaces",
-            ));
-        }
+        check_cluster("cluster", &self.cluster)?;
+        check_authority("authority", &self.authority)?;
+        check_path("path", &self.path)?;
         if !(100..=3_600_000).contains(&self.poll_interval_ms) {
             return Err(ConfigError::new(
                 "poll_interval_ms",
                 "must be between 100 and 3600000",
             ));
         }
-        if !(10..=60_000).contains(&self.timeout_ms) {
-            return Err(ConfigError::new(
-                "timeout_ms",
-                "must be between 10 and 60000",
-            ));
-        }
+        check_timeout_ms("timeout_ms", self.timeout_ms)?;
         if !(1024..=(16 << 20)).contains(&self.max_plan_bytes) {
             return Err(ConfigError::new(
                 "max_plan_bytes",

@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ConfigError;
+use crate::fields::{
+    check_authority, check_cluster, check_header_name, check_path, check_pointer, check_salt,
+    check_size, check_timeout_ms, weight_to_bp,
+};
 use crate::hash::{bucket, bucket_from_random};
-use crate::plan::{check_header_name, weight_to_bp};
 
 /// Headers never copied to a shadow, whatever the configuration says.
 pub const DEFAULT_STRIP: [&str; 4] = [
@@ -200,49 +203,18 @@ pub struct Output {
     pub max_response_bytes: usize,
 }
 
-fn check_pointer(field: &str, p: &str) -> Result<(), ConfigError> {
-    if !(p.is_empty() || p.starts_with('/')) || p.len() > 256 {
-        return Err(ConfigError::new(
-            field,
-            format!("{p:?} is not a JSON pointer (RFC 6901: empty or starting with '/')"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_size(field: &str, v: usize) -> Result<(), ConfigError> {
-    if !(1..=(8 << 20)).contains(&v) {
-        return Err(ConfigError::new(
-            field,
-            "must be between 1 and 8388608 bytes",
-        ));
-    }
-    Ok(())
-}
-
 impl ShadowSpec {
     pub fn compile(&self, rollout_salt: &str) -> Result<Shadow, ConfigError> {
-        if self.cluster.is_empty() || self.cluster.len() > 255 {
-            return Err(ConfigError::new("cluster", "must be 1 to 255 characters"));
-        }
+        check_cluster("cluster", &self.cluster)?;
         let percent_bp = weight_to_bp("percent", self.percent)?;
         if let Some(s) = &self.salt {
-            if s.is_empty() || s.len() > 128 {
-                return Err(ConfigError::new("salt", "must be 1 to 128 characters"));
-            }
+            check_salt("salt", s)?;
         }
         if let Some(a) = &self.authority {
-            if a.is_empty() || a.contains([' ', '/']) {
-                return Err(ConfigError::new("authority", "must be a host[:port]"));
-            }
+            check_authority("authority", a)?;
         }
         if let Some(p) = &self.path {
-            if !p.starts_with('/') || p.contains(' ') {
-                return Err(ConfigError::new(
-                    "path",
-                    "must start with '/' and contain no spaces",
-                ));
-            }
+            check_path("path", p)?;
         }
         if self.methods.is_empty() || self.methods.len() > 8 {
             return Err(ConfigError::new("methods", "must list 1 to 8 methods"));
@@ -258,12 +230,7 @@ impl ShadowSpec {
             methods.push(m.to_ascii_uppercase());
         }
         check_size("max_body_bytes", self.max_body_bytes)?;
-        if !(10..=60_000).contains(&self.timeout_ms) {
-            return Err(ConfigError::new(
-                "timeout_ms",
-                "must be between 10 and 60000",
-            ));
-        }
+        check_timeout_ms("timeout_ms", self.timeout_ms)?;
         if !(1..=10_000).contains(&self.max_in_flight) {
             return Err(ConfigError::new(
                 "max_in_flight",
