@@ -18,7 +18,8 @@ use rollout_core::decide::{decide, subject_key};
 use rollout_core::hash::BUCKETS;
 use rollout_core::request::{CachedHeaders, RequestHeaders};
 use rollout_core::shadow::{extract, health, parse_answer, Health};
-use rollout_core::stats::class_index;
+use rollout_core::stats::{class_index, RecordDrop, ShadowSkip};
+use rollout_core::wire::Assignment;
 
 use crate::host::{Host, ProxyHost};
 use crate::metrics::Metrics;
@@ -203,19 +204,19 @@ impl<H: Host> Http<H> {
                 u32::from_le_bytes(b) % 10_000 < u32::from(x.record_bp)
             };
             if recorded {
-                let record = serde_json::json!({
-                    "correlation_id": correlation_id,
-                    "rollout": rollout.name,
-                    "variant": rollout.variant_name(decision.variant),
-                    "unix_ms": host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0),
-                });
+                let record = Assignment {
+                    correlation_id: correlation_id.clone(),
+                    rollout: rollout.name.clone(),
+                    variant: rollout.variant_name(decision.variant).to_string(),
+                    unix_ms: host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0),
+                };
                 let kept = self
                     .hub
                     .try_borrow_mut()
                     .map(|mut h| h.assignment(record))
                     .unwrap_or(false);
                 if !kept {
-                    m.assignments_dropped("buffer_full", 1);
+                    m.assignments_dropped(RecordDrop::BufferFull, 1);
                 }
             }
         }
@@ -289,7 +290,7 @@ impl<H: Host> Http<H> {
         };
         let Some(sh) = &rollout.shadow else { return };
         if declared_len.is_some_and(|n| n > sh.max_body_bytes) {
-            sm.skip(m, "body_too_large");
+            sm.skip(m, ShadowSkip::BodyTooLarge);
             return;
         }
         let now_ms = self.host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0);
@@ -303,7 +304,7 @@ impl<H: Host> Http<H> {
             Err(_) => None,
         };
         let Some(join) = opened else {
-            sm.skip(m, "join_table_full");
+            sm.skip(m, ShadowSkip::JoinTableFull);
             return;
         };
         let primary_headers = match primary_headers
@@ -314,7 +315,7 @@ impl<H: Host> Http<H> {
             Err(_) => {
                 m.bump(m.host_errors);
                 self.cancel_join(join);
-                sm.skip(m, "dispatch_failed");
+                sm.skip(m, ShadowSkip::DispatchFailed);
                 return;
             }
         };
@@ -376,7 +377,7 @@ impl<H: Host> Http<H> {
         let Some(sh) = &rollout.shadow else { return };
         let join = copy.join;
         if copy.too_large {
-            sm.skip(m, "body_too_large");
+            sm.skip(m, ShadowSkip::BodyTooLarge);
             self.cancel_join(join);
             return;
         }
@@ -402,7 +403,7 @@ impl<H: Host> Http<H> {
                 }
             }
             Ok(false) => {}
-            Err(_) => sm.skip(m, "in_flight_limit"),
+            Err(_) => sm.skip(m, ShadowSkip::InFlightLimit),
         }
     }
 
@@ -521,13 +522,13 @@ impl<H: Host> Http<H> {
             if !copy.sent {
                 // The client went away before the body was complete.
                 if let Some(sm) = self.assigned.as_ref().and_then(|a| m.shadow(a.rollout)) {
-                    sm.skip(m, "aborted");
+                    sm.skip(m, ShadowSkip::Aborted);
                 }
                 self.cancel_join(copy.join);
             } else if self.collect.as_ref().and_then(|c| c.join).is_none() {
                 // Sent, but the primary never answered (reset): nothing to compare.
                 if let Some(sm) = self.assigned.as_ref().and_then(|a| m.shadow(a.rollout)) {
-                    sm.skip(m, "aborted");
+                    sm.skip(m, ShadowSkip::Aborted);
                 }
                 self.cancel_join(copy.join);
             }

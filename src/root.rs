@@ -32,6 +32,11 @@ use crate::rng::RandomPool;
 use crate::shadow::{Answer, Half, Hub, InFlight, RecordKind};
 use crate::trip::TripWindow;
 use rollout_core::shadow::{extract, health, parse_answer};
+use rollout_core::stats::{RecordDrop, ShadowError, ShadowSkip};
+use rollout_core::wire::{
+    post_headers, Assignment, AssignmentBatch, ShadowRecord, ShadowRecordBatch, ASSIGNMENTS_PATH,
+    SHADOW_RECORDS_PATH,
+};
 
 /// Counters reach Envoy's stats at most this long after the event.
 pub const FLUSH_MS: u64 = 1000;
@@ -49,6 +54,21 @@ pub struct Active {
 impl Active {
     pub fn trip(&self, rollout: usize) -> Option<&TripWindow> {
         self.trips.get(rollout).and_then(Option::as_ref)
+    }
+}
+
+/// One batch taken from the hub, to post.
+enum Batch {
+    Records(Vec<ShadowRecord>),
+    Assignments(Vec<Assignment>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Records(r) => r.len(),
+            Batch::Assignments(a) => a.len(),
+        }
     }
 }
 
@@ -602,7 +622,7 @@ impl<H: Host + Clone> Root<H> {
             if hub.in_flight_for(&job.rollout) >= job.max_in_flight as usize {
                 hub.cancel(job.join);
                 if let Some(sm) = sm {
-                    sm.skip(m, "in_flight_limit");
+                    sm.skip(m, ShadowSkip::InFlightLimit);
                 }
                 continue;
             }
@@ -630,9 +650,9 @@ impl<H: Host + Clone> Root<H> {
                         sm.skip(
                             m,
                             if e == HostError::BadArgument {
-                                "no_cluster"
+                                ShadowSkip::NoCluster
                             } else {
-                                "dispatch_failed"
+                                ShadowSkip::DispatchFailed
                             },
                         );
                     }
@@ -698,7 +718,7 @@ impl<H: Host + Clone> Root<H> {
                 return;
             }
             Some(_) => {
-                sm.error(m, "unreachable");
+                sm.error(m, ShadowError::Unreachable);
                 self.with_hub(|hub| hub.shadow_failed(f.join));
                 return;
             }
@@ -706,7 +726,7 @@ impl<H: Host + Clone> Root<H> {
         }
         let status = status.unwrap_or(0);
         if !(200..300).contains(&status) {
-            sm.error(m, "status");
+            sm.error(m, ShadowError::Status);
         }
         let too_large = body_size > limit;
         let parsed = if too_large { None } else { parse_answer(&body) };
@@ -769,47 +789,52 @@ impl<H: Host + Clone> Root<H> {
         if slot.is_some() {
             return;
         }
-        let records = match self.hub.try_borrow_mut() {
-            Ok(mut hub) => hub.take(kind),
+        let batch = match self.hub.try_borrow_mut() {
+            Ok(mut hub) => match kind {
+                RecordKind::Shadow => Batch::Records(hub.take_records()),
+                RecordKind::Assignment => Batch::Assignments(hub.take_assignments()),
+            },
             Err(_) => return,
         };
-        if records.is_empty() {
+        let n = batch.len() as u64;
+        if n == 0 {
             return;
         }
-        let n = records.len() as u64;
-        let dropped = |why: &str| match kind {
+        let dropped = |why: RecordDrop| match kind {
             RecordKind::Shadow => m.records_dropped(why, n),
             RecordKind::Assignment => m.assignments_dropped(why, n),
         };
         let Some(control) = &active.config.control else {
-            dropped("no_sidecar");
+            dropped(RecordDrop::NoSidecar);
             return;
         };
-        let (path, field) = match kind {
-            RecordKind::Shadow => ("/v1/shadow-records", "records"),
-            RecordKind::Assignment => ("/v1/assignments", "assignments"),
+        let proxy = Some(self.proxy_id.clone());
+        let (path, body) = match batch {
+            Batch::Records(records) => (
+                SHADOW_RECORDS_PATH,
+                serde_json::to_vec(&ShadowRecordBatch { proxy, records }),
+            ),
+            Batch::Assignments(assignments) => (
+                ASSIGNMENTS_PATH,
+                serde_json::to_vec(&AssignmentBatch { proxy, assignments }),
+            ),
         };
-        let body = serde_json::json!({"proxy": self.proxy_id, field: records}).to_string();
-        let mut headers = vec![
-            (":method".to_string(), "POST".to_string()),
-            (":path".to_string(), path.to_string()),
-            (":authority".to_string(), control.authority.clone()),
-            ("content-type".to_string(), "application/json".to_string()),
-        ];
-        if let Some(t) = &control.token {
-            headers.push(("authorization".to_string(), format!("Bearer {t}")));
-        }
+        let Ok(body) = body else {
+            dropped(RecordDrop::PostFailed);
+            return;
+        };
+        let headers = post_headers(path, &control.authority, control.token.as_deref());
         match self.host.dispatch(
             &control.cluster,
             &headers,
-            Some(body.as_bytes()),
+            Some(&body),
             control.timeout_ms.max(1000),
         ) {
             Ok(token) => match kind {
                 RecordKind::Shadow => self.records_in_flight = Some((token, n)),
                 RecordKind::Assignment => self.assignments_in_flight = Some((token, n)),
             },
-            Err(_) => dropped("post_failed"),
+            Err(_) => dropped(RecordDrop::PostFailed),
         }
     }
 
@@ -827,9 +852,9 @@ impl<H: Host + Clone> Root<H> {
             .is_some_and(|s| (200..300).contains(&s));
         match (kind, ok) {
             (RecordKind::Shadow, true) => m.add(m.records_sent, n),
-            (RecordKind::Shadow, false) => m.records_dropped("post_failed", n),
+            (RecordKind::Shadow, false) => m.records_dropped(RecordDrop::PostFailed, n),
             (RecordKind::Assignment, true) => m.add(m.assignments_sent, n),
-            (RecordKind::Assignment, false) => m.assignments_dropped("post_failed", n),
+            (RecordKind::Assignment, false) => m.assignments_dropped(RecordDrop::PostFailed, n),
         }
     }
 

@@ -18,7 +18,9 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use rollout_core::shadow::{compare, Prediction};
-use serde_json::{json, Value};
+use rollout_core::stats::{RecordDrop, ShadowSkip};
+use rollout_core::wire::{Assignment, ShadowRecord, MAX_BATCH};
+use serde_json::Value;
 
 use crate::host::Host;
 use crate::root::Active;
@@ -26,7 +28,8 @@ use crate::root::Active;
 pub const MAX_JOBS: usize = 256;
 pub const MAX_JOINS: usize = 4096;
 pub const MAX_RECORDS: usize = 5000;
-pub const RECORD_BATCH: usize = 1000;
+/// Records (or assignments) per post: the sidecar takes at most `MAX_BATCH`.
+pub const RECORD_BATCH: usize = MAX_BATCH;
 /// A join outlives its shadow's timeout by this much before it expires.
 pub const JOIN_GRACE_MS: u64 = 10_000;
 
@@ -75,8 +78,8 @@ pub struct Hub {
     /// Shared queue this worker's root listens on (None: nudges unavailable,
     /// jobs are dispatched on the tick instead).
     pub queue: Option<u32>,
-    records: Vec<Value>,
-    assignments: Vec<Value>,
+    records: Vec<ShadowRecord>,
+    assignments: Vec<Assignment>,
     /// Disagreement records budget per rollout: (minute window start, used).
     budget: HashMap<String, (u64, u32)>,
 }
@@ -208,7 +211,7 @@ impl Hub {
         };
         let Some(spec) = &rollout.shadow else { return };
         if p.too_large || s.too_large {
-            sm.skip(m, "response_too_large");
+            sm.skip(m, ShadowSkip::ResponseTooLarge);
             return;
         }
         let verdict = compare(
@@ -222,7 +225,7 @@ impl Hub {
         if verdict.agrees() {
             m.bump(sm.agree);
         } else {
-            sm.disagree(m, verdict.as_str());
+            sm.disagree(m, verdict);
         }
         m.record(host, sm.latency_ms, s.latency_ms);
         m.record(host, sm.primary_latency_ms, p.latency_ms);
@@ -242,7 +245,7 @@ impl Hub {
             return;
         }
         if self.records.len() >= MAX_RECORDS {
-            m.records_dropped("buffer_full", 1);
+            m.records_dropped(RecordDrop::BufferFull, 1);
             return;
         }
         let preds = |a: &Answer| {
@@ -253,21 +256,22 @@ impl Hub {
                     .collect(),
             )
         };
-        self.records.push(json!({
-            "correlation_id": j.correlation_id,
-            "rollout": rollout.name,
-            "variant": rollout.variant_name(j.variant),
-            "shadow_cluster": spec.cluster,
-            "agree": verdict.agrees(),
-            "verdict": verdict.as_str(),
-            "primary_status": p.status,
-            "shadow_status": s.status,
-            "primary_latency_ms": p.latency_ms,
-            "shadow_latency_ms": s.latency_ms,
-            "primary_prediction": preds(p),
-            "shadow_prediction": preds(s),
-            "unix_ms": now,
-        }));
+        self.records.push(ShadowRecord {
+            correlation_id: j.correlation_id,
+            rollout: rollout.name.clone(),
+            variant: rollout.variant_name(j.variant).to_string(),
+            shadow_cluster: spec.cluster.clone(),
+            agree: verdict.agrees(),
+            verdict,
+            primary_status: p.status,
+            shadow_status: s.status,
+            primary_latency_ms: p.latency_ms,
+            shadow_latency_ms: s.latency_ms,
+            primary_prediction: preds(p),
+            shadow_prediction: preds(s),
+            unix_ms: now,
+            proxy: None,
+        });
     }
 
     /// Expires joins past their age; each is counted on its rollout.
@@ -283,14 +287,16 @@ impl Hub {
         });
     }
 
-    /// Takes up to a batch of records of one kind to send.
-    pub fn take(&mut self, kind: RecordKind) -> Vec<Value> {
-        let buf = match kind {
-            RecordKind::Shadow => &mut self.records,
-            RecordKind::Assignment => &mut self.assignments,
-        };
-        let n = buf.len().min(RECORD_BATCH);
-        buf.drain(..n).collect()
+    /// Takes up to a batch of shadow records to send.
+    pub fn take_records(&mut self) -> Vec<ShadowRecord> {
+        let n = self.records.len().min(RECORD_BATCH);
+        self.records.drain(..n).collect()
+    }
+
+    /// Takes up to a batch of assignments to send.
+    pub fn take_assignments(&mut self) -> Vec<Assignment> {
+        let n = self.assignments.len().min(RECORD_BATCH);
+        self.assignments.drain(..n).collect()
     }
 
     /// Whether a full batch of either kind is waiting.
@@ -299,7 +305,7 @@ impl Hub {
     }
 
     /// Buffers an assignment record; false when the buffer is full.
-    pub fn assignment(&mut self, record: Value) -> bool {
+    pub fn assignment(&mut self, record: Assignment) -> bool {
         if self.assignments.len() >= MAX_RECORDS {
             return false;
         }

@@ -48,14 +48,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rollout_core::transitions::{self, Transition};
+use rollout_core::wire::{
+    bearer_token, etag, PollIdentity, PLAN_VERSION_HEADER, PLAN_VERSION_RESPONSE_HEADER,
+    PROXY_HEADER,
+};
 use rollout_core::{OpError, PlanSpec};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::api::{
-    etag, parse_plan_document, weights_of, HistoryEntry, Status, StatusProxy, StatusRollout,
-    StatusVariant, SwitchRequest, WeightsRequest, WriteResponse, AUTHOR_HEADER, PROXY_HEADER,
-    PROXY_VERSION_HEADER, REASON_HEADER, VERSION_HEADER,
+    parse_plan_document, weights_of, HistoryEntry, Status, StatusProxy, StatusRollout,
+    StatusVariant, SwitchRequest, WeightsRequest, WriteResponse, AUTHOR_HEADER, REASON_HEADER,
 };
 use crate::error::ApiError;
 use crate::proxies::ProxyTable;
@@ -179,10 +182,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+        .and_then(bearer_token);
     let ok = presented.is_some_and(|t| constant_time_eq(t.as_bytes(), token));
     if ok {
         return next.run(req).await;
@@ -206,7 +206,7 @@ fn plan_headers(version: u64) -> HeaderMap {
     if let Ok(v) = HeaderValue::from_str(&etag(version)) {
         h.insert(ETAG, v);
     }
-    h.insert(VERSION_HEADER, HeaderValue::from(version));
+    h.insert(PLAN_VERSION_RESPONSE_HEADER, HeaderValue::from(version));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h
 }
@@ -223,12 +223,13 @@ fn none_match_hits(headers: &HeaderMap, current: &str) -> bool {
 }
 
 async fn get_plan(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(id) = headers.get(PROXY_HEADER).and_then(|v| v.to_str().ok()) {
-        let in_force = headers
-            .get(PROXY_VERSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        state.0.proxies.record(id.trim(), in_force, Instant::now());
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(id) = PollIdentity::from_headers(header(PROXY_HEADER), header(PLAN_VERSION_HEADER))
+    {
+        state
+            .0
+            .proxies
+            .record(&id.proxy, id.plan_version, Instant::now());
     }
     let Some(cur) = state.0.store.current() else {
         return ApiError::no_plan().into_response();

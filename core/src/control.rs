@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 use crate::fields::{check_authority, check_cluster, check_path, check_timeout_ms};
 use crate::plan::{parse_plan, Plan, PlanSpec};
+use crate::wire::PollRequest;
 
 fn d_authority() -> String {
     "rollout-control".into()
@@ -82,31 +83,22 @@ impl ControlSpec {
         format!("model_rollout/{}{}", self.cluster, self.path)
     }
 
-    /// Headers of one poll.
+    /// Headers of one poll (see `wire::PollRequest`).
     pub fn poll_headers(
         &self,
         etag: Option<&str>,
         proxy_id: &str,
         version_in_force: u64,
     ) -> Vec<(String, String)> {
-        let mut h = vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), self.path.clone()),
-            (":authority".to_string(), self.authority.clone()),
-            ("accept".to_string(), "application/json".to_string()),
-            ("x-model-rollout-proxy".to_string(), proxy_id.to_string()),
-            (
-                "x-model-rollout-plan-version".to_string(),
-                version_in_force.to_string(),
-            ),
-        ];
-        if let Some(e) = etag {
-            h.push(("if-none-match".to_string(), e.to_string()));
+        PollRequest {
+            path: &self.path,
+            authority: &self.authority,
+            proxy: proxy_id,
+            plan_version: version_in_force,
+            etag,
+            token: self.token.as_deref(),
         }
-        if let Some(t) = &self.token {
-            h.push(("authorization".to_string(), format!("Bearer {t}")));
-        }
-        h
+        .headers()
     }
 }
 

@@ -79,6 +79,17 @@ pub fn check_cookie_name(field: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A correlation id as the filter keeps or mints them (`correlation::is_valid`).
+pub fn check_correlation_id(field: &str, id: &str) -> Result<(), ConfigError> {
+    if !crate::correlation::is_valid(id) {
+        return Err(ConfigError::new(
+            field,
+            format!("{id:?} is not a correlation id (8 to 128 characters of [A-Za-z0-9._:-])"),
+        ));
+    }
+    Ok(())
+}
+
 /// A matched value: at most [`MAX_VALUE_LEN`] bytes.
 pub fn check_value(field: &str, v: &str) -> Result<(), ConfigError> {
     if v.len() > MAX_VALUE_LEN {

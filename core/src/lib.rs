@@ -18,6 +18,7 @@ pub mod request;
 pub mod shadow;
 pub mod stats;
 pub mod transitions;
+pub mod wire;
 
 pub use config::{parse_plugin_config, FilterConfig, PluginConfigSpec};
 pub use decide::{decide, Decision, Reason, SubjectSource};

@@ -568,16 +568,29 @@ pub fn agree(a: &Prediction, b: &Prediction, abs_tol: f64, rel_tol: f64) -> bool
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The verdict of one comparison; on the wire (records) and in metric names as
+/// `agree`, `status` and `prediction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
+    #[serde(rename = "agree")]
     Agree,
     /// Different status classes (e.g. 200 vs 503).
+    #[serde(rename = "status")]
     StatusMismatch,
     /// Both 2xx, predictions differ (or one is missing/invalid).
+    #[serde(rename = "prediction")]
     PredictionMismatch,
 }
 
 impl Verdict {
+    pub const ALL: [Verdict; 3] = [
+        Verdict::Agree,
+        Verdict::StatusMismatch,
+        Verdict::PredictionMismatch,
+    ];
+    /// The verdicts that are disagreements, in metric order.
+    pub const DISAGREEMENTS: [Verdict; 2] = [Verdict::StatusMismatch, Verdict::PredictionMismatch];
+
     pub fn agrees(self) -> bool {
         self == Verdict::Agree
     }
