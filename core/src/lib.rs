@@ -1,6 +1,20 @@
 //! rollout-core: everything model-rollout decides, with no proxy-wasm import.
 //! Compiled into the filter (wasm32-wasip1), the control sidecar and the CLI, so
 //! every component computes the same assignment from the same plan.
+//!
+//! Layers (a module imports only from layers below its own; no cycles):
+//!
+//! 1. Leaves: [`error`] (ConfigError, UnknownRollout, OpError), [`hash`],
+//!    [`correlation`], [`request`], [`stats`] (stat names, reason enums), [`abtest`].
+//! 2. [`fields`]: the validators every section shares.
+//! 3. The plan's sections, each with its schema, validation and compiled form:
+//!    [`shadow`] (also comparison and output health), [`policy`], [`experiment`].
+//! 4. [`plan`]: the plan document, compiled from the sections; lookups.
+//! 5. [`decide`](mod@decide) (the variant of a request) and [`wire`] (what the filter and the
+//!    sidecar send each other).
+//! 6. [`control`] and [`config`] (live plans, the plugin configuration) and
+//!    [`analysis`] (the policy engine's rules).
+//! 7. [`transitions`]: every plan change, by a person or by the policy engine.
 
 pub mod abtest;
 pub mod analysis;

@@ -17,7 +17,7 @@
 //! With a policy, a person's operation also moves its progress: promote advances a
 //! step (or completes), rollback marks it rolled back, manual weights make it hold,
 //! resume and restart walk the steps again. Without one they are the plain weight
-//! edits of [`weights`].
+//! edits (`weights.rs`).
 
 mod progress;
 mod weights;
@@ -47,7 +47,8 @@ impl Transition {
 // A person's operations
 
 /// Sets explicit weights for every variant of `rollout` (each named once, summing
-/// to 100). A policy that was walking its steps holds (see [`hold_after_manual`]).
+/// to 100). A policy that was walking its steps holds (`resume` restores the
+/// step's weight, `promote` advances).
 pub fn set_weights<S: AsRef<str>>(
     plan: &PlanSpec,
     rollout: &str,
