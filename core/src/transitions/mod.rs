@@ -22,7 +22,7 @@
 mod progress;
 mod weights;
 
-use crate::analysis::Action;
+use crate::analysis::steps::Action;
 use crate::error::{ConfigError, OpError};
 use crate::plan::PlanSpec;
 use crate::policy::{step_label, ProgressState};
