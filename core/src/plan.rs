@@ -634,6 +634,33 @@ impl Rollout {
     pub fn variant_name(&self, i: usize) -> &str {
         self.variants.get(i).map(|v| v.name.as_str()).unwrap_or("")
     }
+
+    /// How the health of this rollout's answers is judged, primary and shadow
+    /// alike: at the `output` section's pointer and range when the rollout has one,
+    /// else at the shadow's first compare pointer (no range). `None` without either.
+    pub fn health_rule(&self) -> Option<HealthRule<'_>> {
+        match (&self.output, &self.shadow) {
+            (Some(o), _) => Some(HealthRule {
+                pointer: &o.pointer,
+                min: o.min,
+                max: o.max,
+            }),
+            (None, Some(s)) => Some(HealthRule {
+                pointer: s.compare.pointers.first().map_or("", String::as_str),
+                min: None,
+                max: None,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Where and how an answer's output is judged (see [`Rollout::health_rule`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthRule<'a> {
+    pub pointer: &'a str,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 #[cfg(test)]
@@ -780,6 +807,32 @@ mod tests {
         assert_eq!(p.find_rollout(None, "/v2/models/churn/infer"), Some(1));
         assert_eq!(p.find_rollout(None, "/healthz"), None);
         assert!(!p.needs_host);
+    }
+
+    #[test]
+    fn health_rule_prefers_the_output_section() {
+        let with = |sections: &str| {
+            plan(&format!(
+                r#"{{"version":1,"rollouts":[{{"name":"r","salt":"s",
+                "variants":[{{"name":"a","weight":100}}]{sections}}}]}}"#
+            ))
+            .unwrap()
+        };
+        let shadow =
+            r#","shadow":{"cluster":"sh","percent":1,"compare":{"pointers":["/p/0","/p/1"]}}"#;
+        let output = r#","output":{"pointer":"/o","min":0,"max":1}"#;
+        let p = with(&format!("{shadow}{output}"));
+        let rule = p.rollouts[0].health_rule().unwrap();
+        assert_eq!(
+            (rule.pointer, rule.min, rule.max),
+            ("/o", Some(0.0), Some(1.0))
+        );
+        let p = with(shadow);
+        let rule = p.rollouts[0].health_rule().unwrap();
+        assert_eq!((rule.pointer, rule.min, rule.max), ("/p/0", None, None));
+        let p = with(output);
+        assert_eq!(p.rollouts[0].health_rule().unwrap().pointer, "/o");
+        assert_eq!(with("").rollouts[0].health_rule(), None);
     }
 
     #[test]

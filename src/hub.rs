@@ -1,15 +1,17 @@
-//! Shadow copies and their comparison, done by the root context so that a shadow
-//! answering after the primary has finished is still compared.
+//! The worker's shadow hub: where request contexts and the root's dispatcher meet.
+//! It holds the parked shadow jobs, the open *joins* (one per shadowed request,
+//! waiting for the primary's and the shadow's answers), the shadow calls in flight,
+//! and the records and assignments waiting to be posted.
 //!
-//! Why the root: a callout's answer goes to the context that dispatched it, and
-//! Envoy cancels a request context's callouts when the request ends. So a request
-//! context never dispatches a shadow itself. It opens a *join* (keyed by an
-//! internal id; the correlation id travels with it), parks the copy as a job in
-//! this worker's `Hub`, and nudges the root through a proxy-wasm shared queue; the
-//! root's `on_queue_ready` runs on the same worker right after the current
-//! callback and dispatches the job. The request context later hands over its own
-//! answer (status, latency, predictions) when it ends. Whichever half arrives
-//! second completes the join: compare, count, maybe record.
+//! Why the root dispatches shadows: a callout's answer goes to the context that
+//! dispatched it, and Envoy cancels a request context's callouts when the request
+//! ends. So a request context never dispatches a shadow itself. It opens a join
+//! (keyed by an internal id; the correlation id travels with it), parks the copy as
+//! a job here, and nudges the root through a proxy-wasm shared queue; the root's
+//! `on_queue_ready` runs on the same worker right after the current callback and
+//! its `ShadowDispatcher` dispatches the job. The request context later hands over
+//! its own answer (status, latency, predictions) when it ends. Whichever half
+//! arrives second completes the join: compare, count, maybe record.
 //!
 //! Everything is bounded: jobs, joins (also by age: an expired join is counted),
 //! in-flight shadow calls (per rollout and worker), buffered records.
@@ -22,8 +24,9 @@ use rollout_core::stats::{RecordDrop, ShadowSkip};
 use rollout_core::wire::{Assignment, ShadowRecord, MAX_BATCH};
 use serde_json::Value;
 
+use crate::active::Active;
+use crate::answer::Answer;
 use crate::host::Host;
-use crate::root::Active;
 
 pub const MAX_JOBS: usize = 256;
 pub const MAX_JOINS: usize = 4096;
@@ -32,16 +35,6 @@ pub const MAX_RECORDS: usize = 5000;
 pub const RECORD_BATCH: usize = MAX_BATCH;
 /// A join outlives its shadow's timeout by this much before it expires.
 pub const JOIN_GRACE_MS: u64 = 10_000;
-
-/// One answer, reduced to what the comparison needs.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u32,
-    pub latency_ms: u64,
-    pub predictions: Vec<Option<Prediction>>,
-    /// The body exceeded the comparison limit: not comparable.
-    pub too_large: bool,
-}
 
 pub struct Job {
     pub join: u64,
@@ -89,15 +82,6 @@ pub struct Hub {
 pub enum Half {
     Primary,
     Shadow,
-}
-
-/// The two kinds of records the filter sends to the sidecar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordKind {
-    /// A shadow comparison (`POST /v1/shadow-records`).
-    Shadow,
-    /// Which variant served a correlation id, for A/B verdicts (`POST /v1/assignments`).
-    Assignment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
