@@ -5,8 +5,8 @@
 //! range, else the first compare pointer), and reduce the answer to what a shadow
 //! comparison needs. Pure: the callers read the body and count the results.
 
+use rollout_core::answer::{extract, health, parse_answer, Health, Prediction};
 use rollout_core::plan::Rollout;
-use rollout_core::shadow::{extract, health, parse_answer, Health, Prediction};
 
 /// One answer, reduced to what the comparison needs.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,11 +13,11 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use rollout_core::answer::Health;
 use rollout_core::correlation;
 use rollout_core::decide::{decide, subject_key};
 use rollout_core::hash::BUCKETS;
 use rollout_core::request::{CachedHeaders, RequestHeaders};
-use rollout_core::shadow::Health;
 use rollout_core::stats::{class_index, RecordDrop, ShadowSkip};
 use rollout_core::wire::Assignment;
 

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use rollout_core::shadow::{compare, Prediction};
+use rollout_core::answer::{compare, Prediction};
 use rollout_core::stats::{RecordDrop, ShadowSkip};
 use rollout_core::wire::{Assignment, ShadowRecord, MAX_BATCH};
 use serde_json::Value;

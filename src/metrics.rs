@@ -7,9 +7,9 @@
 
 use std::cell::Cell;
 
+use rollout_core::answer::{Health, Verdict};
 use rollout_core::control::{PollError, Rejection};
 use rollout_core::decide::Reason;
-use rollout_core::shadow::{Health, Verdict};
 use rollout_core::stats::{self, RecordDrop, ShadowError, ShadowSkip};
 use rollout_core::Plan;
 

@@ -5,10 +5,11 @@
 //! Layers (a module imports only from layers below its own; no cycles):
 //!
 //! 1. Leaves: [`error`] (ConfigError, UnknownRollout, OpError), [`hash`],
-//!    [`correlation`], [`request`], [`stats`] (stat names, reason enums), [`abtest`].
+//!    [`correlation`], [`request`], [`stats`] (stat names, reason enums), [`abtest`],
+//!    [`answer`] (predictions, output health, the comparison of two answers).
 //! 2. [`fields`]: the validators every section shares.
 //! 3. The plan's sections, each with its schema, validation and compiled form:
-//!    [`shadow`] (also comparison and output health), [`policy`], [`experiment`].
+//!    [`shadow`], [`output`], [`policy`], [`experiment`].
 //! 4. [`plan`]: the plan document, compiled from the sections; lookups.
 //! 5. [`decide`](mod@decide) (the variant of a request) and [`wire`] (what the filter and the
 //!    sidecar send each other).
@@ -18,6 +19,7 @@
 
 pub mod abtest;
 pub mod analysis;
+pub mod answer;
 pub mod config;
 pub mod control;
 pub mod correlation;
@@ -26,6 +28,7 @@ pub mod error;
 pub mod experiment;
 pub mod fields;
 pub mod hash;
+pub mod output;
 pub mod plan;
 pub mod policy;
 pub mod request;

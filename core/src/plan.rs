@@ -55,7 +55,7 @@ pub struct RolloutSpec {
     pub shadow: Option<crate::shadow::ShadowSpec>,
     /// Health checks of the primary answers (missing/null/NaN/out of range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<crate::shadow::OutputSpec>,
+    pub output: Option<crate::output::OutputSpec>,
     /// A/B experiment: assignments are recorded and judged against feedback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<crate::experiment::ExperimentSpec>,
@@ -140,7 +140,7 @@ pub struct Rollout {
     pub name: String,
     pub paused: bool,
     pub shadow: Option<crate::shadow::Shadow>,
-    pub output: Option<crate::shadow::Output>,
+    pub output: Option<crate::output::Output>,
     pub experiment: Option<crate::experiment::Experiment>,
     /// Index of the policy's candidate (the last variant without a policy).
     pub candidate: usize,

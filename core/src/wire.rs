@@ -18,9 +18,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::answer::Verdict;
 use crate::error::ConfigError;
 use crate::fields::{check_cluster, check_correlation_id, check_name};
-use crate::shadow::Verdict;
 
 /// Request header naming the polling proxy.
 pub const PROXY_HEADER: &str = "x-model-rollout-proxy";
