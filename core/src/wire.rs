@@ -208,13 +208,9 @@ pub struct ShadowRecordBatch {
 impl ShadowRecordBatch {
     /// The proxy id, the batch size, then every record (`records[i].<field>`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_proxy(self.proxy.as_deref())?;
-        check_batch("records", self.records.len())?;
-        for (i, r) in self.records.iter().enumerate() {
+        validate_batch(self.proxy.as_deref(), "records", &self.records, |r| {
             r.validate()
-                .map_err(|e| e.within(&format!("records[{i}]")))?;
-        }
-        Ok(())
+        })
     }
 }
 
@@ -251,14 +247,28 @@ pub struct AssignmentBatch {
 impl AssignmentBatch {
     /// The proxy id, the batch size, then every assignment (`assignments[i].<field>`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_proxy(self.proxy.as_deref())?;
-        check_batch("assignments", self.assignments.len())?;
-        for (i, a) in self.assignments.iter().enumerate() {
-            a.validate()
-                .map_err(|e| e.within(&format!("assignments[{i}]")))?;
-        }
-        Ok(())
+        validate_batch(
+            self.proxy.as_deref(),
+            "assignments",
+            &self.assignments,
+            |a| a.validate(),
+        )
     }
+}
+
+/// A batch: its proxy id, its size, then every item (`<field>[i].<item field>`).
+fn validate_batch<T>(
+    proxy: Option<&str>,
+    field: &str,
+    items: &[T],
+    item: impl Fn(&T) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    check_proxy(proxy)?;
+    check_batch(field, items.len())?;
+    for (i, x) in items.iter().enumerate() {
+        item(x).map_err(|e| e.within(&format!("{field}[{i}]")))?;
+    }
+    Ok(())
 }
 
 /// A batch's proxy id, when given (see [`is_valid_proxy_id`]).
