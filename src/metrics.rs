@@ -68,6 +68,19 @@ pub struct ShadowMetrics {
     pub health: HealthMetrics,
 }
 
+/// One counter per reason, in the order of `all` (a reason enum's `ALL`).
+fn per_reason<R: Copy, const N: usize>(
+    all: [R; N],
+    counter: &mut impl FnMut(&str) -> HostResult<Slot>,
+    name: impl Fn(R) -> String,
+) -> HostResult<[Slot; N]> {
+    let mut slots = [0; N];
+    for (slot, r) in slots.iter_mut().zip(all) {
+        *slot = counter(&name(r))?;
+    }
+    Ok(slots)
+}
+
 impl ShadowMetrics {
     pub fn skip(&self, m: &Metrics, reason: ShadowSkip) {
         if let Some(s) = self.skipped.get(reason.index()) {
@@ -147,10 +160,9 @@ impl Metrics {
             let mut variants = Vec::with_capacity(r.variants.len());
             for v in &r.variants {
                 let requests = counter(&stats::variant_requests(&r.name, &v.name))?;
-                let mut classes = [0; stats::CLASSES.len()];
-                for (slot, class) in classes.iter_mut().zip(stats::CLASSES) {
-                    *slot = counter(&stats::variant_responses(&r.name, &v.name, class))?;
-                }
+                let classes = per_reason(stats::CLASSES, &mut counter, |class| {
+                    stats::variant_responses(&r.name, &v.name, class)
+                })?;
                 let latency_ms = host.define_metric(
                     MetricKind::Histogram,
                     &stats::variant_latency(&r.name, &v.name),
@@ -163,15 +175,14 @@ impl Metrics {
                             &v.name,
                             "outputs_checked_total",
                         ))?;
-                        let mut invalid = [0; Health::INVALID.len()];
-                        for (slot, h) in invalid.iter_mut().zip(Health::INVALID) {
-                            *slot = counter(&stats::variant_reason_metric(
+                        let invalid = per_reason(Health::INVALID, &mut counter, |h| {
+                            stats::variant_reason_metric(
                                 &r.name,
                                 &v.name,
                                 h.as_str(),
                                 "invalid_outputs_total",
-                            ))?;
-                        }
+                            )
+                        })?;
                         Some(HealthMetrics { checked, invalid })
                     }
                 };
@@ -182,46 +193,25 @@ impl Metrics {
                     output,
                 });
             }
-            let mut reasons = [0; Reason::ALL.len()];
-            for (slot, reason) in reasons.iter_mut().zip(Reason::ALL) {
-                *slot = counter(&stats::rollout_assignments(&r.name, reason.as_str()))?;
-            }
+            let reasons = per_reason(Reason::ALL, &mut counter, |reason| {
+                stats::rollout_assignments(&r.name, reason.as_str())
+            })?;
             let shadow = match r.shadow {
                 None => None,
                 Some(_) => {
                     let n = &r.name;
-                    let mut skipped = [0; ShadowSkip::ALL.len()];
-                    for (slot, why) in skipped.iter_mut().zip(ShadowSkip::ALL) {
-                        *slot = counter(&stats::rollout_reason_metric(
-                            n,
-                            why.as_str(),
-                            "shadow_skipped_total",
-                        ))?;
-                    }
-                    let mut errors = [0; ShadowError::ALL.len()];
-                    for (slot, why) in errors.iter_mut().zip(ShadowError::ALL) {
-                        *slot = counter(&stats::rollout_reason_metric(
-                            n,
-                            why.as_str(),
-                            "shadow_errors_total",
-                        ))?;
-                    }
-                    let mut disagree = [0; Verdict::DISAGREEMENTS.len()];
-                    for (slot, why) in disagree.iter_mut().zip(Verdict::DISAGREEMENTS) {
-                        *slot = counter(&stats::rollout_reason_metric(
-                            n,
-                            why.as_str(),
-                            "shadow_disagree_total",
-                        ))?;
-                    }
-                    let mut invalid = [0; Health::INVALID.len()];
-                    for (slot, h) in invalid.iter_mut().zip(Health::INVALID) {
-                        *slot = counter(&stats::rollout_reason_metric(
-                            n,
-                            h.as_str(),
-                            "shadow_invalid_outputs_total",
-                        ))?;
-                    }
+                    let skipped = per_reason(ShadowSkip::ALL, &mut counter, |why| {
+                        stats::rollout_reason_metric(n, why.as_str(), "shadow_skipped_total")
+                    })?;
+                    let errors = per_reason(ShadowError::ALL, &mut counter, |why| {
+                        stats::rollout_reason_metric(n, why.as_str(), "shadow_errors_total")
+                    })?;
+                    let disagree = per_reason(Verdict::DISAGREEMENTS, &mut counter, |why| {
+                        stats::rollout_reason_metric(n, why.as_str(), "shadow_disagree_total")
+                    })?;
+                    let invalid = per_reason(Health::INVALID, &mut counter, |h| {
+                        stats::rollout_reason_metric(n, h.as_str(), "shadow_invalid_outputs_total")
+                    })?;
                     Some(ShadowMetrics {
                         sent: counter(&stats::rollout_metric(n, "shadow_sent_total"))?,
                         skipped,
@@ -270,24 +260,20 @@ impl Metrics {
         let plan_version = host.define_metric(MetricKind::Gauge, stats::PLAN_VERSION)?;
         let polls = counter(stats::CONTROL_POLLS)?;
         let accepted = counter(stats::CONTROL_ACCEPTED)?;
-        let mut poll_errors = [0; PollError::ALL.len()];
-        for (slot, e) in poll_errors.iter_mut().zip(PollError::ALL) {
-            *slot = counter(&stats::control_poll_errors(e.as_str()))?;
-        }
-        let mut rejected = [0; Rejection::ALL.len()];
-        for (slot, r) in rejected.iter_mut().zip(Rejection::ALL) {
-            *slot = counter(&stats::control_rejected(r.as_str()))?;
-        }
+        let poll_errors = per_reason(PollError::ALL, &mut counter, |e| {
+            stats::control_poll_errors(e.as_str())
+        })?;
+        let rejected = per_reason(Rejection::ALL, &mut counter, |r| {
+            stats::control_rejected(r.as_str())
+        })?;
         let records_sent = counter(stats::SHADOW_RECORDS_SENT)?;
-        let mut records_dropped = [0; RecordDrop::ALL.len()];
-        for (slot, why) in records_dropped.iter_mut().zip(RecordDrop::ALL) {
-            *slot = counter(&stats::records_dropped(why.as_str()))?;
-        }
+        let records_dropped = per_reason(RecordDrop::ALL, &mut counter, |why| {
+            stats::records_dropped(why.as_str())
+        })?;
         let assignments_sent = counter(stats::ASSIGNMENT_RECORDS_SENT)?;
-        let mut assignments_dropped = [0; RecordDrop::ALL.len()];
-        for (slot, why) in assignments_dropped.iter_mut().zip(RecordDrop::ALL) {
-            *slot = counter(&stats::assignment_records_dropped(why.as_str()))?;
-        }
+        let assignments_dropped = per_reason(RecordDrop::ALL, &mut counter, |why| {
+            stats::assignment_records_dropped(why.as_str())
+        })?;
         let control = ControlMetrics {
             polls,
             accepted,
