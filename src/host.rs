@@ -83,6 +83,20 @@ pub trait Host {
     fn register_queue(&self, name: &str) -> HostResult<u32>;
     fn enqueue(&self, queue: u32, value: &[u8]) -> HostResult<()>;
     fn dequeue(&self, queue: u32) -> HostResult<Option<Vec<u8>>>;
+
+    /// The clock in unix ms (0 when the host cannot tell).
+    fn now_ms(&self) -> u64 {
+        self.now_nanos().map(|n| n / 1_000_000).unwrap_or(0)
+    }
+
+    /// The `:status` of the callout answer being delivered (`None`: no answer, or
+    /// not a number).
+    fn call_status(&self) -> Option<u32> {
+        self.call_response_header(":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    }
 }
 
 /// A shared host is a host (tests keep a handle on the mock they hand out).

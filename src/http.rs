@@ -13,19 +13,22 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use rollout_core::answer::Health;
 use rollout_core::correlation;
 use rollout_core::decide::{decide, subject_key};
 use rollout_core::hash::BUCKETS;
 use rollout_core::request::{CachedHeaders, RequestHeaders};
-use rollout_core::shadow::{extract, health, parse_answer, Health};
-use rollout_core::stats::class_index;
+use rollout_core::stats::{class_index, RecordDrop, ShadowSkip};
+use rollout_core::wire::Assignment;
 
+use crate::active::Active;
+use crate::answer::{self, Wanted};
 use crate::host::{Host, ProxyHost};
+use crate::hub::{Half, Hub, Job, JOIN_GRACE_MS};
 use crate::metrics::Metrics;
-use crate::rng::{Draw, RandomPool};
-use crate::root::Active;
-use crate::shadow::{Answer, Half, Hub, Job, JOIN_GRACE_MS};
+use crate::rng::Random;
 use crate::trip::Observed;
+use crate::trip_share;
 
 /// Request headers for the decision: a snapshot from one host call, or (should
 /// that fail) one host call per distinct header.
@@ -80,7 +83,7 @@ pub struct Http<H: Host> {
     #[allow(dead_code)]
     context_id: u32,
     active: Option<Rc<Active>>,
-    rng: Rc<RefCell<RandomPool>>,
+    random: Random,
     hub: Rc<RefCell<Hub>>,
     assigned: Option<Assigned>,
     copy: Option<Copy>,
@@ -92,14 +95,14 @@ impl<H: Host> Http<H> {
         host: H,
         context_id: u32,
         active: Option<Rc<Active>>,
-        rng: Rc<RefCell<RandomPool>>,
+        random: Random,
         hub: Rc<RefCell<Hub>>,
     ) -> Self {
         Http {
             host,
             context_id,
             active,
-            rng,
+            random,
             hub,
             assigned: None,
             copy: None,
@@ -156,24 +159,20 @@ impl<H: Host> Http<H> {
         }
         let override_value = if cfg.override_enabled { present } else { None };
 
-        let rng = &self.rng;
+        let random = &self.random;
         let decision = decide(
             rollout,
             &cfg.subject,
             override_value.as_deref(),
             &mut headers,
-            || {
-                let mut b = [0u8; 4];
-                draw(rng, host, m, &mut b);
-                u32::from_le_bytes(b) % u32::from(BUCKETS)
-            },
+            || random.u32(host, m) % u32::from(BUCKETS),
         );
 
         let correlation_id = match headers.header(&cfg.correlation_header) {
             Some(id) if correlation::is_valid(&id) => id,
             _ => {
                 let mut b = [0u8; 16];
-                draw(rng, host, m, &mut b);
+                random.fill(&mut b, host, m);
                 let id = correlation::uuid_v4(b);
                 set_request_header(host, m, &cfg.correlation_header, Some(&id));
                 m.bump(m.correlation_generated);
@@ -197,25 +196,22 @@ impl<H: Host> Http<H> {
             Some(rollout.variant_name(decision.variant)),
         );
         if let Some(x) = &rollout.experiment {
-            let recorded = x.record_bp >= 10_000 || {
-                let mut b = [0u8; 4];
-                draw(rng, host, m, &mut b);
-                u32::from_le_bytes(b) % 10_000 < u32::from(x.record_bp)
-            };
+            let recorded =
+                x.record_bp >= 10_000 || random.u32(host, m) % 10_000 < u32::from(x.record_bp);
             if recorded {
-                let record = serde_json::json!({
-                    "correlation_id": correlation_id,
-                    "rollout": rollout.name,
-                    "variant": rollout.variant_name(decision.variant),
-                    "unix_ms": host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0),
-                });
+                let record = Assignment {
+                    correlation_id: correlation_id.clone(),
+                    rollout: rollout.name.clone(),
+                    variant: rollout.variant_name(decision.variant).to_string(),
+                    unix_ms: host.now_ms(),
+                };
                 let kept = self
                     .hub
                     .try_borrow_mut()
                     .map(|mut h| h.assignment(record))
                     .unwrap_or(false);
                 if !kept {
-                    m.assignments_dropped("buffer_full", 1);
+                    m.assignments_dropped(RecordDrop::BufferFull, 1);
                 }
             }
         }
@@ -252,12 +248,8 @@ impl<H: Host> Http<H> {
             } else {
                 None
             };
-            let sampled = sh.method_allowed(&method)
-                && sh.sampled(key.as_deref(), || {
-                    let mut b = [0u8; 4];
-                    draw(rng, host, m, &mut b);
-                    u32::from_le_bytes(b)
-                });
+            let sampled =
+                sh.method_allowed(&method) && sh.sampled(key.as_deref(), || random.u32(host, m));
             if sampled {
                 let declared = headers
                     .header("content-length")
@@ -289,10 +281,10 @@ impl<H: Host> Http<H> {
         };
         let Some(sh) = &rollout.shadow else { return };
         if declared_len.is_some_and(|n| n > sh.max_body_bytes) {
-            sm.skip(m, "body_too_large");
+            sm.skip(m, ShadowSkip::BodyTooLarge);
             return;
         }
-        let now_ms = self.host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0);
+        let now_ms = self.host.now_ms();
         let expires = now_ms
             .saturating_add(sh.timeout_ms)
             .saturating_add(JOIN_GRACE_MS);
@@ -303,7 +295,7 @@ impl<H: Host> Http<H> {
             Err(_) => None,
         };
         let Some(join) = opened else {
-            sm.skip(m, "join_table_full");
+            sm.skip(m, ShadowSkip::JoinTableFull);
             return;
         };
         let primary_headers = match primary_headers
@@ -314,7 +306,7 @@ impl<H: Host> Http<H> {
             Err(_) => {
                 m.bump(m.host_errors);
                 self.cancel_join(join);
-                sm.skip(m, "dispatch_failed");
+                sm.skip(m, ShadowSkip::DispatchFailed);
                 return;
             }
         };
@@ -376,7 +368,7 @@ impl<H: Host> Http<H> {
         let Some(sh) = &rollout.shadow else { return };
         let join = copy.join;
         if copy.too_large {
-            sm.skip(m, "body_too_large");
+            sm.skip(m, ShadowSkip::BodyTooLarge);
             self.cancel_join(join);
             return;
         }
@@ -402,7 +394,7 @@ impl<H: Host> Http<H> {
                 }
             }
             Ok(false) => {}
-            Err(_) => sm.skip(m, "in_flight_limit"),
+            Err(_) => sm.skip(m, ShadowSkip::InFlightLimit),
         }
     }
 
@@ -441,7 +433,7 @@ impl<H: Host> Http<H> {
             if a.variant == tw.spec.candidate
                 && tw.response(now / 1_000_000, (500..600).contains(&status)) == Observed::Tripped
             {
-                announce_trip(host, active, a.rollout);
+                trip_share::announce(host, active, a.rollout);
             }
         }
         // Collect the answer when a shadow waits for it or its health is checked.
@@ -450,9 +442,7 @@ impl<H: Host> Http<H> {
         let check_output = match rollout.and_then(|r| r.output.as_ref()) {
             Some(o) if o.sample_bp >= 10_000 => true,
             Some(o) if o.sample_bp > 0 => {
-                let mut b = [0u8; 4];
-                draw(&self.rng, host, m, &mut b);
-                u32::from_le_bytes(b) % 10_000 < u32::from(o.sample_bp)
+                self.random.u32(host, m) % 10_000 < u32::from(o.sample_bp)
             }
             _ => false,
         };
@@ -521,13 +511,13 @@ impl<H: Host> Http<H> {
             if !copy.sent {
                 // The client went away before the body was complete.
                 if let Some(sm) = self.assigned.as_ref().and_then(|a| m.shadow(a.rollout)) {
-                    sm.skip(m, "aborted");
+                    sm.skip(m, ShadowSkip::Aborted);
                 }
                 self.cancel_join(copy.join);
             } else if self.collect.as_ref().and_then(|c| c.join).is_none() {
                 // Sent, but the primary never answered (reset): nothing to compare.
                 if let Some(sm) = self.assigned.as_ref().and_then(|a| m.shadow(a.rollout)) {
-                    sm.skip(m, "aborted");
+                    sm.skip(m, ShadowSkip::Aborted);
                 }
                 self.cancel_join(copy.join);
             }
@@ -538,80 +528,43 @@ impl<H: Host> Http<H> {
         let Some(rollout) = active.config.plan.rollout(a.rollout) else {
             return;
         };
-        let parsed = if c.too_large {
-            None
-        } else {
-            parse_answer(&c.body)
+        // Only successful answers carry an output to judge (errors are counted as
+        // errors); an answer too large to read is not judged.
+        let hm = m
+            .variant(a.rollout, a.variant)
+            .and_then(|v| v.output.as_ref());
+        let wanted = Wanted {
+            health: c.check_output && hm.is_some(),
+            comparison: c.join.is_some(),
         };
-        // Only successful answers carry an output to judge; errors are counted as errors.
-        if c.check_output && (200..300).contains(&c.status) {
-            if let (Some(o), Some(hm)) = (
-                &rollout.output,
-                m.variant(a.rollout, a.variant)
-                    .and_then(|v| v.output.as_ref()),
-            ) {
-                // An answer too large to read is not judged.
-                if !c.too_large {
-                    let h = health(parsed.as_ref(), &o.pointer, o.min, o.max);
-                    hm.count(m, h);
-                    if let Some(tw) = active.trip(a.rollout) {
-                        let now = self.host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0);
-                        if a.variant == tw.spec.candidate
-                            && tw.output(now, h != Health::Valid) == Observed::Tripped
-                        {
-                            announce_trip(&self.host, &active, a.rollout);
-                        }
-                    }
+        let checked = answer::check(
+            rollout,
+            c.status,
+            c.latency_ms,
+            &c.body,
+            c.too_large,
+            wanted,
+        );
+        if let (Some(h), Some(hm)) = (checked.health, hm) {
+            hm.count(m, h);
+            if let Some(tw) = active.trip(a.rollout) {
+                let now = self.host.now_ms();
+                if a.variant == tw.spec.candidate
+                    && tw.output(now, h != Health::Valid) == Observed::Tripped
+                {
+                    trip_share::announce(&self.host, &active, a.rollout);
                 }
             }
         }
-        if let (Some(join), Some(sh)) = (c.join, &rollout.shadow) {
-            let answer = Answer {
-                status: c.status,
-                latency_ms: c.latency_ms,
-                predictions: extract(parsed.as_ref(), &sh.compare.pointers),
-                too_large: c.too_large,
-            };
-            let now = self.host.now_nanos().map(|n| n / 1_000_000).unwrap_or(0);
-            let rng = &self.rng;
-            let host = &self.host;
-            let mut random = || {
-                let mut b = [0u8; 4];
-                draw(rng, host, m, &mut b);
-                u32::from_le_bytes(b)
-            };
+        if let (Some(join), Some(answer)) = (c.join, checked.answer) {
+            let now = self.host.now_ms();
+            let (host, random) = (&self.host, &self.random);
+            let mut draw = || random.u32(host, m);
             if let Ok(mut hub) = self.hub.try_borrow_mut() {
-                hub.answered(host, join, Half::Primary, answer, now, &mut random);
+                hub.answered(host, join, Half::Primary, answer, now, &mut draw);
             }
         }
     }
-}
-
-/// This worker tripped: count it, raise the gauge, tell the other workers.
-fn announce_trip(host: &impl Host, active: &Active, rollout: usize) {
-    let m = &active.metrics;
-    if let Some(tm) = m.trip(rollout) {
-        m.bump(tm.trips);
-        m.set_gauge(host, tm.tripped, 1);
-    }
-    let Some(r) = active.config.plan.rollout(rollout) else {
-        return;
-    };
-    let version = active.config.plan.version.to_string();
-    if host
-        .set_shared(&crate::root::trip_key(&r.name), version.as_bytes(), None)
-        .is_err()
-    {
-        m.bump(m.host_errors);
-    }
-    host.log(
-        proxy_wasm::types::LogLevel::Warn,
-        &format!(
-            "model-rollout: rollout {} tripped locally (plan version {version}): candidate {} traffic goes to stable",
-            r.name,
-            r.variant_name(active.trip(rollout).map(|t| t.spec.candidate).unwrap_or(0))
-        ),
-    );
 }
 
 fn set_request_header(host: &impl Host, m: &Metrics, name: &str, value: Option<&str>) {
@@ -623,18 +576,6 @@ fn set_request_header(host: &impl Host, m: &Metrics, name: &str, value: Option<&
 fn set_response_header(host: &impl Host, m: &Metrics, name: &str, value: &str) {
     if host.set_response_header(name, Some(value)).is_err() {
         m.bump(m.host_errors);
-    }
-}
-
-fn draw(rng: &RefCell<RandomPool>, host: &impl Host, m: &Metrics, out: &mut [u8]) {
-    let clock = || host.now_nanos().unwrap_or(0x5eed);
-    let outcome = match rng.try_borrow_mut() {
-        Ok(mut pool) => pool.fill(out, clock),
-        // Unreachable in a single-threaded VM; a fresh pool still gives randomness.
-        Err(_) => RandomPool::default().fill(out, clock),
-    };
-    if let Draw::Fallback = outcome {
-        m.bump(m.random_fallback);
     }
 }
 

@@ -7,10 +7,10 @@
 
 use std::cell::Cell;
 
+use rollout_core::answer::{Health, Verdict};
 use rollout_core::control::{PollError, Rejection};
 use rollout_core::decide::Reason;
-use rollout_core::shadow::Health;
-use rollout_core::stats;
+use rollout_core::stats::{self, RecordDrop, ShadowError, ShadowSkip};
 use rollout_core::Plan;
 
 use crate::host::{Host, HostResult, MetricKind};
@@ -25,7 +25,7 @@ struct Counter {
 
 pub struct VariantMetrics {
     pub requests: Slot,
-    pub classes: [Slot; 5],
+    pub classes: [Slot; stats::CLASSES.len()],
     pub latency_ms: u32,
     /// With an `output` section: answers checked and invalid ones by kind.
     pub output: Option<HealthMetrics>,
@@ -34,12 +34,12 @@ pub struct VariantMetrics {
 pub struct HealthMetrics {
     pub checked: Slot,
     /// Indexed like `Health::INVALID`.
-    pub invalid: [Slot; 5],
+    pub invalid: [Slot; Health::INVALID.len()],
 }
 
 pub struct RolloutMetrics {
     pub variants: Vec<VariantMetrics>,
-    pub reasons: [Slot; 4],
+    pub reasons: [Slot; Reason::ALL.len()],
     pub shadow: Option<ShadowMetrics>,
     pub trip: Option<TripMetrics>,
 }
@@ -52,48 +52,50 @@ pub struct TripMetrics {
     pub tripped: u32,
 }
 
-/// Per-rollout shadow stats; arrays are indexed like the reason lists in
-/// `rollout_core::stats`.
+/// Per-rollout shadow stats; arrays are indexed like the reasons' `ALL`.
 pub struct ShadowMetrics {
     pub sent: Slot,
-    pub skipped: [Slot; 7],
-    pub errors: [Slot; 2],
+    pub skipped: [Slot; ShadowSkip::ALL.len()],
+    pub errors: [Slot; ShadowError::ALL.len()],
     pub timeouts: Slot,
     pub compared: Slot,
     pub agree: Slot,
-    pub disagree: [Slot; 2],
+    /// Indexed like `Verdict::DISAGREEMENTS`.
+    pub disagree: [Slot; Verdict::DISAGREEMENTS.len()],
     pub expired: Slot,
     pub latency_ms: u32,
     pub primary_latency_ms: u32,
     pub health: HealthMetrics,
 }
 
-fn slot_of(list: &[&str], reason: &str) -> usize {
-    list.iter().position(|r| *r == reason).unwrap_or(0)
+/// One counter per reason, in the order of `all` (a reason enum's `ALL`).
+fn per_reason<R: Copy, const N: usize>(
+    all: [R; N],
+    counter: &mut impl FnMut(&str) -> HostResult<Slot>,
+    name: impl Fn(R) -> String,
+) -> HostResult<[Slot; N]> {
+    let mut slots = [0; N];
+    for (slot, r) in slots.iter_mut().zip(all) {
+        *slot = counter(&name(r))?;
+    }
+    Ok(slots)
 }
 
 impl ShadowMetrics {
-    pub fn skip(&self, m: &Metrics, reason: &str) {
-        if let Some(s) = self
-            .skipped
-            .get(slot_of(&stats::SHADOW_SKIP_REASONS, reason))
-        {
+    pub fn skip(&self, m: &Metrics, reason: ShadowSkip) {
+        if let Some(s) = self.skipped.get(reason.index()) {
             m.bump(*s);
         }
     }
-    pub fn error(&self, m: &Metrics, reason: &str) {
-        if let Some(s) = self
-            .errors
-            .get(slot_of(&stats::SHADOW_ERROR_REASONS, reason))
-        {
+    pub fn error(&self, m: &Metrics, reason: ShadowError) {
+        if let Some(s) = self.errors.get(reason.index()) {
             m.bump(*s);
         }
     }
-    pub fn disagree(&self, m: &Metrics, reason: &str) {
-        if let Some(s) = self
-            .disagree
-            .get(slot_of(&stats::SHADOW_DISAGREE_REASONS, reason))
-        {
+    /// Counts a disagreement by its verdict (an agreement is not one: nothing).
+    pub fn disagree(&self, m: &Metrics, verdict: Verdict) {
+        let i = Verdict::DISAGREEMENTS.iter().position(|v| *v == verdict);
+        if let Some(s) = i.and_then(|i| self.disagree.get(i)) {
             m.bump(*s);
         }
     }
@@ -119,10 +121,10 @@ pub struct Metrics {
     plan_version: u32,
     pub control: ControlMetrics,
     pub records_sent: Slot,
-    /// Indexed like `stats::RECORD_DROP_REASONS`.
-    pub records_dropped: [Slot; 3],
+    /// Indexed like `RecordDrop::ALL`.
+    pub records_dropped: [Slot; RecordDrop::ALL.len()],
     pub assignments_sent: Slot,
-    pub assignments_dropped: [Slot; 3],
+    pub assignments_dropped: [Slot; RecordDrop::ALL.len()],
 }
 
 /// Stats of the plan poller (defined whether or not a sidecar is configured).
@@ -130,9 +132,9 @@ pub struct ControlMetrics {
     pub polls: Slot,
     pub accepted: Slot,
     /// Indexed like `PollError::ALL`.
-    pub poll_errors: [Slot; 3],
+    pub poll_errors: [Slot; PollError::ALL.len()],
     /// Indexed like `Rejection::ALL`.
-    pub rejected: [Slot; 4],
+    pub rejected: [Slot; Rejection::ALL.len()],
     staleness_seconds: u32,
 }
 
@@ -158,10 +160,9 @@ impl Metrics {
             let mut variants = Vec::with_capacity(r.variants.len());
             for v in &r.variants {
                 let requests = counter(&stats::variant_requests(&r.name, &v.name))?;
-                let mut classes = [0; 5];
-                for (slot, class) in classes.iter_mut().zip(stats::CLASSES) {
-                    *slot = counter(&stats::variant_responses(&r.name, &v.name, class))?;
-                }
+                let classes = per_reason(stats::CLASSES, &mut counter, |class| {
+                    stats::variant_responses(&r.name, &v.name, class)
+                })?;
                 let latency_ms = host.define_metric(
                     MetricKind::Histogram,
                     &stats::variant_latency(&r.name, &v.name),
@@ -174,15 +175,14 @@ impl Metrics {
                             &v.name,
                             "outputs_checked_total",
                         ))?;
-                        let mut invalid = [0; 5];
-                        for (slot, h) in invalid.iter_mut().zip(Health::INVALID) {
-                            *slot = counter(&stats::variant_reason_metric(
+                        let invalid = per_reason(Health::INVALID, &mut counter, |h| {
+                            stats::variant_reason_metric(
                                 &r.name,
                                 &v.name,
                                 h.as_str(),
                                 "invalid_outputs_total",
-                            ))?;
-                        }
+                            )
+                        })?;
                         Some(HealthMetrics { checked, invalid })
                     }
                 };
@@ -193,43 +193,25 @@ impl Metrics {
                     output,
                 });
             }
-            let mut reasons = [0; 4];
-            for (slot, reason) in reasons.iter_mut().zip(Reason::ALL) {
-                *slot = counter(&stats::rollout_assignments(&r.name, reason.as_str()))?;
-            }
+            let reasons = per_reason(Reason::ALL, &mut counter, |reason| {
+                stats::rollout_assignments(&r.name, reason.as_str())
+            })?;
             let shadow = match r.shadow {
                 None => None,
                 Some(_) => {
                     let n = &r.name;
-                    let mut skipped = [0; 7];
-                    for (slot, why) in skipped.iter_mut().zip(stats::SHADOW_SKIP_REASONS) {
-                        *slot = counter(&stats::rollout_reason_metric(
-                            n,
-                            why,
-                            "shadow_skipped_total",
-                        ))?;
-                    }
-                    let mut errors = [0; 2];
-                    for (slot, why) in errors.iter_mut().zip(stats::SHADOW_ERROR_REASONS) {
-                        *slot =
-                            counter(&stats::rollout_reason_metric(n, why, "shadow_errors_total"))?;
-                    }
-                    let mut disagree = [0; 2];
-                    for (slot, why) in disagree.iter_mut().zip(stats::SHADOW_DISAGREE_REASONS) {
-                        *slot = counter(&stats::rollout_reason_metric(
-                            n,
-                            why,
-                            "shadow_disagree_total",
-                        ))?;
-                    }
-                    let mut invalid = [0; 5];
-                    for (slot, h) in invalid.iter_mut().zip(Health::INVALID) {
-                        *slot = counter(&stats::rollout_reason_metric(
-                            n,
-                            h.as_str(),
-                            "shadow_invalid_outputs_total",
-                        ))?;
-                    }
+                    let skipped = per_reason(ShadowSkip::ALL, &mut counter, |why| {
+                        stats::rollout_reason_metric(n, why.as_str(), "shadow_skipped_total")
+                    })?;
+                    let errors = per_reason(ShadowError::ALL, &mut counter, |why| {
+                        stats::rollout_reason_metric(n, why.as_str(), "shadow_errors_total")
+                    })?;
+                    let disagree = per_reason(Verdict::DISAGREEMENTS, &mut counter, |why| {
+                        stats::rollout_reason_metric(n, why.as_str(), "shadow_disagree_total")
+                    })?;
+                    let invalid = per_reason(Health::INVALID, &mut counter, |h| {
+                        stats::rollout_reason_metric(n, h.as_str(), "shadow_invalid_outputs_total")
+                    })?;
                     Some(ShadowMetrics {
                         sent: counter(&stats::rollout_metric(n, "shadow_sent_total"))?,
                         skipped,
@@ -278,27 +260,20 @@ impl Metrics {
         let plan_version = host.define_metric(MetricKind::Gauge, stats::PLAN_VERSION)?;
         let polls = counter(stats::CONTROL_POLLS)?;
         let accepted = counter(stats::CONTROL_ACCEPTED)?;
-        let mut poll_errors = [0; 3];
-        for (slot, e) in poll_errors.iter_mut().zip(PollError::ALL) {
-            *slot = counter(&stats::control_poll_errors(e.as_str()))?;
-        }
-        let mut rejected = [0; 4];
-        for (slot, r) in rejected.iter_mut().zip(Rejection::ALL) {
-            *slot = counter(&stats::control_rejected(r.as_str()))?;
-        }
+        let poll_errors = per_reason(PollError::ALL, &mut counter, |e| {
+            stats::control_poll_errors(e.as_str())
+        })?;
+        let rejected = per_reason(Rejection::ALL, &mut counter, |r| {
+            stats::control_rejected(r.as_str())
+        })?;
         let records_sent = counter(stats::SHADOW_RECORDS_SENT)?;
-        let mut records_dropped = [0; 3];
-        for (slot, why) in records_dropped.iter_mut().zip(stats::RECORD_DROP_REASONS) {
-            *slot = counter(&stats::records_dropped(why))?;
-        }
+        let records_dropped = per_reason(RecordDrop::ALL, &mut counter, |why| {
+            stats::records_dropped(why.as_str())
+        })?;
         let assignments_sent = counter(stats::ASSIGNMENT_RECORDS_SENT)?;
-        let mut assignments_dropped = [0; 3];
-        for (slot, why) in assignments_dropped
-            .iter_mut()
-            .zip(stats::RECORD_DROP_REASONS)
-        {
-            *slot = counter(&stats::assignment_records_dropped(why))?;
-        }
+        let assignments_dropped = per_reason(RecordDrop::ALL, &mut counter, |why| {
+            stats::assignment_records_dropped(why.as_str())
+        })?;
         let control = ControlMetrics {
             polls,
             accepted,
@@ -359,20 +334,14 @@ impl Metrics {
         self.rollouts.get(rollout)?.shadow.as_ref()
     }
 
-    pub fn records_dropped(&self, reason: &str, n: u64) {
-        if let Some(slot) = self
-            .records_dropped
-            .get(slot_of(&stats::RECORD_DROP_REASONS, reason))
-        {
+    pub fn records_dropped(&self, reason: RecordDrop, n: u64) {
+        if let Some(slot) = self.records_dropped.get(reason.index()) {
             self.add(*slot, n);
         }
     }
 
-    pub fn assignments_dropped(&self, reason: &str, n: u64) {
-        if let Some(slot) = self
-            .assignments_dropped
-            .get(slot_of(&stats::RECORD_DROP_REASONS, reason))
-        {
+    pub fn assignments_dropped(&self, reason: RecordDrop, n: u64) {
+        if let Some(slot) = self.assignments_dropped.get(reason.index()) {
             self.add(*slot, n);
         }
     }

@@ -1,5 +1,7 @@
 //! JSON shapes of the API, shared by the server (which writes them) and the CLI
-//! (which reads them), plus the plan-document parsing both use.
+//! (which reads them), plus the plan-document parsing both use. What the filter
+//! sends and reads (the poll's headers and ETag, records, assignments) is
+//! `rollout_core::wire`.
 
 use rollout_core::{ConfigError, PlanSpec};
 use serde::{Deserialize, Serialize};
@@ -8,21 +10,10 @@ use crate::ordered::OrderedMap;
 
 pub use crate::error::ErrorBody;
 
-/// Request header naming the polling proxy.
-pub const PROXY_HEADER: &str = "x-model-rollout-proxy";
-/// Request header carrying the plan version in force at the polling proxy.
-pub const PROXY_VERSION_HEADER: &str = "x-model-rollout-plan-version";
-/// Response header with the plan version.
-pub const VERSION_HEADER: &str = "x-plan-version";
 /// Request header with the reason of a change (the `reason` query parameter wins).
 pub const REASON_HEADER: &str = "x-rollout-reason";
 /// Request header with the author of a change (default `api`).
 pub const AUTHOR_HEADER: &str = "x-rollout-author";
-
-/// The ETag of a plan version: `"v12"`.
-pub fn etag(version: u64) -> String {
-    format!("\"v{version}\"")
-}
 
 /// Answer of every successful change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -722,17 +722,8 @@ fn read_users(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
 }
 
 fn find_rollout<'a>(plan: &'a Plan, name: &str) -> anyhow::Result<&'a Rollout> {
-    plan.rollouts
-        .iter()
-        .find(|r| r.name == name)
-        .ok_or_else(|| {
-            let known: Vec<&str> = plan.rollouts.iter().map(|r| r.name.as_str()).collect();
-            anyhow!(
-                "no rollout named {name:?} in plan v{} (rollouts: {})",
-                plan.version,
-                known.join(", ")
-            )
-        })
+    plan.rollout_named(name)
+        .map_err(|e| anyhow!("plan v{}: {e}", plan.version))
 }
 
 /// The variant `user` gets, exactly as the filter decides for a request carrying the

@@ -116,7 +116,7 @@ impl Client {
                     req = req.header("authorization", a.as_str());
                 }
                 if let Some(v) = expect {
-                    req = req.header("if-match", crate::api::etag(v));
+                    req = req.header("if-match", rollout_core::wire::etag(v));
                 }
                 match body {
                     Some(b) => req.header("content-type", "application/json").send(&b[..]),

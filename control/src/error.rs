@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rollout_core::ConfigError;
+use rollout_core::{ConfigError, OpError, UnknownRollout};
 use serde::{Deserialize, Serialize};
 
 use crate::store::StoreError;
@@ -50,7 +50,7 @@ impl ApiError {
     }
 }
 
-/// A validation error is the client's: 400 naming the field. An unknown rollout is 404.
+/// A validation error is the client's: 400 naming the field.
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
         // serde_path_to_error says "?" where it cannot tell (malformed JSON): no field.
@@ -59,12 +59,24 @@ impl From<ConfigError> for ApiError {
         } else {
             e.field
         };
-        let status = if field == "rollout" {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(status, field, e.message)
+        ApiError::bad_request(field, e.message)
+    }
+}
+
+/// An unknown rollout is 404, field `rollout`.
+impl From<UnknownRollout> for ApiError {
+    fn from(e: UnknownRollout) -> Self {
+        ApiError::not_found(UnknownRollout::FIELD, e.to_string())
+    }
+}
+
+/// A plan transition: 404 for an unknown rollout, else 400 naming the field.
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::UnknownRollout(u) => u.into(),
+            OpError::Invalid(c) => c.into(),
+        }
     }
 }
 

@@ -39,13 +39,14 @@ use redb::{ReadableTable, TableDefinition};
 use rollout_core::abtest::{self, Summary, ZTest};
 use rollout_core::experiment::ExperimentMetric;
 use rollout_core::policy::AbRequirement;
+use rollout_core::wire::{Assignment, AssignmentBatch};
 use rollout_core::Rollout;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::records::{
-    begin_read, begin_write, blocking, check_batch, check_correlation_id, check_name, check_proxy,
-    db_err, ingest_body, parse_object, read_table, reserve_seq, Stored, MAX_INGEST_BODY,
+    begin_read, begin_write, blocking, check_batch, check_correlation_id, check_name, db_err,
+    ingest_body, parse_object, read_table, reserve_seq, Stored, MAX_INGEST_BODY,
 };
 use crate::server::AppState;
 use crate::store::{Store, StoreError};
@@ -70,24 +71,6 @@ const OUTCOME_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new(
 
 // ---------------------------------------------------------------------------
 // Assignments
-
-/// Which variant served a correlation id, as the filter sends it. Unknown fields
-/// are ignored, so a newer filter can add some.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Assignment {
-    pub correlation_id: String,
-    pub rollout: String,
-    pub variant: String,
-    pub unix_ms: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AssignmentsBody {
-    #[serde(default)]
-    proxy: Option<String>,
-    assignments: Vec<Assignment>,
-}
 
 /// Stores a batch in one transaction. A correlation id already assigned to the
 /// same rollout and variant is left as it is (a retried batch changes nothing); one
@@ -772,17 +755,9 @@ async fn post_assignments(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Stored>, ApiError> {
     let body = ingest_body(body)?;
-    let AssignmentsBody { proxy, assignments } = parse_object(&body)?;
-    check_proxy(proxy.as_deref())?;
-    check_batch("assignments", assignments.len())?;
-    for (i, a) in assignments.iter().enumerate() {
-        check_correlation_id(
-            &format!("assignments[{i}].correlation_id"),
-            &a.correlation_id,
-        )?;
-        check_name(&format!("assignments[{i}].rollout"), &a.rollout)?;
-        check_name(&format!("assignments[{i}].variant"), &a.variant)?;
-    }
+    let batch: AssignmentBatch = parse_object(&body)?;
+    batch.validate()?;
+    let assignments = batch.assignments;
     let store = Arc::clone(state.store());
     let stored = blocking(move || Ok(store_assignments(&store, &assignments)?)).await?;
     state.metrics().assignments_stored(stored);
@@ -866,14 +841,7 @@ fn current_rollout(state: &AppState, name: &str) -> Result<Rollout, ApiError> {
         .plan
         .compile()
         .map_err(|e| ApiError::internal(format!("the stored plan does not compile: {e}")))?;
-    let known: Vec<&str> = plan.rollouts.iter().map(|r| r.name.as_str()).collect();
-    let found = plan.rollouts.iter().find(|r| r.name == name).cloned();
-    found.ok_or_else(|| {
-        ApiError::not_found(
-            "rollout",
-            format!("no rollout named {name:?} (rollouts: {})", known.join(", ")),
-        )
-    })
+    Ok(plan.rollout_named(name)?.clone())
 }
 
 async fn get_experiment(
@@ -1045,7 +1013,7 @@ pub fn print_report(out: &mut impl std::io::Write, r: &ExperimentReport) -> std:
 // CLI commands
 
 fn rollout_segment(rollout: &str) -> anyhow::Result<&str> {
-    rollout_core::plan::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
+    rollout_core::fields::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(rollout)
 }
 

@@ -11,7 +11,8 @@
 //!   Envoy stats through [`scrape`] into the time series of [`window`]; its pure
 //!   rules are `rollout_core::analysis`.
 //!
-//! Plan operations themselves are pure functions in `rollout_core::ops`.
+//! Plan transitions themselves (a person's operations and the policy engine's
+//! steps) are pure functions in `rollout_core::transitions`.
 
 pub mod api;
 pub mod cli;

@@ -43,13 +43,16 @@ use axum::routing::get;
 use axum::{Json, Router};
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use rollout_core::analysis::{
-    self, candidate_name, evaluate_checks, interval_verdict, next_action, step_label, step_weight,
-    update_baselines, AbOutcome, AbState, Action, Baseline, CheckOutcome, EvalContext,
-    IntervalVerdict, NextAction, NextFacts, ShadowWindow, StepFacts, Streak,
+    self, evaluate_checks, interval_verdict, next_action, update_baselines, AbOutcome, AbState,
+    Action, Baseline, CheckOutcome, EvalContext, IntervalVerdict, NextAction, NextFacts,
+    ShadowWindow, StepFacts, Streak,
 };
 use rollout_core::plan::RolloutSpec;
-use rollout_core::policy::{CheckMetric, PolicySpec, ProgressSpec, ProgressState};
-use rollout_core::{ConfigError, PlanSpec};
+use rollout_core::policy::{
+    step_label, step_weight, CheckMetric, PolicySpec, ProgressSpec, ProgressState,
+};
+use rollout_core::transitions;
+use rollout_core::PlanSpec;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -676,7 +679,7 @@ async fn run_tick(
                 .steps
                 .get(progress.step)
                 .is_some_and(|s| s.shadow_only);
-            let candidate = candidate_name(r).unwrap_or("");
+            let candidate = r.candidate_name().unwrap_or("");
             let live = matches!(
                 progress.state,
                 ProgressState::Progressing | ProgressState::Waiting | ProgressState::Holding
@@ -734,7 +737,7 @@ async fn run_tick(
                 .points(name, from.max(progress.since_ms), now, DECISION_POINTS);
             let stable = r.variants.first().map(|v| v.name.as_str()).unwrap_or("");
             let stable_idle = r.variants.first().is_some_and(|v| v.weight == 0.0);
-            let candidate = candidate_name(r).unwrap_or("");
+            let candidate = r.candidate_name().unwrap_or("");
             let shadow_only = policy
                 .steps
                 .get(progress.step)
@@ -964,32 +967,16 @@ fn commit_transition(
                 "rollout {rollout} changed meanwhile (paused, policy or progress); decision dropped"
             )));
         }
-        let cfg = |e: ConfigError| E::Refused(e.to_string());
-        let (next, op) = match action {
-            Action::Advance { to } => (
-                analysis::go_to_step(plan, rollout, *to, now, reason).map_err(cfg)?,
-                Op::SetWeights,
-            ),
-            Action::Wait => (
-                analysis::set_state(plan, rollout, ProgressState::Waiting, now, reason)
-                    .map_err(cfg)?,
-                Op::Progress,
-            ),
-            Action::Hold => (
-                analysis::set_state(plan, rollout, ProgressState::Holding, now, reason)
-                    .map_err(cfg)?,
-                Op::Progress,
-            ),
-            Action::Rollback => (
-                analysis::roll_back(plan, rollout, now, reason).map_err(cfg)?,
-                Op::Rollback,
-            ),
-            Action::Complete => (
-                analysis::complete(plan, rollout, now, reason).map_err(cfg)?,
-                Op::Promote,
-            ),
+        let op = match action {
+            Action::Advance { .. } => Op::SetWeights,
+            Action::Wait | Action::Hold => Op::Progress,
+            Action::Rollback => Op::Rollback,
+            Action::Complete => Op::Promote,
             Action::Stay(_) => return Err(E::Refused("nothing to commit".to_string())),
         };
+        let next = transitions::apply(plan, rollout, action, now, reason)
+            .map_err(|e| E::Refused(e.to_string()))?
+            .ok_or_else(|| E::Refused("nothing to commit".to_string()))?;
         Ok(Change {
             plan: next,
             op,
@@ -1066,7 +1053,7 @@ pub fn rollout_status(
             .map(|v| v.name.clone())
             .unwrap_or_default()
     } else {
-        candidate_name(r).unwrap_or("").to_string()
+        r.candidate_name().unwrap_or("").to_string()
     };
     let stable = r
         .variants
@@ -1163,194 +1150,6 @@ pub fn rollout_status(
 }
 
 // ---------------------------------------------------------------------------
-// Manual operations on a rollout with a policy (called by `server`)
-
-fn find<'a>(plan: &'a PlanSpec, name: &str) -> Result<&'a RolloutSpec, ConfigError> {
-    plan.rollouts
-        .iter()
-        .find(|r| r.name == name)
-        .ok_or_else(|| ConfigError::new("rollout", format!("no rollout named {name:?}")))
-}
-
-/// `POST /v1/rollouts/{name}/promote`. Without a policy: `ops::promote` (the last
-/// variant becomes stable). With a policy: at a step before the last (progressing,
-/// waiting or holding) it advances to the next step; on the last step, or before the
-/// policy started, the candidate becomes stable (state complete). A rolled-back or
-/// complete rollout is refused (400 `progress`): restart it first.
-pub fn promote(
-    plan: &PlanSpec,
-    name: &str,
-    author: &str,
-) -> Result<(PlanSpec, String), ConfigError> {
-    let r = find(plan, name)?;
-    let Some(policy) = &r.policy else {
-        let candidate = r
-            .variants
-            .last()
-            .map(|v| v.name.clone())
-            .unwrap_or_default();
-        return Ok((
-            rollout_core::ops::promote(plan, name)?,
-            format!("promote {candidate} in {name}"),
-        ));
-    };
-    let candidate = candidate_name(r).unwrap_or("").to_string();
-    let now = now_unix_ms();
-    let done = |why: &str| -> Result<(PlanSpec, String), ConfigError> {
-        let note = format!("promoted by {author}{why}");
-        Ok((
-            analysis::complete(plan, name, now, &note)?,
-            format!("promote {candidate} in {name}{why}"),
-        ))
-    };
-    match &r.progress {
-        None => done(" (before the policy started)"),
-        Some(p) => match p.state {
-            ProgressState::RolledBack => Err(ConfigError::new(
-                "progress",
-                format!(
-                    "rollout {name} was rolled back ({}); POST /v1/rollouts/{name}/restart to \
-                     walk the steps again, or set the weights by hand",
-                    p.note.as_deref().unwrap_or("no note")
-                ),
-            )),
-            ProgressState::Complete => Err(ConfigError::new(
-                "progress",
-                format!("rollout {name} is complete: its candidate is already stable"),
-            )),
-            _ if p.step + 1 >= policy.steps.len() => done(" (last step)"),
-            _ => {
-                let to = p.step + 1;
-                let note = format!("promoted by {author}");
-                Ok((
-                    analysis::go_to_step(plan, name, to, now, &note)?,
-                    format!("promote {name}: advance to {}", step_label(policy, to)),
-                ))
-            }
-        },
-    }
-}
-
-/// `POST /v1/rollouts/{name}/rollback`. Without a policy: `ops::rollback` (the last
-/// variant to 0). With a policy: the policy's candidate to 0 and state rolled_back
-/// (the engine then leaves it alone until a restart).
-pub fn rollback(
-    plan: &PlanSpec,
-    name: &str,
-    author: &str,
-) -> Result<(PlanSpec, String), ConfigError> {
-    let r = find(plan, name)?;
-    if r.policy.is_none() {
-        let candidate = r
-            .variants
-            .last()
-            .map(|v| v.name.clone())
-            .unwrap_or_default();
-        return Ok((
-            rollout_core::ops::rollback(plan, name)?,
-            format!("roll back {candidate} in {name}"),
-        ));
-    }
-    let candidate = candidate_name(r).unwrap_or("").to_string();
-    Ok((
-        analysis::roll_back(
-            plan,
-            name,
-            now_unix_ms(),
-            &format!("rolled back by {author}"),
-        )?,
-        format!("roll back {candidate} in {name}"),
-    ))
-}
-
-/// `POST /v1/rollouts/{name}/resume`: clears `paused`; a holding policy goes back to
-/// progressing at its step, with the step's weight and a fresh `since`.
-pub fn resume(
-    plan: &PlanSpec,
-    name: &str,
-    author: &str,
-) -> Result<(PlanSpec, String), ConfigError> {
-    let next = rollout_core::ops::set_paused(plan, name, false)?;
-    let r = find(&next, name)?;
-    if let Some(p) = r
-        .progress
-        .as_ref()
-        .filter(|p| p.state == ProgressState::Holding)
-    {
-        let step = p.step;
-        let label = r
-            .policy
-            .as_ref()
-            .map(|pol| step_label(pol, step))
-            .unwrap_or_default();
-        let next = analysis::go_to_step(
-            &next,
-            name,
-            step,
-            now_unix_ms(),
-            &format!("resumed by {author}"),
-        )?;
-        return Ok((next, format!("resume {name} at {label}")));
-    }
-    Ok((next, format!("resume {name}")))
-}
-
-/// After a person's set-weights or switch: a policy that was progressing or waiting
-/// (or not started yet) holds, so the engine does not undo the person's weights.
-/// `resume` restores the step's weight, `promote` advances.
-pub fn after_manual_weights(
-    mut next: PlanSpec,
-    name: &str,
-    what: &str,
-    author: &str,
-) -> Result<PlanSpec, ConfigError> {
-    let Ok(r) = find(&next, name) else {
-        return Ok(next);
-    };
-    if r.policy.is_none() {
-        return Ok(next);
-    }
-    let hold = match &r.progress {
-        None => true,
-        Some(p) => matches!(p.state, ProgressState::Progressing | ProgressState::Waiting),
-    };
-    if hold {
-        next = analysis::set_state(
-            &next,
-            name,
-            ProgressState::Holding,
-            now_unix_ms(),
-            &format!("manual {what} by {author}: the policy holds; resume restores the step's weight, promote advances"),
-        )?;
-    }
-    Ok(next)
-}
-
-/// `POST /v1/rollouts/{name}/restart`: back to step 0, progressing, the candidate at
-/// step 0's weight (400 `policy` without a policy).
-pub fn restart(
-    plan: &PlanSpec,
-    name: &str,
-    author: &str,
-) -> Result<(PlanSpec, String), ConfigError> {
-    let r = find(plan, name)?;
-    let policy = r.policy.as_ref().ok_or_else(|| {
-        ConfigError::new("policy", format!("rollout {name} has no policy to restart"))
-    })?;
-    let label = step_label(policy, 0);
-    Ok((
-        analysis::go_to_step(
-            plan,
-            name,
-            0,
-            now_unix_ms(),
-            &format!("restarted by {author}"),
-        )?,
-        format!("restart the policy of {name} at {label}"),
-    ))
-}
-
-// ---------------------------------------------------------------------------
 // GET /v1/rollouts/{name}/analysis
 
 #[derive(Debug, Deserialize)]
@@ -1406,17 +1205,7 @@ async fn get_analysis(
     };
     let cur = state.store().current().ok_or_else(ApiError::no_plan)?;
     let plan = &cur.record.plan;
-    let r = plan
-        .rollouts
-        .iter()
-        .find(|r| r.name == name)
-        .ok_or_else(|| {
-            let known: Vec<&str> = plan.rollouts.iter().map(|r| r.name.as_str()).collect();
-            ApiError::not_found(
-                "rollout",
-                format!("no rollout named {name:?} (rollouts: {})", known.join(", ")),
-            )
-        })?;
+    let r = plan.rollout_named(&name)?;
     let engine = state.policy_engine();
     let now = now_unix_ms();
     let status = rollout_status(engine.as_deref(), r, now);

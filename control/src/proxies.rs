@@ -10,7 +10,7 @@ use std::time::Instant;
 /// Most proxies remembered.
 pub const MAX_PROXIES: usize = 1_000;
 /// Longest proxy id accepted (longer ids are not recorded).
-pub const MAX_ID_LEN: usize = 256;
+pub const MAX_ID_LEN: usize = rollout_core::wire::MAX_PROXY_ID_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seen {
@@ -41,7 +41,7 @@ impl ProxyTable {
 
     /// Records a poll. Ids that are empty, too long or not printable ASCII are ignored.
     pub fn record(&self, id: &str, plan_version: Option<u64>, now: Instant) {
-        if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        if !rollout_core::wire::is_valid_proxy_id(id) {
             return;
         }
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);

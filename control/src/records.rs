@@ -30,6 +30,8 @@ use axum::{Json, Router};
 use redb::{
     ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction,
 };
+use rollout_core::shadow::Verdict;
+use rollout_core::wire::{ShadowRecord, ShadowRecordBatch};
 use rollout_core::ConfigError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -42,7 +44,7 @@ use crate::store::{Store, StoreError};
 /// Largest body of an ingestion call (shadow records, assignments, feedback).
 pub const MAX_INGEST_BODY: usize = 4 * 1024 * 1024;
 /// Most items (records, assignments, outcomes) in one ingestion call.
-pub const MAX_BATCH: usize = 1000;
+pub const MAX_BATCH: usize = rollout_core::wire::MAX_BATCH;
 /// Records kept per rollout; the oldest go first.
 pub const MAX_RECORDS_PER_ROLLOUT: u64 = 100_000;
 /// Recent disagreements a report lists without `?limit=`.
@@ -54,9 +56,6 @@ const RECORDS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("shadow_record_counts");
 /// Store-wide sequence numbers of the data tables: `shadow`, `assignment`, `outcome`.
 const SEQ: TableDefinition<&str, u64> = TableDefinition::new("data_seq");
-
-/// The verdicts a record may carry (`rollout_core::shadow::Verdict::as_str`).
-pub const VERDICTS: [&str; 3] = ["agree", "status", "prediction"];
 
 // ---------------------------------------------------------------------------
 // Helpers shared with `experiments`
@@ -161,48 +160,16 @@ fn name_missing_field(mut e: ConfigError) -> ConfigError {
 
 /// A batch is at most [`MAX_BATCH`] items.
 pub(crate) fn check_batch(field: &str, len: usize) -> Result<(), ApiError> {
-    if len > MAX_BATCH {
-        return Err(ApiError::bad_request(
-            field,
-            format!("{len} items in one call; at most {MAX_BATCH}"),
-        ));
-    }
-    Ok(())
-}
-
-/// A proxy id: printable ASCII, 1 to 256 bytes (like the poll header).
-pub(crate) fn check_proxy(proxy: Option<&str>) -> Result<(), ApiError> {
-    match proxy {
-        Some(p)
-            if p.is_empty()
-                || p.len() > crate::proxies::MAX_ID_LEN
-                || !p.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            Err(ApiError::bad_request(
-                "proxy",
-                format!(
-                    "must be 1 to {} printable ASCII characters",
-                    crate::proxies::MAX_ID_LEN
-                ),
-            ))
-        }
-        _ => Ok(()),
-    }
+    Ok(rollout_core::wire::check_batch(field, len)?)
 }
 
 pub(crate) fn check_correlation_id(field: &str, id: &str) -> Result<(), ApiError> {
-    if !rollout_core::correlation::is_valid(id) {
-        return Err(ApiError::bad_request(
-            field,
-            format!("{id:?} is not a correlation id (8 to 128 characters of [A-Za-z0-9._:-])"),
-        ));
-    }
-    Ok(())
+    Ok(rollout_core::fields::check_correlation_id(field, id)?)
 }
 
 /// A rollout or variant name, by the plan's rules.
 pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
-    rollout_core::plan::check_name(field, name)
+    rollout_core::fields::check_name(field, name)
         .map_err(|e| ApiError::bad_request(e.field, e.message))
 }
 
@@ -225,79 +192,10 @@ pub(crate) fn parse_u64_param(field: &str, raw: Option<&str>) -> Result<Option<u
 // ---------------------------------------------------------------------------
 // Records
 
-/// One comparison, as the filter sends it (`Hub::complete` in the filter). Unknown
-/// fields are ignored, so a newer filter can add some.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShadowRecord {
-    pub correlation_id: String,
-    pub rollout: String,
-    /// The variant that served the primary request.
-    pub variant: String,
-    pub shadow_cluster: String,
-    pub agree: bool,
-    /// `agree`, `status` (status classes differ) or `prediction`.
-    pub verdict: String,
-    pub primary_status: u32,
-    pub shadow_status: u32,
-    pub primary_latency_ms: u64,
-    pub shadow_latency_ms: u64,
-    #[serde(default)]
-    pub primary_prediction: Value,
-    #[serde(default)]
-    pub shadow_prediction: Value,
-    pub unix_ms: u64,
-    /// The proxy that sent the record (the batch's `proxy`), added by the sidecar.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<String>,
-}
-
-/// Body of `POST /v1/shadow-records`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordsBody {
-    #[serde(default)]
-    proxy: Option<String>,
-    records: Vec<ShadowRecord>,
-}
-
 /// Answer of the ingestion calls that store items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
     pub stored: u64,
-}
-
-fn validate(i: usize, r: &ShadowRecord) -> Result<(), ApiError> {
-    let f = |name: &str| format!("records[{i}].{name}");
-    check_correlation_id(&f("correlation_id"), &r.correlation_id)?;
-    check_name(&f("rollout"), &r.rollout)?;
-    check_name(&f("variant"), &r.variant)?;
-    if r.shadow_cluster.is_empty() || r.shadow_cluster.len() > 255 {
-        return Err(ApiError::bad_request(
-            f("shadow_cluster"),
-            "must be 1 to 255 characters",
-        ));
-    }
-    if !VERDICTS.contains(&r.verdict.as_str()) {
-        return Err(ApiError::bad_request(
-            f("verdict"),
-            format!("{:?} is not one of agree, status, prediction", r.verdict),
-        ));
-    }
-    if r.agree != (r.verdict == "agree") {
-        return Err(ApiError::bad_request(
-            f("agree"),
-            format!("{} contradicts verdict {:?}", r.agree, r.verdict),
-        ));
-    }
-    for (name, status) in [
-        ("primary_status", r.primary_status),
-        ("shadow_status", r.shadow_status),
-    ] {
-        if status > 999 {
-            return Err(ApiError::bad_request(f(name), "not an HTTP status"));
-        }
-    }
-    Ok(())
 }
 
 /// Stores a batch in one transaction, trimming every touched rollout to
@@ -449,8 +347,10 @@ pub fn shadow_report(
     limit: usize,
     sample_percent: Option<f64>,
 ) -> Result<ShadowReport, StoreError> {
-    let mut by_verdict: BTreeMap<String, u64> =
-        VERDICTS.iter().map(|v| (v.to_string(), 0)).collect();
+    let mut by_verdict: BTreeMap<String, u64> = Verdict::ALL
+        .iter()
+        .map(|v| (v.as_str().to_string(), 0))
+        .collect();
     let (mut agree, mut total) = (0u64, 0u64);
     let (mut primary, mut shadow) = (Vec::new(), Vec::new());
     let (mut first, mut last) = (None, None);
@@ -469,7 +369,9 @@ pub fn shadow_report(
             if r.agree {
                 agree += 1;
             }
-            *by_verdict.entry(r.verdict.clone()).or_insert(0) += 1;
+            *by_verdict
+                .entry(r.verdict.as_str().to_string())
+                .or_insert(0) += 1;
             primary.push(r.primary_latency_ms);
             shadow.push(r.shadow_latency_ms);
             first = first.or(Some(r.unix_ms));
@@ -481,7 +383,7 @@ pub fn shadow_report(
                 recent.push_back(Disagreement {
                     correlation_id: r.correlation_id,
                     variant: r.variant,
-                    verdict: r.verdict,
+                    verdict: r.verdict.as_str().to_string(),
                     primary_prediction: r.primary_prediction,
                     shadow_prediction: r.shadow_prediction,
                     primary_status: r.primary_status,
@@ -540,11 +442,10 @@ async fn post_records(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Stored>, ApiError> {
     let body = ingest_body(body)?;
-    let RecordsBody { proxy, mut records } = parse_object(&body)?;
-    check_proxy(proxy.as_deref())?;
-    check_batch("records", records.len())?;
-    for (i, r) in records.iter_mut().enumerate() {
-        validate(i, r)?;
+    let batch: ShadowRecordBatch = parse_object(&body)?;
+    batch.validate()?;
+    let ShadowRecordBatch { proxy, mut records } = batch;
+    for r in &mut records {
         r.proxy.clone_from(&proxy);
     }
     let store = Arc::clone(state.store());
@@ -712,7 +613,7 @@ pub fn run_report(
     limit: Option<usize>,
     since_ms: Option<u64>,
 ) -> anyhow::Result<()> {
-    rollout_core::plan::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
+    rollout_core::fields::check_name("--rollout", rollout).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut path = format!("/v1/shadow-report?rollout={rollout}");
     if let Some(l) = limit {
         path.push_str(&format!("&limit={l}"));

@@ -47,14 +47,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rollout_core::{ops, ConfigError, PlanSpec};
+use rollout_core::transitions::{self, Transition};
+use rollout_core::wire::{
+    bearer_token, etag, PollIdentity, PLAN_VERSION_HEADER, PLAN_VERSION_RESPONSE_HEADER,
+    PROXY_HEADER,
+};
+use rollout_core::{OpError, PlanSpec};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::api::{
-    etag, parse_plan_document, weights_of, HistoryEntry, Status, StatusProxy, StatusRollout,
-    StatusVariant, SwitchRequest, WeightsRequest, WriteResponse, AUTHOR_HEADER, PROXY_HEADER,
-    PROXY_VERSION_HEADER, REASON_HEADER, VERSION_HEADER,
+    parse_plan_document, weights_of, HistoryEntry, Status, StatusProxy, StatusRollout,
+    StatusVariant, SwitchRequest, WeightsRequest, WriteResponse, AUTHOR_HEADER, REASON_HEADER,
 };
 use crate::error::ApiError;
 use crate::proxies::ProxyTable;
@@ -178,10 +182,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+        .and_then(bearer_token);
     let ok = presented.is_some_and(|t| constant_time_eq(t.as_bytes(), token));
     if ok {
         return next.run(req).await;
@@ -205,7 +206,7 @@ fn plan_headers(version: u64) -> HeaderMap {
     if let Ok(v) = HeaderValue::from_str(&etag(version)) {
         h.insert(ETAG, v);
     }
-    h.insert(VERSION_HEADER, HeaderValue::from(version));
+    h.insert(PLAN_VERSION_RESPONSE_HEADER, HeaderValue::from(version));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h
 }
@@ -222,12 +223,13 @@ fn none_match_hits(headers: &HeaderMap, current: &str) -> bool {
 }
 
 async fn get_plan(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(id) = headers.get(PROXY_HEADER).and_then(|v| v.to_str().ok()) {
-        let in_force = headers
-            .get(PROXY_VERSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        state.0.proxies.record(id.trim(), in_force, Instant::now());
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(id) = PollIdentity::from_headers(header(PROXY_HEADER), header(PLAN_VERSION_HEADER))
+    {
+        state
+            .0
+            .proxies
+            .record(&id.proxy, id.plan_version, Instant::now());
     }
     let Some(cur) = state.0.store.current() else {
         return ApiError::no_plan().into_response();
@@ -589,38 +591,18 @@ async fn put_plan(
     .await
 }
 
-/// `name=weight` list of one rollout, for default reasons.
-fn weights_text(plan: &PlanSpec, rollout: &str) -> String {
-    plan.rollouts
-        .iter()
-        .find(|r| r.name == rollout)
-        .map(|r| {
-            r.variants
-                .iter()
-                .map(|v| format!("{}={}", v.name, v.weight))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
-}
-
-/// A per-rollout operation: 404 without a plan or for an unknown rollout; `f` makes the
-/// next plan and the default reason.
+/// A per-rollout operation: 404 without a plan; `f` makes the next plan and the
+/// default reason from the plan in force, the author and the time (unix ms); its
+/// errors say 404 for an unknown rollout and 400 naming the field otherwise.
 fn on_rollout(
     name: String,
-    f: impl FnOnce(&PlanSpec, &str) -> Result<(PlanSpec, String), ConfigError> + Send + 'static,
+    author: String,
+    f: impl FnOnce(&PlanSpec, &str, &str, u64) -> Result<Transition, OpError> + Send + 'static,
 ) -> Decide {
     Box::new(move |cur| {
         let cur = cur.ok_or_else(ApiError::no_plan)?;
-        let plan = &cur.record.plan;
-        if !plan.rollouts.iter().any(|r| r.name == name) {
-            let known: Vec<&str> = plan.rollouts.iter().map(|r| r.name.as_str()).collect();
-            return Err(ApiError::not_found(
-                "rollout",
-                format!("no rollout named {name:?} (rollouts: {})", known.join(", ")),
-            ));
-        }
-        Ok(f(plan, &name)?)
+        let t = f(&cur.record.plan, &name, &author, now_unix_ms())?;
+        Ok((t.plan, t.reason))
     })
 }
 
@@ -633,29 +615,21 @@ async fn set_weights(
 ) -> Result<Response, ApiError> {
     let meta = WriteMeta::new(&headers, query)?;
     let req: WeightsRequest = parse_json_body(&body_bytes(body)?)?;
-    let (author, author2) = (meta.author.clone(), meta.author.clone());
+    let author = meta.author.clone();
     let decide = match req {
         WeightsRequest {
             weights: Some(weights),
             variant: None,
             weight: None,
-        } => on_rollout(name, move |plan, name| {
-            let next = ops::set_weights(plan, name, &weights.0)?;
-            let next =
-                crate::policy::after_manual_weights(next, name, Op::SetWeights.as_str(), &author)?;
-            let why = format!("set weights of {name}: {}", weights_text(&next, name));
-            Ok((next, why))
+        } => on_rollout(name, author, move |plan, name, author, now| {
+            transitions::set_weights(plan, name, &weights.0, author, now)
         }),
         WeightsRequest {
             weights: None,
             variant: Some(variant),
             weight: Some(weight),
-        } => on_rollout(name, move |plan, name| {
-            let next = ops::set_weight(plan, name, &variant, weight)?;
-            let next =
-                crate::policy::after_manual_weights(next, name, Op::SetWeights.as_str(), &author2)?;
-            let why = format!("set weights of {name}: {}", weights_text(&next, name));
-            Ok((next, why))
+        } => on_rollout(name, author, move |plan, name, author, now| {
+            transitions::set_weight(plan, name, &variant, weight, author, now)
         }),
         WeightsRequest {
             weights: None,
@@ -696,16 +670,15 @@ async fn switch(
 ) -> Result<Response, ApiError> {
     let meta = WriteMeta::new(&headers, query)?;
     let req: SwitchRequest = parse_json_body(&body_bytes(body)?)?;
-    let author = meta.author.clone();
-    let decide = on_rollout(name, move |plan, name| {
-        let next = ops::switch(plan, name, &req.variant)?;
-        let next = crate::policy::after_manual_weights(next, name, Op::Switch.as_str(), &author)?;
-        Ok((next, format!("switch {name} to {}", req.variant)))
+    let decide = on_rollout(name, meta.author.clone(), move |plan, name, author, now| {
+        transitions::switch(plan, name, &req.variant, author, now)
     });
     commit(&state, meta, Op::Switch, decide).await
 }
 
 /// Promote, rollback, pause, resume, restart: no body needed (any body is ignored).
+/// With a policy, promote / rollback / resume / restart also move its progress
+/// (`rollout_core::transitions`); without one they are the plain operations.
 async fn simple_op(
     state: AppState,
     name: String,
@@ -717,18 +690,21 @@ async fn simple_op(
     let meta = WriteMeta::new(&headers, query)?;
     body_bytes(body)?;
     let author = meta.author.clone();
-    let decide = on_rollout(name, move |plan, name| {
-        // With a policy, promote / rollback / resume also move its progress
-        // (`crate::policy`); without one they are the plain operations.
-        let (next, why) = match op {
-            Op::Promote => crate::policy::promote(plan, name, &author)?,
-            Op::Rollback => crate::policy::rollback(plan, name, &author)?,
-            Op::Pause => (ops::set_paused(plan, name, true)?, format!("pause {name}")),
-            Op::Restart => crate::policy::restart(plan, name, &author)?,
-            _ => crate::policy::resume(plan, name, &author)?,
-        };
-        Ok((next, why))
-    });
+    let decide = match op {
+        Op::Promote => on_rollout(name, author, transitions::promote),
+        Op::Rollback => on_rollout(name, author, transitions::rollback),
+        Op::Pause => on_rollout(name, author, |plan, name, _, _| {
+            transitions::pause(plan, name)
+        }),
+        Op::Resume => on_rollout(name, author, transitions::resume),
+        Op::Restart => on_rollout(name, author, transitions::restart),
+        Op::Initial | Op::Put | Op::SetWeights | Op::Switch | Op::Restore | Op::Progress => {
+            return Err(ApiError::internal(format!(
+                "{} is not an operation on one rollout without a body",
+                op.as_str()
+            )))
+        }
+    };
     commit(&state, meta, op, decide).await
 }
 

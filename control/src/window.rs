@@ -138,7 +138,7 @@ pub fn stat_keys(r: &RolloutSpec) -> Vec<(String, Selector)> {
         return Vec::new();
     };
     let stable = r.variants.first().map(|v| v.name.as_str()).unwrap_or("");
-    let candidate = rollout_core::analysis::candidate_name(r).unwrap_or("");
+    let candidate = r.candidate_name().unwrap_or("");
     let mut out: Vec<(String, Selector)> = Vec::new();
     for c in &rollout_core::analysis::effective_checks(&r.name, policy) {
         if c.metric != CheckMetric::Stat {

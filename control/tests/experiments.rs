@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
-use rollout_control::experiments::{self, Assignment, VerdictStatus};
+use rollout_control::experiments::{self, VerdictStatus};
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
 use rollout_core::abtest;
 use rollout_core::policy::AbRequirement;
+use rollout_core::wire::Assignment;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 

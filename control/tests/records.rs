@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
-use rollout_control::records::{self, ShadowRecord};
+use rollout_control::records;
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
+use rollout_core::wire::ShadowRecord;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::control::ControlSpec;
 use crate::decide::SubjectSource;
 use crate::error::ConfigError;
-use crate::plan::{check_header_name, Plan, PlanSpec};
+use crate::fields::{check_cookie_name, check_header_name, expect_object};
+use crate::plan::{Plan, PlanSpec};
 
 fn d_correlation() -> String {
     "x-request-id".into()
@@ -108,7 +109,7 @@ pub struct FilterConfig {
 
 /// Parses and validates the plugin configuration.
 pub fn parse_plugin_config(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
-    crate::error::expect_object(bytes, "plugin configuration")?;
+    expect_object(bytes, "plugin configuration")?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let spec: PluginConfigSpec =
         serde_path_to_error::deserialize(&mut de).map_err(ConfigError::from_serde)?;
@@ -126,15 +127,12 @@ impl PluginConfigSpec {
                 .as_deref()
                 .map(|h| check_header_name("subject.header", h))
                 .transpose()?,
-            cookie: match self.subject.cookie.as_deref() {
-                Some(c) if c.is_empty() || c.contains([';', '=', ' ']) => {
-                    return Err(ConfigError::new(
-                        "subject.cookie",
-                        format!("{c:?} is not a cookie name"),
-                    ))
-                }
-                c => c.map(str::to_string),
-            },
+            cookie: self
+                .subject
+                .cookie
+                .as_deref()
+                .map(|c| check_cookie_name("subject.cookie", c).map(|()| c.to_string()))
+                .transpose()?,
         };
         let correlation_header = check_header_name("correlation_header", &self.correlation_header)?;
         let variant_header = check_header_name("variant_header", &self.variant_header)?;

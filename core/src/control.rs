@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::fields::{check_authority, check_cluster, check_path, check_timeout_ms};
 use crate::plan::{parse_plan, Plan, PlanSpec};
+use crate::wire::PollRequest;
 
 fn d_authority() -> String {
     "rollout-control".into()
@@ -48,30 +50,16 @@ pub struct ControlSpec {
 
 impl ControlSpec {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.cluster.is_empty() || self.cluster.len() > 255 {
-            return Err(ConfigError::new("cluster", "must be 1 to 255 characters"));
-        }
-        if self.authority.is_empty() || self.authority.contains([' ', '/']) {
-            return Err(ConfigError::new("authority", "must be a host[:port]"));
-        }
-        if !self.path.starts_with('/') || self.path.contains(' ') {
-            return Err(ConfigError::new(
-                "path",
-                "must start with '/' and contain no spaces",
-            ));
-        }
+        check_cluster("cluster", &self.cluster)?;
+        check_authority("authority", &self.authority)?;
+        check_path("path", &self.path)?;
         if !(100..=3_600_000).contains(&self.poll_interval_ms) {
             return Err(ConfigError::new(
                 "poll_interval_ms",
                 "must be between 100 and 3600000",
             ));
         }
-        if !(10..=60_000).contains(&self.timeout_ms) {
-            return Err(ConfigError::new(
-                "timeout_ms",
-                "must be between 10 and 60000",
-            ));
-        }
+        check_timeout_ms("timeout_ms", self.timeout_ms)?;
         if !(1024..=(16 << 20)).contains(&self.max_plan_bytes) {
             return Err(ConfigError::new(
                 "max_plan_bytes",
@@ -95,31 +83,22 @@ impl ControlSpec {
         format!("model_rollout/{}{}", self.cluster, self.path)
     }
 
-    /// Headers of one poll.
+    /// Headers of one poll (see `wire::PollRequest`).
     pub fn poll_headers(
         &self,
         etag: Option<&str>,
         proxy_id: &str,
         version_in_force: u64,
     ) -> Vec<(String, String)> {
-        let mut h = vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), self.path.clone()),
-            (":authority".to_string(), self.authority.clone()),
-            ("accept".to_string(), "application/json".to_string()),
-            ("x-model-rollout-proxy".to_string(), proxy_id.to_string()),
-            (
-                "x-model-rollout-plan-version".to_string(),
-                version_in_force.to_string(),
-            ),
-        ];
-        if let Some(e) = etag {
-            h.push(("if-none-match".to_string(), e.to_string()));
+        PollRequest {
+            path: &self.path,
+            authority: &self.authority,
+            proxy: proxy_id,
+            plan_version: version_in_force,
+            etag,
+            token: self.token.as_deref(),
         }
-        if let Some(t) = &self.token {
-            h.push(("authorization".to_string(), format!("Bearer {t}")));
-        }
-        h
+        .headers()
     }
 }
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
-use crate::plan::weight_to_bp;
+use crate::fields::weight_to_bp;
 
 fn d_alpha() -> f64 {
     0.05

@@ -1,25 +1,44 @@
 //! rollout-core: everything model-rollout decides, with no proxy-wasm import.
 //! Compiled into the filter (wasm32-wasip1), the control sidecar and the CLI, so
 //! every component computes the same assignment from the same plan.
+//!
+//! Layers (a module imports only from layers below its own; no cycles):
+//!
+//! 1. Leaves: [`error`] (ConfigError, UnknownRollout, OpError), [`hash`],
+//!    [`correlation`], [`request`], [`stats`] (stat names, reason enums), [`abtest`],
+//!    [`answer`] (predictions, output health, the comparison of two answers).
+//! 2. [`fields`]: the validators every section shares.
+//! 3. The plan's sections, each with its schema, validation and compiled form:
+//!    [`shadow`], [`output`], [`policy`], [`experiment`].
+//! 4. [`plan`]: the plan document, compiled from the sections; lookups.
+//! 5. [`decide`](mod@decide) (the variant of a request) and [`wire`] (what the filter and the
+//!    sidecar send each other).
+//! 6. [`control`] and [`config`] (live plans, the plugin configuration) and
+//!    [`analysis`] (the policy engine's rules).
+//! 7. [`transitions`]: every plan change, by a person or by the policy engine.
 
 pub mod abtest;
 pub mod analysis;
+pub mod answer;
 pub mod config;
 pub mod control;
 pub mod correlation;
 pub mod decide;
 pub mod error;
 pub mod experiment;
+pub mod fields;
 pub mod hash;
-pub mod ops;
+pub mod output;
 pub mod plan;
 pub mod policy;
 pub mod request;
 pub mod shadow;
 pub mod stats;
+pub mod transitions;
+pub mod wire;
 
 pub use config::{parse_plugin_config, FilterConfig, PluginConfigSpec};
 pub use decide::{decide, Decision, Reason, SubjectSource};
-pub use error::ConfigError;
+pub use error::{ConfigError, OpError, UnknownRollout};
 pub use hash::{bucket, BUCKETS};
 pub use plan::{parse_plan, Plan, PlanSpec, Rollout};

@@ -7,7 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, UnknownRollout};
+use crate::fields::{
+    check_cookie_name, check_header_name, check_name, check_salt, check_value, expect_object,
+    weight_to_bp, MAX_VALUE_LEN,
+};
 use crate::hash::BUCKETS;
 
 /// The schema version this build understands.
@@ -17,8 +21,6 @@ pub const MAX_ROLLOUTS: usize = 64;
 pub const MAX_VARIANTS: usize = 16;
 pub const MAX_RULES: usize = 32;
 pub const MAX_CONDITIONS: usize = 8;
-pub const MAX_NAME_LEN: usize = 63;
-pub const MAX_VALUE_LEN: usize = 256;
 
 fn default_schema() -> u32 {
     SCHEMA_VERSION
@@ -53,7 +55,7 @@ pub struct RolloutSpec {
     pub shadow: Option<crate::shadow::ShadowSpec>,
     /// Health checks of the primary answers (missing/null/NaN/out of range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<crate::shadow::OutputSpec>,
+    pub output: Option<crate::output::OutputSpec>,
     /// A/B experiment: assignments are recorded and judged against feedback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<crate::experiment::ExperimentSpec>,
@@ -138,7 +140,7 @@ pub struct Rollout {
     pub name: String,
     pub paused: bool,
     pub shadow: Option<crate::shadow::Shadow>,
-    pub output: Option<crate::shadow::Output>,
+    pub output: Option<crate::output::Output>,
     pub experiment: Option<crate::experiment::Experiment>,
     /// Index of the policy's candidate (the last variant without a policy).
     pub candidate: usize,
@@ -203,7 +205,7 @@ pub enum Op {
 
 /// Parses and validates a plan document (as served by the control sidecar).
 pub fn parse_plan(bytes: &[u8]) -> Result<(PlanSpec, Plan), ConfigError> {
-    crate::error::expect_object(bytes, "plan")?;
+    expect_object(bytes, "plan")?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let spec: PlanSpec =
         serde_path_to_error::deserialize(&mut de).map_err(ConfigError::from_serde)?;
@@ -211,72 +213,6 @@ pub fn parse_plan(bytes: &[u8]) -> Result<(PlanSpec, Plan), ConfigError> {
         .map_err(|e| ConfigError::new("", format!("trailing data after the plan: {e}")))?;
     let plan = spec.compile()?;
     Ok((spec, plan))
-}
-
-/// A name usable in a header value and an Envoy stat name segment.
-pub fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(ConfigError::new(
-            field,
-            format!("must be 1 to {MAX_NAME_LEN} characters"),
-        ));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(ConfigError::new(
-            field,
-            format!("{name:?} may only contain letters, digits, '-' and '_'"),
-        ));
-    }
-    Ok(())
-}
-
-/// A lower-cased HTTP header name (no pseudo headers).
-pub fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN * 2
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !ok {
-        return Err(ConfigError::new(
-            field,
-            format!("{name:?} is not a valid HTTP header name"),
-        ));
-    }
-    Ok(name.to_ascii_lowercase())
-}
-
-fn check_value(field: &str, v: &str) -> Result<(), ConfigError> {
-    if v.len() > MAX_VALUE_LEN {
-        return Err(ConfigError::new(
-            field,
-            format!("longer than {MAX_VALUE_LEN} bytes"),
-        ));
-    }
-    Ok(())
-}
-
-/// Converts a percentage with at most two decimals to basis points.
-pub fn weight_to_bp(field: &str, w: f64) -> Result<u16, ConfigError> {
-    if !w.is_finite() || !(0.0..=100.0).contains(&w) {
-        return Err(ConfigError::new(
-            field,
-            format!("{w} is not between 0 and 100"),
-        ));
-    }
-    let scaled = w * 100.0;
-    let bp = scaled.round();
-    if (scaled - bp).abs() > 1e-6 {
-        return Err(ConfigError::new(
-            field,
-            format!("{w} has more than two decimals (resolution is 0.01 %)"),
-        ));
-    }
-    // 0 <= bp <= 10000 here.
-    Ok(bp as u16)
 }
 
 impl PlanSpec {
@@ -322,9 +258,7 @@ impl PlanSpec {
 impl RolloutSpec {
     fn compile(&self) -> Result<Rollout, ConfigError> {
         check_name("name", &self.name)?;
-        if self.salt.is_empty() || self.salt.len() > 128 {
-            return Err(ConfigError::new("salt", "must be 1 to 128 characters"));
-        }
+        check_salt("salt", &self.salt)?;
         let matcher = self.matcher.compile().map_err(|e| e.within("match"))?;
         if self.variants.is_empty() || self.variants.len() > MAX_VARIANTS {
             return Err(ConfigError::new(
@@ -509,12 +443,7 @@ impl ConditionSpec {
         let source = match (&self.header, &self.cookie) {
             (Some(h), None) => Source::Header(check_header_name("header", h)?),
             (None, Some(c)) => {
-                if c.is_empty() || c.len() > MAX_NAME_LEN * 2 || c.contains([';', '=', ' ']) {
-                    return Err(ConfigError::new(
-                        "cookie",
-                        format!("{c:?} is not a cookie name"),
-                    ));
-                }
+                check_cookie_name("cookie", c)?;
                 Source::Cookie(c.clone())
             }
             _ => {
@@ -542,6 +471,69 @@ impl ConditionSpec {
             }
         };
         Ok(Condition { source, op })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Lookups
+
+impl PlanSpec {
+    /// The position of the rollout called `name`.
+    pub fn rollout_index(&self, name: &str) -> Result<usize, UnknownRollout> {
+        self.rollouts
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or_else(|| self.unknown(name))
+    }
+
+    /// The rollout called `name`.
+    pub fn rollout_named(&self, name: &str) -> Result<&RolloutSpec, UnknownRollout> {
+        self.rollouts
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| self.unknown(name))
+    }
+
+    /// The rollout called `name`, to edit.
+    pub fn rollout_named_mut(&mut self, name: &str) -> Result<&mut RolloutSpec, UnknownRollout> {
+        match self.rollouts.iter().position(|r| r.name == name) {
+            Some(i) => self
+                .rollouts
+                .get_mut(i)
+                .ok_or_else(|| UnknownRollout::new(name, [])),
+            None => Err(self.unknown(name)),
+        }
+    }
+
+    fn unknown(&self, name: &str) -> UnknownRollout {
+        UnknownRollout::new(name, self.rollouts.iter().map(|r| r.name.as_str()))
+    }
+}
+
+impl RolloutSpec {
+    /// The candidate's index: `policy.candidate`, else the last variant.
+    pub fn candidate_index(&self) -> Option<usize> {
+        match self.policy.as_ref().and_then(|p| p.candidate.as_ref()) {
+            Some(c) => self.variants.iter().position(|v| &v.name == c),
+            None => self.variants.len().checked_sub(1),
+        }
+    }
+
+    /// The candidate's name (see [`RolloutSpec::candidate_index`]).
+    pub fn candidate_name(&self) -> Option<&str> {
+        self.candidate_index()
+            .and_then(|i| self.variants.get(i))
+            .map(|v| v.name.as_str())
+    }
+}
+
+impl Plan {
+    /// The compiled rollout called `name`.
+    pub fn rollout_named(&self, name: &str) -> Result<&Rollout, UnknownRollout> {
+        self.rollouts
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| UnknownRollout::new(name, self.rollouts.iter().map(|r| r.name.as_str())))
     }
 }
 
@@ -642,6 +634,33 @@ impl Rollout {
     pub fn variant_name(&self, i: usize) -> &str {
         self.variants.get(i).map(|v| v.name.as_str()).unwrap_or("")
     }
+
+    /// How the health of this rollout's answers is judged, primary and shadow
+    /// alike: at the `output` section's pointer and range when the rollout has one,
+    /// else at the shadow's first compare pointer (no range). `None` without either.
+    pub fn health_rule(&self) -> Option<HealthRule<'_>> {
+        match (&self.output, &self.shadow) {
+            (Some(o), _) => Some(HealthRule {
+                pointer: &o.pointer,
+                min: o.min,
+                max: o.max,
+            }),
+            (None, Some(s)) => Some(HealthRule {
+                pointer: s.compare.pointers.first().map_or("", String::as_str),
+                min: None,
+                max: None,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Where and how an answer's output is judged (see [`Rollout::health_rule`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthRule<'a> {
+    pub pointer: &'a str,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 #[cfg(test)]
@@ -788,6 +807,32 @@ mod tests {
         assert_eq!(p.find_rollout(None, "/v2/models/churn/infer"), Some(1));
         assert_eq!(p.find_rollout(None, "/healthz"), None);
         assert!(!p.needs_host);
+    }
+
+    #[test]
+    fn health_rule_prefers_the_output_section() {
+        let with = |sections: &str| {
+            plan(&format!(
+                r#"{{"version":1,"rollouts":[{{"name":"r","salt":"s",
+                "variants":[{{"name":"a","weight":100}}]{sections}}}]}}"#
+            ))
+            .unwrap()
+        };
+        let shadow =
+            r#","shadow":{"cluster":"sh","percent":1,"compare":{"pointers":["/p/0","/p/1"]}}"#;
+        let output = r#","output":{"pointer":"/o","min":0,"max":1}"#;
+        let p = with(&format!("{shadow}{output}"));
+        let rule = p.rollouts[0].health_rule().unwrap();
+        assert_eq!(
+            (rule.pointer, rule.min, rule.max),
+            ("/o", Some(0.0), Some(1.0))
+        );
+        let p = with(shadow);
+        let rule = p.rollouts[0].health_rule().unwrap();
+        assert_eq!((rule.pointer, rule.min, rule.max), ("/p/0", None, None));
+        let p = with(output);
+        assert_eq!(p.rollouts[0].health_rule().unwrap().pointer, "/o");
+        assert_eq!(with("").rollouts[0].health_rule(), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
-use crate::plan::weight_to_bp;
+use crate::fields::{check_rate, weight_to_bp};
 
 fn d_interval() -> u64 {
     60
@@ -191,6 +191,24 @@ pub enum ProgressState {
     Complete,
 }
 
+/// The candidate's weight at a step (0 for a shadow-only step).
+pub fn step_weight(step: &StepSpec) -> f64 {
+    if step.shadow_only {
+        0.0
+    } else {
+        step.weight.unwrap_or(0.0)
+    }
+}
+
+/// `step 2 (5 %)`, `step 0 (shadow only)`.
+pub fn step_label(policy: &PolicySpec, i: usize) -> String {
+    match policy.steps.get(i) {
+        Some(s) if s.shadow_only => format!("step {i} (shadow only)"),
+        Some(s) => format!("step {i} ({} %)", step_weight(s)),
+        None => format!("step {i}"),
+    }
+}
+
 /// The compiled trip the filter runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trip {
@@ -200,16 +218,6 @@ pub struct Trip {
     pub min_requests: u64,
     pub max_error_rate: Option<f64>,
     pub max_invalid_rate: Option<f64>,
-}
-
-fn check_rate(field: &str, v: Option<f64>) -> Result<(), ConfigError> {
-    match v {
-        Some(r) if !(r.is_finite() && (0.0..=1.0).contains(&r)) => Err(ConfigError::new(
-            field,
-            "must be a fraction between 0 and 1",
-        )),
-        _ => Ok(()),
-    }
 }
 
 impl PolicySpec {

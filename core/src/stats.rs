@@ -60,19 +60,79 @@ pub fn variant_reason_metric(rollout: &str, variant: &str, reason: &str, metric:
     format!("{PREFIX}.rollout.{rollout}.variant.{variant}.reason.{reason}.{metric}")
 }
 
-/// Reasons a sampled request was not shadowed or not compared.
-pub const SHADOW_SKIP_REASONS: [&str; 7] = [
-    "aborted",
-    "body_too_large",
-    "in_flight_limit",
-    "no_cluster",
-    "join_table_full",
-    "dispatch_failed",
-    "response_too_large",
-];
-pub const SHADOW_ERROR_REASONS: [&str; 2] = ["unreachable", "status"];
-pub const SHADOW_DISAGREE_REASONS: [&str; 2] = ["status", "prediction"];
-pub const RECORD_DROP_REASONS: [&str; 3] = ["no_sidecar", "buffer_full", "post_failed"];
+/// Declares a reason enum: its variants in metric order (`ALL`), their names in
+/// the metric (`as_str`) and their position in `ALL` (`index`).
+macro_rules! reasons {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every reason, in metric order.
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+
+            /// The reason's label value in the metric name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The reason's position in `ALL` (declaration order).
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why a sampled request was not shadowed, or its shadow not compared
+    /// (`shadow_skipped_total`).
+    ShadowSkip {
+        /// The client went away before the copy was complete, or the primary never answered.
+        Aborted => "aborted",
+        /// The request body is larger than `shadow.max_body_bytes`.
+        BodyTooLarge => "body_too_large",
+        /// `shadow.max_in_flight` calls are in flight (or the job queue is full).
+        InFlightLimit => "in_flight_limit",
+        /// Envoy has no such cluster.
+        NoCluster => "no_cluster",
+        /// The worker's table of joins is full.
+        JoinTableFull => "join_table_full",
+        /// The callout could not be made.
+        DispatchFailed => "dispatch_failed",
+        /// An answer is larger than `compare.max_response_bytes`.
+        ResponseTooLarge => "response_too_large",
+    }
+}
+
+reasons! {
+    /// Why a shadow call failed (`shadow_errors_total`).
+    ShadowError {
+        /// No answer (connection refused or reset, no healthy upstream).
+        Unreachable => "unreachable",
+        /// A status other than 2xx.
+        Status => "status",
+    }
+}
+
+reasons! {
+    /// Why records or assignments were dropped instead of sent to the sidecar
+    /// (`shadow_records_dropped_total`, `assignment_records_dropped_total`).
+    RecordDrop {
+        /// No `control` section: nowhere to send them.
+        NoSidecar => "no_sidecar",
+        /// The worker's buffer is full.
+        BufferFull => "buffer_full",
+        /// The post failed or the sidecar refused it.
+        PostFailed => "post_failed",
+    }
+}
+
 pub const SHADOW_RECORDS_SENT: &str = "model_rollout.shadow_records_sent_total";
 
 pub fn records_dropped(reason: &str) -> String {
@@ -188,6 +248,22 @@ mod tests {
         // "control" is a plain segment, not a label
         let p = parse_stat_name(&format!("wasmcustom.{}", control_rejected("invalid"))).unwrap();
         assert_eq!(p.label("reason"), Some("invalid"));
+    }
+
+    #[test]
+    fn reasons_are_listed_in_index_order() {
+        for (i, r) in ShadowSkip::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        for (i, r) in ShadowError::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        for (i, r) in RecordDrop::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        assert_eq!(ShadowSkip::ALL.len(), 7);
+        assert_eq!(ShadowSkip::ResponseTooLarge.as_str(), "response_too_large");
+        assert_eq!(RecordDrop::NoSidecar.as_str(), "no_sidecar");
     }
 
     #[test]

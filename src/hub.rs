@@ -1,15 +1,17 @@
-//! Shadow copies and their comparison, done by the root context so that a shadow
-//! answering after the primary has finished is still compared.
+//! The worker's shadow hub: where request contexts and the root's dispatcher meet.
+//! It holds the parked shadow jobs, the open *joins* (one per shadowed request,
+//! waiting for the primary's and the shadow's answers), the shadow calls in flight,
+//! and the records and assignments waiting to be posted.
 //!
-//! Why the root: a callout's answer goes to the context that dispatched it, and
-//! Envoy cancels a request context's callouts when the request ends. So a request
-//! context never dispatches a shadow itself. It opens a *join* (keyed by an
-//! internal id; the correlation id travels with it), parks the copy as a job in
-//! this worker's `Hub`, and nudges the root through a proxy-wasm shared queue; the
-//! root's `on_queue_ready` runs on the same worker right after the current
-//! callback and dispatches the job. The request context later hands over its own
-//! answer (status, latency, predictions) when it ends. Whichever half arrives
-//! second completes the join: compare, count, maybe record.
+//! Why the root dispatches shadows: a callout's answer goes to the context that
+//! dispatched it, and Envoy cancels a request context's callouts when the request
+//! ends. So a request context never dispatches a shadow itself. It opens a join
+//! (keyed by an internal id; the correlation id travels with it), parks the copy as
+//! a job here, and nudges the root through a proxy-wasm shared queue; the root's
+//! `on_queue_ready` runs on the same worker right after the current callback and
+//! its `ShadowDispatcher` dispatches the job. The request context later hands over
+//! its own answer (status, latency, predictions) when it ends. Whichever half
+//! arrives second completes the join: compare, count, maybe record.
 //!
 //! Everything is bounded: jobs, joins (also by age: an expired join is counted),
 //! in-flight shadow calls (per rollout and worker), buffered records.
@@ -17,28 +19,22 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use rollout_core::shadow::{compare, Prediction};
-use serde_json::{json, Value};
+use rollout_core::answer::{compare, Prediction};
+use rollout_core::stats::{RecordDrop, ShadowSkip};
+use rollout_core::wire::{Assignment, ShadowRecord, MAX_BATCH};
+use serde_json::Value;
 
+use crate::active::Active;
+use crate::answer::Answer;
 use crate::host::Host;
-use crate::root::Active;
 
 pub const MAX_JOBS: usize = 256;
 pub const MAX_JOINS: usize = 4096;
 pub const MAX_RECORDS: usize = 5000;
-pub const RECORD_BATCH: usize = 1000;
+/// Records (or assignments) per post: the sidecar takes at most `MAX_BATCH`.
+pub const RECORD_BATCH: usize = MAX_BATCH;
 /// A join outlives its shadow's timeout by this much before it expires.
 pub const JOIN_GRACE_MS: u64 = 10_000;
-
-/// One answer, reduced to what the comparison needs.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u32,
-    pub latency_ms: u64,
-    pub predictions: Vec<Option<Prediction>>,
-    /// The body exceeded the comparison limit: not comparable.
-    pub too_large: bool,
-}
 
 pub struct Job {
     pub join: u64,
@@ -75,8 +71,8 @@ pub struct Hub {
     /// Shared queue this worker's root listens on (None: nudges unavailable,
     /// jobs are dispatched on the tick instead).
     pub queue: Option<u32>,
-    records: Vec<Value>,
-    assignments: Vec<Value>,
+    records: Vec<ShadowRecord>,
+    assignments: Vec<Assignment>,
     /// Disagreement records budget per rollout: (minute window start, used).
     budget: HashMap<String, (u64, u32)>,
 }
@@ -86,15 +82,6 @@ pub struct Hub {
 pub enum Half {
     Primary,
     Shadow,
-}
-
-/// The two kinds of records the filter sends to the sidecar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordKind {
-    /// A shadow comparison (`POST /v1/shadow-records`).
-    Shadow,
-    /// Which variant served a correlation id, for A/B verdicts (`POST /v1/assignments`).
-    Assignment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +195,7 @@ impl Hub {
         };
         let Some(spec) = &rollout.shadow else { return };
         if p.too_large || s.too_large {
-            sm.skip(m, "response_too_large");
+            sm.skip(m, ShadowSkip::ResponseTooLarge);
             return;
         }
         let verdict = compare(
@@ -222,7 +209,7 @@ impl Hub {
         if verdict.agrees() {
             m.bump(sm.agree);
         } else {
-            sm.disagree(m, verdict.as_str());
+            sm.disagree(m, verdict);
         }
         m.record(host, sm.latency_ms, s.latency_ms);
         m.record(host, sm.primary_latency_ms, p.latency_ms);
@@ -242,7 +229,7 @@ impl Hub {
             return;
         }
         if self.records.len() >= MAX_RECORDS {
-            m.records_dropped("buffer_full", 1);
+            m.records_dropped(RecordDrop::BufferFull, 1);
             return;
         }
         let preds = |a: &Answer| {
@@ -253,21 +240,22 @@ impl Hub {
                     .collect(),
             )
         };
-        self.records.push(json!({
-            "correlation_id": j.correlation_id,
-            "rollout": rollout.name,
-            "variant": rollout.variant_name(j.variant),
-            "shadow_cluster": spec.cluster,
-            "agree": verdict.agrees(),
-            "verdict": verdict.as_str(),
-            "primary_status": p.status,
-            "shadow_status": s.status,
-            "primary_latency_ms": p.latency_ms,
-            "shadow_latency_ms": s.latency_ms,
-            "primary_prediction": preds(p),
-            "shadow_prediction": preds(s),
-            "unix_ms": now,
-        }));
+        self.records.push(ShadowRecord {
+            correlation_id: j.correlation_id,
+            rollout: rollout.name.clone(),
+            variant: rollout.variant_name(j.variant).to_string(),
+            shadow_cluster: spec.cluster.clone(),
+            agree: verdict.agrees(),
+            verdict,
+            primary_status: p.status,
+            shadow_status: s.status,
+            primary_latency_ms: p.latency_ms,
+            shadow_latency_ms: s.latency_ms,
+            primary_prediction: preds(p),
+            shadow_prediction: preds(s),
+            unix_ms: now,
+            proxy: None,
+        });
     }
 
     /// Expires joins past their age; each is counted on its rollout.
@@ -283,14 +271,16 @@ impl Hub {
         });
     }
 
-    /// Takes up to a batch of records of one kind to send.
-    pub fn take(&mut self, kind: RecordKind) -> Vec<Value> {
-        let buf = match kind {
-            RecordKind::Shadow => &mut self.records,
-            RecordKind::Assignment => &mut self.assignments,
-        };
-        let n = buf.len().min(RECORD_BATCH);
-        buf.drain(..n).collect()
+    /// Takes up to a batch of shadow records to send.
+    pub fn take_records(&mut self) -> Vec<ShadowRecord> {
+        let n = self.records.len().min(RECORD_BATCH);
+        self.records.drain(..n).collect()
+    }
+
+    /// Takes up to a batch of assignments to send.
+    pub fn take_assignments(&mut self) -> Vec<Assignment> {
+        let n = self.assignments.len().min(RECORD_BATCH);
+        self.assignments.drain(..n).collect()
     }
 
     /// Whether a full batch of either kind is waiting.
@@ -299,7 +289,7 @@ impl Hub {
     }
 
     /// Buffers an assignment record; false when the buffer is full.
-    pub fn assignment(&mut self, record: Value) -> bool {
+    pub fn assignment(&mut self, record: Assignment) -> bool {
         if self.assignments.len() >= MAX_RECORDS {
             return false;
         }

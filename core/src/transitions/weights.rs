@@ -1,28 +1,18 @@
-//! Plan operations (set weights, switch, promote, rollback, pause, resume): pure
-//! functions from one `PlanSpec` to the next, shared by the sidecar API and the CLI.
-//!
-//! Each takes the plan in force and returns a new, validated plan (`PlanSpec::compile`
-//! passes on it). The `version` field is left untouched: the store assigns versions.
-//! Errors name what is wrong: `rollout` for an unknown rollout, `variant` for an
-//! unknown variant, `weight` / `weights.<variant>` for a bad weight, or the plan path
-//! reported by validation.
-//!
-//! Weights are computed in basis points (1/100 of a percent, `plan::weight_to_bp`) and
-//! converted back as `bp / 100`, so repeated operations never accumulate float drift.
+//! Weight edits of one rollout, in basis points (1/100 of a percent,
+//! `fields::weight_to_bp`) converted back as `bp / 100`, so repeated operations
+//! never accumulate float drift. Each takes the plan in force and returns a new,
+//! validated plan; the policy-aware operations of `transitions` build on them.
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, OpError};
+use crate::fields::weight_to_bp;
 use crate::hash::BUCKETS;
-use crate::plan::{weight_to_bp, PlanSpec, RolloutSpec, VariantSpec};
+use crate::plan::{PlanSpec, RolloutSpec, VariantSpec};
 
 /// The full weight, 100 %, in basis points.
 const FULL_BP: u32 = BUCKETS as u32;
 
 fn bp_to_weight(bp: u32) -> f64 {
     f64::from(bp) / 100.0
-}
-
-fn unknown_rollout(name: &str) -> ConfigError {
-    ConfigError::new("rollout", format!("no rollout named {name:?}"))
 }
 
 fn variant_position(r: &RolloutSpec, variant: &str) -> Result<usize, ConfigError> {
@@ -66,21 +56,14 @@ fn weights_bp(r: &RolloutSpec, rollout_index: usize) -> Result<Vec<u32>, ConfigE
 }
 
 /// Applies `f` to a copy of the named rollout and validates the resulting plan.
-fn edit(
+pub(crate) fn edit(
     plan: &PlanSpec,
     rollout: &str,
     f: impl FnOnce(&mut RolloutSpec, usize) -> Result<(), ConfigError>,
-) -> Result<PlanSpec, ConfigError> {
+) -> Result<PlanSpec, OpError> {
     let mut next = plan.clone();
-    let index = next
-        .rollouts
-        .iter()
-        .position(|r| r.name == rollout)
-        .ok_or_else(|| unknown_rollout(rollout))?;
-    let r = next
-        .rollouts
-        .get_mut(index)
-        .ok_or_else(|| unknown_rollout(rollout))?;
+    let index = next.rollout_index(rollout)?;
+    let r = next.rollout_named_mut(rollout)?;
     f(r, index)?;
     next.compile()?;
     Ok(next)
@@ -98,7 +81,7 @@ pub fn set_weights<S: AsRef<str>>(
     plan: &PlanSpec,
     rollout: &str,
     weights: &[(S, f64)],
-) -> Result<PlanSpec, ConfigError> {
+) -> Result<PlanSpec, OpError> {
     edit(plan, rollout, |r, _| {
         let mut bp: Vec<Option<u32>> = vec![None; r.variants.len()];
         for (name, w) in weights {
@@ -151,7 +134,7 @@ pub fn set_weight(
     rollout: &str,
     variant: &str,
     weight: f64,
-) -> Result<PlanSpec, ConfigError> {
+) -> Result<PlanSpec, OpError> {
     edit(plan, rollout, |r, index| {
         let i = variant_position(r, variant)?;
         if i == 0 {
@@ -165,38 +148,47 @@ pub fn set_weight(
             ));
         }
         let new = u32::from(weight_to_bp("weight", weight)?);
-        let mut bp = weights_bp(r, index)?;
-        let old = bp.get(i).copied().unwrap_or(0);
-        let first = bp.first().copied().unwrap_or(0);
-        let stable_name = r
-            .variants
-            .first()
-            .map(|v| v.name.clone())
-            .unwrap_or_default();
-        let Some(first_new) = (first + old).checked_sub(new) else {
-            return Err(ConfigError::new(
-                "weight",
-                format!(
-                    "{weight} for {variant:?} would leave {stable_name:?} below 0 \
-                     ({stable_name:?} has {}, {variant:?} has {})",
-                    bp_to_weight(first),
-                    bp_to_weight(old)
-                ),
-            ));
-        };
-        if let Some(b) = bp.first_mut() {
-            *b = first_new;
-        }
-        if let Some(b) = bp.get_mut(i) {
-            *b = new;
-        }
-        set_all_bp(r, &bp);
-        Ok(())
+        set_absorbed_by_first(r, index, i, new, weight)
     })
 }
 
+/// Sets variant `i` to `new` basis points; the first variant absorbs the difference.
+/// `requested` is the weight as given, for the error.
+fn set_absorbed_by_first(
+    r: &mut RolloutSpec,
+    index: usize,
+    i: usize,
+    new: u32,
+    requested: f64,
+) -> Result<(), ConfigError> {
+    let mut bp = weights_bp(r, index)?;
+    let old = bp.get(i).copied().unwrap_or(0);
+    let first = bp.first().copied().unwrap_or(0);
+    let Some(first_new) = (first + old).checked_sub(new) else {
+        let stable = r.variants.first().map_or("", |v| v.name.as_str());
+        let variant = r.variants.get(i).map_or("", |v| v.name.as_str());
+        return Err(ConfigError::new(
+            "weight",
+            format!(
+                "{requested} for {variant:?} would leave {stable:?} below 0 \
+                 ({stable:?} has {}, {variant:?} has {})",
+                bp_to_weight(first),
+                bp_to_weight(old)
+            ),
+        ));
+    };
+    if let Some(b) = bp.first_mut() {
+        *b = first_new;
+    }
+    if let Some(b) = bp.get_mut(i) {
+        *b = new;
+    }
+    set_all_bp(r, &bp);
+    Ok(())
+}
+
 /// Blue/green switch: `variant` gets 100, every other variant 0, order unchanged.
-pub fn switch(plan: &PlanSpec, rollout: &str, variant: &str) -> Result<PlanSpec, ConfigError> {
+pub fn switch(plan: &PlanSpec, rollout: &str, variant: &str) -> Result<PlanSpec, OpError> {
     edit(plan, rollout, |r, _| {
         let i = variant_position(r, variant)?;
         for (j, v) in r.variants.iter_mut().enumerate() {
@@ -208,26 +200,35 @@ pub fn switch(plan: &PlanSpec, rollout: &str, variant: &str) -> Result<PlanSpec,
 
 /// Promotes the candidate: the last variant gets 100 and moves to the first position
 /// (it becomes stable); the others follow at 0 in their previous order.
-pub fn promote(plan: &PlanSpec, rollout: &str) -> Result<PlanSpec, ConfigError> {
+pub fn promote(plan: &PlanSpec, rollout: &str) -> Result<PlanSpec, OpError> {
     edit(plan, rollout, |r, _| {
-        let Some(mut candidate) = r.variants.pop() else {
+        let Some(last) = r.variants.len().checked_sub(1) else {
             return Err(ConfigError::new("variants", "the rollout has no variants"));
         };
-        candidate.weight = bp_to_weight(FULL_BP);
-        let mut variants: Vec<VariantSpec> = Vec::with_capacity(r.variants.len() + 1);
-        variants.push(candidate);
-        for mut v in r.variants.drain(..) {
-            v.weight = 0.0;
-            variants.push(v);
-        }
-        r.variants = variants;
-        Ok(())
+        promote_in_place(r, last)
     })
+}
+
+/// Variant `index` to 100 % and first; the others at 0 % in their previous order.
+pub(super) fn promote_in_place(r: &mut RolloutSpec, index: usize) -> Result<(), ConfigError> {
+    if index >= r.variants.len() {
+        return Err(ConfigError::new("variant", "no such variant"));
+    }
+    let mut chosen = r.variants.remove(index);
+    chosen.weight = bp_to_weight(FULL_BP);
+    let mut variants: Vec<VariantSpec> = Vec::with_capacity(r.variants.len() + 1);
+    variants.push(chosen);
+    for mut v in r.variants.drain(..) {
+        v.weight = 0.0;
+        variants.push(v);
+    }
+    r.variants = variants;
+    Ok(())
 }
 
 /// Rolls the candidate back: the last variant goes to 0 at once and its weight is
 /// added to the first variant.
-pub fn rollback(plan: &PlanSpec, rollout: &str) -> Result<PlanSpec, ConfigError> {
+pub fn rollback(plan: &PlanSpec, rollout: &str) -> Result<PlanSpec, OpError> {
     edit(plan, rollout, |r, index| {
         if r.variants.len() < 2 {
             return Err(ConfigError::new(
@@ -238,21 +239,13 @@ pub fn rollback(plan: &PlanSpec, rollout: &str) -> Result<PlanSpec, ConfigError>
                 ),
             ));
         }
-        let mut bp = weights_bp(r, index)?;
-        let last = bp.last().copied().unwrap_or(0);
-        if let Some(b) = bp.last_mut() {
-            *b = 0;
-        }
-        if let Some(b) = bp.first_mut() {
-            *b += last;
-        }
-        set_all_bp(r, &bp);
-        Ok(())
+        let last = r.variants.len() - 1;
+        set_absorbed_by_first(r, index, last, 0, 0.0)
     })
 }
 
 /// Sets the operator pause of a rollout (routing is unaffected; automatic changes stop).
-pub fn set_paused(plan: &PlanSpec, rollout: &str, paused: bool) -> Result<PlanSpec, ConfigError> {
+pub fn set_paused(plan: &PlanSpec, rollout: &str, paused: bool) -> Result<PlanSpec, OpError> {
     edit(plan, rollout, |r, _| {
         r.paused = paused;
         Ok(())
@@ -306,27 +299,27 @@ mod tests {
     #[test]
     fn set_weights_errors() {
         let e = set_weights(&plan(), "fraud", &[("stable", 75.0), ("canary", 20.0)]).unwrap_err();
-        assert_eq!(e.field, "weights");
-        assert!(e.message.contains("95"), "{e}");
+        assert_eq!(e.field(), "weights");
+        assert!(e.message().contains("95"), "{e}");
         let e = set_weights(&plan(), "fraud", &[("stable", 100.0)]).unwrap_err();
-        assert_eq!(e.field, "weights");
-        assert!(e.message.contains("canary"), "{e}");
+        assert_eq!(e.field(), "weights");
+        assert!(e.message().contains("canary"), "{e}");
         let e = set_weights(&plan(), "fraud", &[("stable", 50.0), ("blue", 50.0)]).unwrap_err();
-        assert_eq!(e.field, "variant");
+        assert_eq!(e.field(), "variant");
         let e = set_weights(&plan(), "nope", &[("stable", 100.0)]).unwrap_err();
-        assert_eq!(e.field, "rollout");
+        assert!(matches!(e, OpError::UnknownRollout(_)), "{e}");
         let e = set_weights(
             &plan(),
             "fraud",
             &[("stable", 50.0), ("stable", 40.0), ("canary", 10.0)],
         )
         .unwrap_err();
-        assert_eq!(e.field, "weights.stable");
+        assert_eq!(e.field(), "weights.stable");
         let e =
             set_weights(&plan(), "fraud", &[("stable", 99.995), ("canary", 0.005)]).unwrap_err();
-        assert_eq!(e.field, "weights.stable");
+        assert_eq!(e.field(), "weights.stable");
         let e = set_weights(&plan(), "fraud", &[("stable", 110.0), ("canary", -10.0)]).unwrap_err();
-        assert_eq!(e.field, "weights.stable");
+        assert_eq!(e.field(), "weights.stable");
     }
 
     #[test]
@@ -388,21 +381,21 @@ mod tests {
     #[test]
     fn set_weight_errors() {
         let e = set_weight(&plan(), "fraud", "stable", 50.0).unwrap_err();
-        assert_eq!(e.field, "variant");
+        assert_eq!(e.field(), "variant");
         let e = set_weight(&plan(), "fraud", "blue", 50.0).unwrap_err();
-        assert_eq!(e.field, "variant");
+        assert_eq!(e.field(), "variant");
         let e = set_weight(&plan(), "ghost", "canary", 50.0).unwrap_err();
-        assert_eq!(e.field, "rollout");
+        assert!(matches!(e, OpError::UnknownRollout(_)), "{e}");
         let e = set_weight(&plan(), "fraud", "canary", 100.5).unwrap_err();
-        assert_eq!(e.field, "weight");
+        assert_eq!(e.field(), "weight");
         let e = set_weight(&plan(), "fraud", "canary", 1.001).unwrap_err();
-        assert_eq!(e.field, "weight");
+        assert_eq!(e.field(), "weight");
         let e = set_weight(&plan(), "fraud", "canary", f64::NAN).unwrap_err();
-        assert_eq!(e.field, "weight");
+        assert_eq!(e.field(), "weight");
         // a: 50, b: 30, c: 20 -> c at 75 would need a = -5
         let e = set_weight(&plan(), "abn", "c", 75.0).unwrap_err();
-        assert_eq!(e.field, "weight");
-        assert!(e.message.contains("below 0"), "{e}");
+        assert_eq!(e.field(), "weight");
+        assert!(e.message().contains("below 0"), "{e}");
     }
 
     #[test]
@@ -417,8 +410,11 @@ mod tests {
             weights(&p, "abn"),
             w(&[("a", 100.0), ("b", 0.0), ("c", 0.0)])
         );
-        assert_eq!(switch(&plan(), "abn", "z").unwrap_err().field, "variant");
-        assert_eq!(switch(&plan(), "z", "a").unwrap_err().field, "rollout");
+        assert_eq!(switch(&plan(), "abn", "z").unwrap_err().field(), "variant");
+        assert!(matches!(
+            switch(&plan(), "z", "a").unwrap_err(),
+            OpError::UnknownRollout(_)
+        ));
     }
 
     #[test]
@@ -435,7 +431,10 @@ mod tests {
         );
         // targeting still points at variants by name
         p.compile().unwrap();
-        assert_eq!(promote(&plan(), "nope").unwrap_err().field, "rollout");
+        assert!(matches!(
+            promote(&plan(), "nope").unwrap_err(),
+            OpError::UnknownRollout(_)
+        ));
         // single variant: stays itself at 100
         let single = parse_plan(
             br#"{"version":1,"rollouts":[{"name":"one","salt":"s","variants":[{"name":"only","weight":100}]}]}"#,
@@ -462,13 +461,16 @@ mod tests {
         // already at 0: valid, unchanged weights
         let again = rollback(&p, "abn").unwrap();
         assert_eq!(weights(&again, "abn"), weights(&p, "abn"));
-        assert_eq!(rollback(&plan(), "nope").unwrap_err().field, "rollout");
+        assert!(matches!(
+            rollback(&plan(), "nope").unwrap_err(),
+            OpError::UnknownRollout(_)
+        ));
         let single = parse_plan(
             br#"{"version":1,"rollouts":[{"name":"one","salt":"s","variants":[{"name":"only","weight":100}]}]}"#,
         )
         .unwrap()
         .0;
-        assert_eq!(rollback(&single, "one").unwrap_err().field, "variants");
+        assert_eq!(rollback(&single, "one").unwrap_err().field(), "variants");
     }
 
     #[test]
@@ -483,7 +485,10 @@ mod tests {
         assert!(compiled.rollouts[0].paused);
         let p = set_paused(&p, "fraud", false).unwrap();
         assert_eq!(p, plan());
-        assert_eq!(set_paused(&plan(), "x", true).unwrap_err().field, "rollout");
+        assert!(matches!(
+            set_paused(&plan(), "x", true).unwrap_err(),
+            OpError::UnknownRollout(_)
+        ));
     }
 
     #[test]

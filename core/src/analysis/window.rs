@@ -1,0 +1,116 @@
+//! What one rollout's stats added up to over an analysis window: per variant
+//! (requests, responses by class, checked and invalid outputs, latency), the shadow
+//! comparisons, and the stats named by `stat` checks. The engine fills them from its
+//! time series; the checks read them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::histogram::Histogram;
+
+/// Index of `5xx` in `stats::CLASSES`.
+pub const CLASS_5XX: usize = 3;
+
+/// One variant's stats over a window (increases, summed over every Envoy).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VariantWindow {
+    pub requests: f64,
+    /// Indexed like `stats::CLASSES`.
+    pub responses: [f64; 5],
+    pub outputs_checked: f64,
+    pub invalid_outputs: f64,
+    pub latency: Histogram,
+}
+
+impl VariantWindow {
+    pub fn responses_total(&self) -> f64 {
+        self.responses.iter().fold(0.0, |a, b| a + b)
+    }
+
+    pub fn errors_5xx(&self) -> f64 {
+        self.responses.get(CLASS_5XX).copied().unwrap_or(0.0)
+    }
+
+    pub fn add(&mut self, o: &VariantWindow) {
+        self.requests += o.requests;
+        for (a, b) in self.responses.iter_mut().zip(o.responses.iter()) {
+            *a += b;
+        }
+        self.outputs_checked += o.outputs_checked;
+        self.invalid_outputs += o.invalid_outputs;
+        self.latency.merge(&o.latency);
+    }
+}
+
+/// The rollout's shadow comparisons over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowWindow {
+    pub compared: f64,
+    pub agree: f64,
+    /// Every disagreement reason (status, prediction) added up.
+    pub disagree: f64,
+}
+
+impl ShadowWindow {
+    pub fn add(&mut self, o: &ShadowWindow) {
+        self.compared += o.compared;
+        self.agree += o.agree;
+        self.disagree += o.disagree;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatKind {
+    Counter,
+    Gauge,
+}
+
+/// A stat named by a `stat` check, over a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatWindow {
+    pub kind: Option<StatKind>,
+    /// Counter: the increase over the window.
+    pub increase: f64,
+    /// Gauge: the latest value in the window.
+    pub last: Option<f64>,
+    /// Whether any scrape in the window found the stat.
+    pub seen: bool,
+}
+
+impl StatWindow {
+    /// A counter's rate per second over `span_s`, or a gauge's latest value.
+    pub fn value(&self, span_s: f64) -> Option<f64> {
+        if !self.seen {
+            return None;
+        }
+        match self.kind {
+            Some(StatKind::Gauge) => self.last,
+            _ if span_s > 0.0 => Some(self.increase / span_s),
+            _ => None,
+        }
+    }
+}
+
+/// What one rollout's stats added up to over one analysis window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowData {
+    /// Seconds the window's samples cover.
+    pub span_s: f64,
+    pub variants: BTreeMap<String, VariantWindow>,
+    pub shadow: ShadowWindow,
+    /// Keyed by the `stat` of a check with `{variant}` already replaced.
+    pub stats: BTreeMap<String, StatWindow>,
+}
+
+impl WindowData {
+    pub fn variant(&self, name: &str) -> Option<&VariantWindow> {
+        self.variants.get(name)
+    }
+}
+
+/// The stat a `stat` check reads for `variant` (`{variant}` replaced).
+pub fn stat_key(stat: &str, variant: &str) -> String {
+    stat.replace("{variant}", variant)
+}
