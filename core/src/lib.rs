@@ -9,7 +9,8 @@
 //!    [`answer`] (predictions, output health, the comparison of two answers).
 //! 2. [`fields`]: the validators every section shares.
 //! 3. The plan's sections, each with its schema, validation and compiled form:
-//!    [`shadow`], [`output`], [`policy`], [`experiment`].
+//!    [`shadow`], [`output`] (with its prediction bins, [`distribution`]),
+//!    [`policy`], [`experiment`], a variant's [`model`] metadata.
 //! 4. [`plan`]: the plan document, compiled from the sections; lookups.
 //! 5. [`decide`](mod@decide) (the variant of a request) and [`wire`] (what the filter and the
 //!    sidecar send each other).
@@ -24,10 +25,12 @@ pub mod config;
 pub mod control;
 pub mod correlation;
 pub mod decide;
+pub mod distribution;
 pub mod error;
 pub mod experiment;
 pub mod fields;
 pub mod hash;
+pub mod model;
 pub mod output;
 pub mod plan;
 pub mod policy;
