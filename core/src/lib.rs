@@ -6,7 +6,8 @@
 //!
 //! 1. Leaves: [`error`] (ConfigError, UnknownRollout, OpError), [`hash`],
 //!    [`correlation`], [`request`], [`stats`] (stat names, reason enums), [`abtest`],
-//!    [`answer`] (predictions, output health, the comparison of two answers).
+//!    [`answer`] (predictions, output health, the comparison of two answers);
+//!    [`msprt`] (sequential A/B tests, on [`abtest`]'s summaries).
 //! 2. [`fields`]: the validators every section shares.
 //! 3. The plan's sections, each with its schema, validation and compiled form:
 //!    [`shadow`], [`output`] (with its prediction bins, [`distribution`]),
@@ -31,6 +32,7 @@ pub mod experiment;
 pub mod fields;
 pub mod hash;
 pub mod model;
+pub mod msprt;
 pub mod output;
 pub mod plan;
 pub mod policy;
