@@ -6,7 +6,7 @@
 use rollout_core::{ConfigError, PlanSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::ordered::OrderedMap;
+use crate::util::ordered::OrderedMap;
 
 pub use crate::error::ErrorBody;
 

@@ -19,7 +19,7 @@ use crate::api::{
     parse_plan_document, HistoryEntry, Status, SwitchRequest, WeightsRequest, WriteResponse,
 };
 use crate::client::Client;
-use crate::ordered::OrderedMap;
+use crate::util::ordered::OrderedMap;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -279,7 +279,7 @@ pub fn run_client(cli: Cli) -> anyhow::Result<()> {
     let token = cli
         .token_file
         .as_deref()
-        .map(crate::serve::read_token)
+        .map(crate::util::token::read_token)
         .transpose()?;
     let json = cli.json;
     let mk = |author: Option<String>| {

@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Context};
 use serde::de::DeserializeOwned;
 
 use crate::api::{ErrorBody, AUTHOR_HEADER};
+use crate::util::query::encode_query_value;
 
 pub struct Client {
     agent: ureq::Agent,
@@ -25,19 +26,6 @@ impl Reply {
     pub fn json<T: DeserializeOwned>(&self) -> anyhow::Result<T> {
         serde_json::from_str(&self.body).context("the server's answer is not the expected JSON")
     }
-}
-
-/// Percent-encodes a query parameter value (RFC 3986 unreserved characters stay).
-pub fn encode_query_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Client {
@@ -154,13 +142,6 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_encoding() {
-        assert_eq!(encode_query_value("ramp to 25%"), "ramp%20to%2025%25");
-        assert_eq!(encode_query_value("a&b=c"), "a%26b%3Dc");
-        assert_eq!(encode_query_value("été"), "%C3%A9t%C3%A9");
-    }
 
     #[test]
     fn only_http() {

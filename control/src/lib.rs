@@ -20,7 +20,6 @@ pub mod client;
 pub mod error;
 pub mod experiments;
 pub mod metrics;
-pub mod ordered;
 pub mod policy;
 pub mod proxies;
 pub mod records;
@@ -28,7 +27,7 @@ pub mod scrape;
 pub mod serve;
 pub mod server;
 pub mod store;
-pub mod timefmt;
+pub mod util;
 pub mod validate;
 pub mod window;
 

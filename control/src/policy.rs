@@ -61,7 +61,7 @@ use crate::error::ApiError;
 use crate::scrape::{EnvoyStatus, Scraper, StatsFormat};
 use crate::server::AppState;
 use crate::store::{Change, Current, Op, Store, StoreError};
-use crate::timefmt::{now_unix_ms, rfc3339_ms};
+use crate::util::timefmt::{now_unix_ms, rfc3339_ms};
 use crate::window::{plan_selectors, tick_traffic, SeriesPoint, SeriesStore, VariantSummary};
 
 /// Author of every change the engine makes.

@@ -530,7 +530,7 @@ pub fn print_report(out: &mut impl std::io::Write, r: &ShadowReport) -> std::io:
         r.rollout,
         r.records,
         r.since_ms
-            .map(|s| format!(" since {}", crate::timefmt::rfc3339_ms(s)))
+            .map(|s| format!(" since {}", crate::util::timefmt::rfc3339_ms(s)))
             .unwrap_or_default()
     )?;
     writeln!(out, "  ({SAMPLE_NOTE})")?;
@@ -579,7 +579,7 @@ pub fn print_report(out: &mut impl std::io::Write, r: &ShadowReport) -> std::io:
         .iter()
         .map(|d| {
             vec![
-                crate::timefmt::rfc3339_ms(d.unix_ms),
+                crate::util::timefmt::rfc3339_ms(d.unix_ms),
                 d.correlation_id.clone(),
                 d.variant.clone(),
                 d.verdict.clone(),

@@ -38,7 +38,7 @@ use rollout_core::stats::parse_stat_name;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::timefmt::now_unix_ms;
+use crate::util::timefmt::now_unix_ms;
 
 /// How to read Envoy's stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -598,7 +598,10 @@ impl Scraper {
         let filter = filter_for(format, selectors);
         let q = |extra: &str| -> String {
             match &filter {
-                Some(f) => format!("{extra}filter={}", crate::client::encode_query_value(f)),
+                Some(f) => format!(
+                    "{extra}filter={}",
+                    crate::util::query::encode_query_value(f)
+                ),
                 None => extra.trim_end_matches('&').to_string(),
             }
         };

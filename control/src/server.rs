@@ -63,7 +63,7 @@ use crate::api::{
 use crate::error::ApiError;
 use crate::proxies::ProxyTable;
 use crate::store::{Change, Current, Op, Store};
-use crate::timefmt::now_unix_ms;
+use crate::util::timefmt::now_unix_ms;
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 1024 * 1024;

@@ -25,7 +25,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use rollout_core::PlanSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::timefmt::{now_unix_ms, rfc3339_ms};
+use crate::util::timefmt::{now_unix_ms, rfc3339_ms};
 
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "control.redb";

@@ -289,7 +289,7 @@ fn plan(progress: Option<(usize, f64)>, extra_policy: &str) -> PlanSpec {
             w,
             format!(
                 r#","progress": {{"step": {step}, "state": "progressing", "since_ms": {}}}"#,
-                rollout_control::timefmt::now_unix_ms()
+                rollout_control::util::timefmt::now_unix_ms()
             ),
         ),
         None => (0.0, String::new()),
