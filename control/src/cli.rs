@@ -15,9 +15,10 @@ use rollout_core::request::RequestHeaders;
 use rollout_core::{bucket, parse_plan, Plan, Rollout};
 use serde::Serialize;
 
-use crate::api::{
-    parse_plan_document, HistoryEntry, Status, SwitchRequest, WeightsRequest, WriteResponse,
-};
+use crate::api::change::{SwitchRequest, WeightsRequest, WriteResponse};
+use crate::api::history::HistoryEntry;
+use crate::api::plan::parse_plan_document;
+use crate::api::status::Status;
 use crate::client::Client;
 use crate::util::ordered::OrderedMap;
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use serde::de::DeserializeOwned;
 
-use crate::api::{ErrorBody, AUTHOR_HEADER};
+use crate::api::change::AUTHOR_HEADER;
+use crate::api::error::ErrorBody;
 use crate::util::query::encode_query_value;
 
 pub struct Client {

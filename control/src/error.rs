@@ -5,17 +5,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rollout_core::{ConfigError, OpError, UnknownRollout};
-use serde::{Deserialize, Serialize};
 
+use crate::api::error::ErrorBody;
 use crate::store::StoreError;
-
-/// The JSON body of every error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-    #[serde(default)]
-    pub field: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

@@ -44,8 +44,8 @@ use axum::{Json, Router};
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use rollout_core::analysis::{
     self, evaluate_checks, interval_verdict, next_action, update_baselines, AbOutcome, AbState,
-    Action, Baseline, CheckOutcome, EvalContext, IntervalVerdict, NextAction, NextFacts,
-    ShadowWindow, StepFacts, Streak,
+    Action, Baseline, CheckOutcome, EvalContext, IntervalVerdict, NextAction, NextFacts, StepFacts,
+    Streak,
 };
 use rollout_core::plan::RolloutSpec;
 use rollout_core::policy::{
@@ -57,12 +57,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::analysis::SeriesPoint;
+use crate::api::analysis::{AnalysisReport, Decision, WindowSummary};
+use crate::api::history::VersionAnalysis;
+use crate::api::status::{EngineView, EnvoyStatus, PolicyStatus, StatsFormat};
 use crate::error::ApiError;
-use crate::scrape::{EnvoyStatus, Scraper, StatsFormat};
+use crate::scrape::Scraper;
 use crate::server::AppState;
 use crate::store::{Change, Current, Op, Store, StoreError};
 use crate::util::timefmt::{now_unix_ms, rfc3339_ms};
-use crate::window::{plan_selectors, tick_traffic, SeriesPoint, SeriesStore, VariantSummary};
+use crate::window::{plan_selectors, tick_traffic, variant_summary, SeriesStore};
 
 /// Author of every change the engine makes.
 pub const AUTHOR: &str = "policy";
@@ -151,7 +155,7 @@ impl AbSource for ExperimentsAb {
             .collect::<Vec<_>>()
             .join(", ");
         let state = match (v.status, v.significant, v.candidate_better) {
-            (crate::experiments::VerdictStatus::Collecting, _, _) => AbState::NotReady,
+            (crate::api::experiment::VerdictStatus::Collecting, _, _) => AbState::NotReady,
             (_, true, Some(true)) => AbState::Better,
             (_, true, Some(false)) => AbState::Worse,
             _ => AbState::NoDifference,
@@ -172,66 +176,6 @@ impl AbSource for ExperimentsAb {
 
 // ---------------------------------------------------------------------------
 // Decisions
-
-/// A window's numbers, stored with each decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WindowSummary {
-    pub from_ms: u64,
-    pub to_ms: u64,
-    /// Seconds the window's samples cover.
-    pub span_s: f64,
-    pub variants: BTreeMap<String, VariantSummary>,
-    pub shadow: ShadowWindow,
-    /// `stat` check values (counter rate per second, or gauge value).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub stats: BTreeMap<String, f64>,
-}
-
-/// One evaluation of a rollout (or a start), as stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    pub rollout: String,
-    pub unix_ms: u64,
-    pub time: String,
-    /// `start`, `stay`, `advance`, `wait`, `complete`, `rollback`, `hold`.
-    pub action: String,
-    /// The plan change's reason, or why nothing changed.
-    pub reason: String,
-    /// The plan version this decision wrote (transitions only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan_version: Option<u64>,
-    /// The plan version the decision was made on.
-    pub based_on_version: u64,
-    pub step: usize,
-    pub step_label: String,
-    /// Progress state before the decision (`null`: not started).
-    pub state: Option<ProgressState>,
-    pub verdict: Option<IntervalVerdict>,
-    /// Streaks after this interval.
-    pub streak: Streak,
-    /// Candidate requests (shadow comparisons at a shadow-only step) seen in the step.
-    pub step_traffic: f64,
-    pub checks: Vec<CheckOutcome>,
-    pub window: Option<WindowSummary>,
-    /// The window's samples (at most 30 points).
-    pub series: Vec<SeriesPoint>,
-    /// The transition could not be committed (e.g. a person changed the rollout first).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// What `GET /v1/history` shows for a version written by the policy engine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VersionAnalysis {
-    pub rollout: String,
-    pub action: String,
-    pub decision_ms: u64,
-    pub verdict: Option<IntervalVerdict>,
-    pub streak: Streak,
-    pub checks: Vec<CheckOutcome>,
-    /// Where the full decision (window, series) is.
-    pub href: String,
-}
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(e.into().to_string())
@@ -425,16 +369,6 @@ pub struct Engine {
     tick_ms: u64,
     format: StatsFormat,
     state: Mutex<EngineState>,
-}
-
-/// The engine's own status in `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EngineView {
-    pub running: bool,
-    pub tick_ms: u64,
-    pub stats_format: StatsFormat,
-    pub envoys: Vec<EnvoyStatus>,
-    pub last_tick: Option<String>,
 }
 
 impl Engine {
@@ -786,7 +720,7 @@ async fn run_tick(
                 variants: w
                     .variants
                     .iter()
-                    .map(|(k, v)| (k.clone(), VariantSummary::of(v)))
+                    .map(|(k, v)| (k.clone(), variant_summary(v)))
                     .collect(),
                 shadow: w.shadow,
                 stats: w
@@ -994,47 +928,6 @@ fn commit_transition(
 // ---------------------------------------------------------------------------
 // Status
 
-/// A rollout's policy in `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PolicyStatus {
-    pub candidate: String,
-    pub stable: String,
-    /// Current step (0-based), of `steps`.
-    pub step: usize,
-    pub steps: usize,
-    /// `step 2 (5 %)`.
-    pub step_label: String,
-    /// The step's candidate weight (0 for shadow-only) and the weight in force.
-    pub step_weight: f64,
-    pub weight: f64,
-    pub shadow_only: bool,
-    /// `null` before the engine started the rollout.
-    pub state: Option<ProgressState>,
-    pub since: Option<String>,
-    pub time_in_step_s: Option<f64>,
-    pub note: Option<String>,
-    pub interval_s: u64,
-    pub min_duration_s: u64,
-    pub min_requests: u64,
-    /// Candidate requests (shadow comparisons) counted toward `min_requests`.
-    pub step_traffic: f64,
-    /// The last interval's verdict and when it was judged.
-    pub verdict: Option<IntervalVerdict>,
-    pub evaluated: Option<String>,
-    pub consecutive_failed: u32,
-    pub consecutive_inconclusive: u32,
-    pub failure_limit: u32,
-    pub inconclusive_limit: u32,
-    /// Each check of the last evaluation: value, threshold, verdict.
-    pub checks: Vec<CheckOutcome>,
-    pub next_action: NextAction,
-    /// `next_action.at_ms` as RFC 3339.
-    pub next_at: Option<String>,
-    /// The last transition the engine could not commit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 /// The policy status of a rollout (`None` without a policy).
 pub fn rollout_status(
     engine: Option<&Engine>,
@@ -1156,22 +1049,6 @@ pub fn rollout_status(
 pub struct AnalysisQuery {
     limit: Option<String>,
     version: Option<String>,
-}
-
-/// `GET /v1/rollouts/{name}/analysis`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnalysisReport {
-    pub rollout: String,
-    pub plan_version: u64,
-    pub engine_running: bool,
-    pub progress: Option<ProgressSpec>,
-    pub status: Option<PolicyStatus>,
-    /// The window of the last evaluation.
-    pub window: Option<WindowSummary>,
-    /// Live series of the last 10 intervals (at least a minute), at most 120 points.
-    pub series: Vec<SeriesPoint>,
-    /// Stored decisions, newest first.
-    pub decisions: Vec<Decision>,
 }
 
 /// The routes of this module (merged into `server::app`).
@@ -1318,10 +1195,10 @@ fn checks_table(out: &mut impl std::io::Write, checks: &[CheckOutcome]) -> std::
 /// The policy part of `rollout-control status`.
 pub fn print_policies(
     out: &mut impl std::io::Write,
-    rollouts: &[crate::api::StatusRollout],
+    rollouts: &[crate::api::status::StatusRollout],
     engine: Option<&EngineView>,
 ) -> std::io::Result<()> {
-    let with: Vec<(&crate::api::StatusRollout, &PolicyStatus)> = rollouts
+    let with: Vec<(&crate::api::status::StatusRollout, &PolicyStatus)> = rollouts
         .iter()
         .filter_map(|r| r.policy.as_ref().map(|p| (r, p)))
         .collect();

@@ -34,9 +34,11 @@ use rollout_core::shadow::Verdict;
 use rollout_core::wire::{ShadowRecord, ShadowRecordBatch};
 use rollout_core::ConfigError;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::ingest::Stored;
+use crate::api::shadow::{Disagreement, LatencyReport, LatencySummary, ShadowReport, SAMPLE_NOTE};
 use crate::error::ApiError;
 use crate::server::AppState;
 use crate::store::{Store, StoreError};
@@ -192,12 +194,6 @@ pub(crate) fn parse_u64_param(field: &str, raw: Option<&str>) -> Result<Option<u
 // ---------------------------------------------------------------------------
 // Records
 
-/// Answer of the ingestion calls that store items.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stored {
-    pub stored: u64,
-}
-
 /// Stores a batch in one transaction, trimming every touched rollout to
 /// [`MAX_RECORDS_PER_ROLLOUT`]. Blocking.
 pub fn store_records(store: &Store, records: &[ShadowRecord]) -> Result<u64, StoreError> {
@@ -255,88 +251,28 @@ pub fn store_records_capped(
 }
 
 /// Latency summary of the records in a report (ms; nearest-rank percentiles).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LatencySummary {
-    pub p50: Option<u64>,
-    pub p90: Option<u64>,
-    pub p99: Option<u64>,
-    pub mean: Option<f64>,
-}
-
-impl LatencySummary {
-    fn of(mut values: Vec<u64>) -> Self {
-        values.sort_unstable();
-        let n = values.len();
-        let rank = |p: u64| -> Option<u64> {
-            if n == 0 {
-                return None;
-            }
-            // nearest rank: the smallest value with at least p % of the values <= it
-            let r = (p as usize * n).div_ceil(100).max(1);
-            values.get(r - 1).copied()
-        };
-        let mean = (n > 0).then(|| {
-            let sum: u128 = values.iter().map(|v| u128::from(*v)).sum();
-            ((sum as f64 / n as f64) * 1000.0).round() / 1000.0
-        });
-        LatencySummary {
-            p50: rank(50),
-            p90: rank(90),
-            p99: rank(99),
-            mean,
+fn latency_summary(mut values: Vec<u64>) -> LatencySummary {
+    values.sort_unstable();
+    let n = values.len();
+    let rank = |p: u64| -> Option<u64> {
+        if n == 0 {
+            return None;
         }
+        // nearest rank: the smallest value with at least p % of the values <= it
+        let r = (p as usize * n).div_ceil(100).max(1);
+        values.get(r - 1).copied()
+    };
+    let mean = (n > 0).then(|| {
+        let sum: u128 = values.iter().map(|v| u128::from(*v)).sum();
+        ((sum as f64 / n as f64) * 1000.0).round() / 1000.0
+    });
+    LatencySummary {
+        p50: rank(50),
+        p90: rank(90),
+        p99: rank(99),
+        mean,
     }
 }
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LatencyReport {
-    pub primary: LatencySummary,
-    pub shadow: LatencySummary,
-}
-
-/// One disagreement in a report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Disagreement {
-    pub correlation_id: String,
-    pub variant: String,
-    pub verdict: String,
-    pub primary_prediction: Value,
-    pub shadow_prediction: Value,
-    pub primary_status: u32,
-    pub shadow_status: u32,
-    pub unix_ms: u64,
-}
-
-/// `GET /v1/shadow-report`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShadowReport {
-    pub rollout: String,
-    /// Always true: the records are a sample (see `note`).
-    pub sampled: bool,
-    pub note: String,
-    pub since_ms: Option<u64>,
-    /// Records considered (each is one comparison).
-    pub records: u64,
-    pub compared: u64,
-    pub agree: u64,
-    pub disagree: u64,
-    /// `agree / compared` over the records: biased low, disagreements are over-sampled.
-    pub agreement_rate: Option<f64>,
-    /// Agreements re-weighted by the current plan's `shadow.records.sample_percent`:
-    /// an estimate of the agreement over all comparisons (too high when the
-    /// disagreement budget ran out). `null` without that setting or without records.
-    pub estimated_agreement_rate: Option<f64>,
-    pub by_verdict: BTreeMap<String, u64>,
-    pub latency: LatencyReport,
-    pub first_unix_ms: Option<u64>,
-    pub last_unix_ms: Option<u64>,
-    /// Newest first.
-    pub recent_disagreements: Vec<Disagreement>,
-}
-
-pub const SAMPLE_NOTE: &str = "records are a sample: every disagreement up to the filter's \
-     per-minute budget, agreements at shadow.records.sample_percent; exact counts are Envoy's \
-     model_rollout_shadow_* metrics";
 
 /// The report of one rollout's records since `since_ms`. `sample_percent`: the
 /// current plan's `shadow.records.sample_percent`, if any. Blocking.
@@ -415,8 +351,8 @@ pub fn shadow_report(
         estimated_agreement_rate: estimated,
         by_verdict,
         latency: LatencyReport {
-            primary: LatencySummary::of(primary),
-            shadow: LatencySummary::of(shadow),
+            primary: latency_summary(primary),
+            shadow: latency_summary(shadow),
         },
         first_unix_ms: first,
         last_unix_ms: last,
@@ -649,14 +585,14 @@ mod tests {
 
     #[test]
     fn nearest_rank_percentiles() {
-        let l = LatencySummary::of((1..=100).collect());
+        let l = latency_summary((1..=100).collect());
         assert_eq!((l.p50, l.p90, l.p99), (Some(50), Some(90), Some(99)));
         assert_eq!(l.mean, Some(50.5));
-        let one = LatencySummary::of(vec![7]);
+        let one = latency_summary(vec![7]);
         assert_eq!((one.p50, one.p99, one.mean), (Some(7), Some(7), Some(7.0)));
-        let none = LatencySummary::of(vec![]);
+        let none = latency_summary(vec![]);
         assert_eq!((none.p50, none.mean), (None, None));
-        let l = LatencySummary::of(vec![10, 1, 5]);
+        let l = latency_summary(vec![10, 1, 5]);
         assert_eq!((l.p50, l.p90), (Some(5), Some(10)));
     }
 

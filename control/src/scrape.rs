@@ -35,21 +35,10 @@ use std::time::Duration;
 
 use rollout_core::analysis::{counter_increase, Histogram};
 use rollout_core::stats::parse_stat_name;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::api::status::{EnvoyStatus, StatsFormat};
 use crate::util::timefmt::now_unix_ms;
-
-/// How to read Envoy's stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum StatsFormat {
-    /// `/stats?format=json` with Envoy's detailed histogram bins (finer percentiles).
-    #[default]
-    Json,
-    /// `/stats/prometheus` (needs the shipped `stats_tags`; coarse default buckets).
-    Prometheus,
-}
 
 /// Largest admin answer read (a full Prometheus page of a big Envoy is a few MB).
 const MAX_BODY: u64 = 64 * 1024 * 1024;
@@ -500,19 +489,6 @@ impl TickData {
 
 // ---------------------------------------------------------------------------
 // The scraper
-
-/// The last answer of one Envoy, for status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EnvoyStatus {
-    pub url: String,
-    pub ok: bool,
-    /// Unix ms of the last successful read.
-    pub last_ok_ms: Option<u64>,
-    /// The last error (cleared by a success).
-    pub error: Option<String>,
-    /// Series read at the last success.
-    pub series: usize,
-}
 
 struct Source {
     base: String,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::api::parse_plan_document;
+use crate::api::plan::parse_plan_document;
 use crate::server::{app, AppState};
 use crate::store::{Change, Op, Store, StoreError};
 

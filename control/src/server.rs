@@ -56,10 +56,12 @@ use rollout_core::{OpError, PlanSpec};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::api::{
-    parse_plan_document, weights_of, HistoryEntry, Status, StatusProxy, StatusRollout,
-    StatusVariant, SwitchRequest, WeightsRequest, WriteResponse, AUTHOR_HEADER, REASON_HEADER,
+use crate::api::change::{
+    SwitchRequest, WeightsRequest, WriteResponse, AUTHOR_HEADER, REASON_HEADER,
 };
+use crate::api::history::{weights_of, HistoryEntry};
+use crate::api::plan::parse_plan_document;
+use crate::api::status::{Status, StatusProxy, StatusRollout, StatusVariant};
 use crate::error::ApiError;
 use crate::proxies::ProxyTable;
 use crate::store::{Change, Current, Op, Store};

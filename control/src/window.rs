@@ -20,8 +20,10 @@
 //! that moved). Series of rollouts that left the plan are dropped. Everything is in
 //! memory: a restarted sidecar starts with empty series.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
+use crate::api::analysis::{SeriesPoint, VariantSummary};
+use crate::scrape::{Increment, Selector, SeriesKey, TickData};
 use rollout_core::analysis::{
     stat_key, ShadowWindow, StatKind, StatWindow, VariantWindow, WindowData,
 };
@@ -29,9 +31,6 @@ use rollout_core::plan::RolloutSpec;
 use rollout_core::policy::CheckMetric;
 use rollout_core::stats::CLASSES;
 use rollout_core::PlanSpec;
-use serde::{Deserialize, Serialize};
-
-use crate::scrape::{Increment, Selector, SeriesKey, TickData};
 
 /// How long samples are kept.
 pub const RETENTION_MS: u64 = 3_600_000;
@@ -230,52 +229,23 @@ fn stat_tick(tick: &TickData, sel: &Selector) -> Option<StatTick> {
 }
 
 /// A variant's numbers as shown in decisions and the analysis endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VariantSummary {
-    pub requests: f64,
-    pub responses: f64,
-    pub errors_5xx: f64,
-    pub error_rate: Option<f64>,
-    pub latency_p50_ms: Option<f64>,
-    pub latency_p99_ms: Option<f64>,
-    pub outputs_checked: f64,
-    pub invalid_outputs: f64,
-    pub invalid_rate: Option<f64>,
+pub fn variant_summary(v: &VariantWindow) -> VariantSummary {
+    let ratio = |a: f64, b: f64| (b > 0.0).then(|| round6(a / b));
+    VariantSummary {
+        requests: v.requests,
+        responses: v.responses_total(),
+        errors_5xx: v.errors_5xx(),
+        error_rate: ratio(v.errors_5xx(), v.responses_total()),
+        latency_p50_ms: v.latency.percentile(50.0).map(round6),
+        latency_p99_ms: v.latency.percentile(99.0).map(round6),
+        outputs_checked: v.outputs_checked,
+        invalid_outputs: v.invalid_outputs,
+        invalid_rate: ratio(v.invalid_outputs, v.outputs_checked),
+    }
 }
 
 fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
-}
-
-impl VariantSummary {
-    pub fn of(v: &VariantWindow) -> VariantSummary {
-        let ratio = |a: f64, b: f64| (b > 0.0).then(|| round6(a / b));
-        VariantSummary {
-            requests: v.requests,
-            responses: v.responses_total(),
-            errors_5xx: v.errors_5xx(),
-            error_rate: ratio(v.errors_5xx(), v.responses_total()),
-            latency_p50_ms: v.latency.percentile(50.0).map(round6),
-            latency_p99_ms: v.latency.percentile(99.0).map(round6),
-            outputs_checked: v.outputs_checked,
-            invalid_outputs: v.invalid_outputs,
-            invalid_rate: ratio(v.invalid_outputs, v.outputs_checked),
-        }
-    }
-}
-
-/// One point of a rollout's series (one or several samples added up).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SeriesPoint {
-    /// End of the point's time span (unix ms) and its length.
-    pub t_ms: u64,
-    pub span_ms: u64,
-    pub envoys_ok: usize,
-    pub variants: BTreeMap<String, VariantSummary>,
-    pub shadow: ShadowWindow,
-    /// `stat` check values: counter rate per second, or gauge value.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub stats: BTreeMap<String, f64>,
 }
 
 /// The time series of every rollout of the plan.
@@ -466,7 +436,7 @@ impl SeriesStore {
                     variants: w
                         .variants
                         .iter()
-                        .map(|(k, v)| (k.clone(), VariantSummary::of(v)))
+                        .map(|(k, v)| (k.clone(), variant_summary(v)))
                         .collect(),
                     shadow: w.shadow,
                     stats: w

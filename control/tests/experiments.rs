@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
-use rollout_control::experiments::{self, VerdictStatus};
+use rollout_control::api::experiment::VerdictStatus;
+use rollout_control::experiments;
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
 use rollout_core::abtest;
