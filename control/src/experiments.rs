@@ -27,7 +27,7 @@
 //!   could never enter a supported analysis). Outcomes stay when their assignment
 //!   is dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -35,11 +35,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use redb::{ReadableTable, TableDefinition};
 use rollout_core::abtest::{self, Summary, ZTest};
 use rollout_core::experiment::ExperimentMetric;
 use rollout_core::policy::AbRequirement;
-use rollout_core::wire::{Assignment, AssignmentBatch};
+use rollout_core::wire::AssignmentBatch;
 use rollout_core::Rollout;
 use serde::{Deserialize, Serialize};
 
@@ -50,138 +49,19 @@ use crate::api::experiment::{
 use crate::api::ingest::Stored;
 use crate::error::ApiError;
 use crate::records::{
-    begin_read, begin_write, blocking, check_batch, check_correlation_id, check_name, db_err,
-    ingest_body, parse_object, read_table, reserve_seq, MAX_INGEST_BODY,
+    check_batch, check_correlation_id, check_name, ingest_body, parse_object, MAX_INGEST_BODY,
 };
 use crate::server::AppState;
+use crate::store::assignments::store_assignments;
+use crate::store::blocking::blocking;
+use crate::store::experiment_reset::reset;
+use crate::store::outcomes::{
+    check_reward, store_outcomes, variant_outcomes, MAX_OUTCOMES_PER_VARIANT,
+};
 use crate::store::{Store, StoreError};
-
-/// Assignments kept per rollout; the oldest go first.
-pub const MAX_ASSIGNMENTS_PER_ROLLOUT: u64 = 1_000_000;
-/// Outcomes kept per variant; later ones are dropped. A `samples_per_variant`
-/// above this can never complete.
-pub const MAX_OUTCOMES_PER_VARIANT: u64 = 1_000_000;
-/// Entries deleted per step of a reset (keeps memory flat).
-const RESET_CHUNK: usize = 10_000;
-
-const ASSIGNMENTS: TableDefinition<&str, (&str, &str, u64, u64)> =
-    TableDefinition::new("assignments");
-const ASSIGNMENT_ORDER: TableDefinition<(&str, u64, u64), &str> =
-    TableDefinition::new("assignment_order");
-const ASSIGNMENT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("assignment_counts");
-const OUTCOMES: TableDefinition<&str, (&str, &str, u64, f64)> = TableDefinition::new("outcomes");
-const OUTCOME_ORDER: TableDefinition<(&str, &str, u64), (&str, f64)> =
-    TableDefinition::new("outcome_order");
-const OUTCOME_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("outcome_counts");
 
 // ---------------------------------------------------------------------------
 // Assignments
-
-/// Stores a batch in one transaction. A correlation id already assigned to the
-/// same rollout and variant is left as it is (a retried batch changes nothing); one
-/// assigned elsewhere is moved. Rollouts beyond [`MAX_ASSIGNMENTS_PER_ROLLOUT`]
-/// lose their oldest assignments. Returns the batch size. Blocking.
-pub fn store_assignments(store: &Store, batch: &[Assignment]) -> Result<u64, StoreError> {
-    store_assignments_capped(store, batch, MAX_ASSIGNMENTS_PER_ROLLOUT)
-}
-
-/// [`store_assignments`] with another cap per rollout (tests).
-#[doc(hidden)]
-pub fn store_assignments_capped(
-    store: &Store,
-    batch: &[Assignment],
-    cap: u64,
-) -> Result<u64, StoreError> {
-    if batch.is_empty() {
-        return Ok(0);
-    }
-    let tx = begin_write(store)?;
-    {
-        let first = reserve_seq(&tx, "assignment", batch.len() as u64)?;
-        let mut by_id = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
-        let mut order = tx.open_table(ASSIGNMENT_ORDER).map_err(db_err)?;
-        let mut counts = tx.open_table(ASSIGNMENT_COUNTS).map_err(db_err)?;
-        // rollout -> (added, removed)
-        let mut delta: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for (seq, a) in (first..).zip(batch) {
-            let id = a.correlation_id.as_str();
-            let old = by_id.get(id).map_err(db_err)?.map(|g| {
-                let (r, v, ms, s) = g.value();
-                (r.to_string(), v.to_string(), ms, s)
-            });
-            if let Some((r, v, ms, s)) = old {
-                if r == a.rollout && v == a.variant {
-                    continue;
-                }
-                order.remove((r.as_str(), ms, s)).map_err(db_err)?;
-                delta.entry(r).or_default().1 += 1;
-            }
-            by_id
-                .insert(id, (a.rollout.as_str(), a.variant.as_str(), a.unix_ms, seq))
-                .map_err(db_err)?;
-            order
-                .insert((a.rollout.as_str(), a.unix_ms, seq), id)
-                .map_err(db_err)?;
-            delta.entry(a.rollout.clone()).or_default().0 += 1;
-        }
-        for (rollout, (added, removed)) in delta {
-            let r = rollout.as_str();
-            let have = (counts.get(r).map_err(db_err)?.map_or(0, |g| g.value()) + added)
-                .saturating_sub(removed);
-            let excess = have.saturating_sub(cap);
-            if excess > 0 {
-                let oldest: Vec<(u64, u64, String)> = order
-                    .range((r, 0u64, 0u64)..=(r, u64::MAX, u64::MAX))
-                    .map_err(db_err)?
-                    .take(usize::try_from(excess).unwrap_or(usize::MAX))
-                    .map(|e| {
-                        e.map(|(k, v)| {
-                            let (_, ms, s) = k.value();
-                            (ms, s, v.value().to_string())
-                        })
-                    })
-                    .collect::<Result<_, _>>()
-                    .map_err(db_err)?;
-                for (ms, s, id) in oldest {
-                    order.remove((r, ms, s)).map_err(db_err)?;
-                    let points_here = by_id.get(id.as_str()).map_err(db_err)?.is_some_and(|g| {
-                        let (gr, _, gms, gs) = g.value();
-                        gr == r && gms == ms && gs == s
-                    });
-                    if points_here {
-                        by_id.remove(id.as_str()).map_err(db_err)?;
-                    }
-                }
-            }
-            counts.insert(r, have.min(cap)).map_err(db_err)?;
-        }
-    }
-    tx.commit().map_err(db_err)?;
-    Ok(batch.len() as u64)
-}
-
-/// The assignment of a correlation id: (rollout, variant, unix_ms). Blocking.
-pub fn assignment_of(store: &Store, id: &str) -> Result<Option<(String, String, u64)>, StoreError> {
-    let tx = begin_read(store)?;
-    let Some(t) = read_table(&tx, ASSIGNMENTS)? else {
-        return Ok(None);
-    };
-    let found = t.get(id).map_err(db_err)?.map(|g| {
-        let (r, v, ms, _) = g.value();
-        (r.to_string(), v.to_string(), ms)
-    });
-    Ok(found)
-}
-
-/// Assignments kept for a rollout. Blocking.
-pub fn assignment_count(store: &Store, rollout: &str) -> Result<u64, StoreError> {
-    let tx = begin_read(store)?;
-    let Some(t) = read_table(&tx, ASSIGNMENT_COUNTS)? else {
-        return Ok(0);
-    };
-    let n = t.get(rollout).map_err(db_err)?.map_or(0, |g| g.value());
-    Ok(n)
-}
 
 // ---------------------------------------------------------------------------
 // Feedback
@@ -202,204 +82,8 @@ impl Shape {
     }
 }
 
-fn check_reward(
-    shape: Shape,
-    i: usize,
-    reward: f64,
-    metric: Option<ExperimentMetric>,
-) -> Result<(), ApiError> {
-    if !reward.is_finite() {
-        return Err(ApiError::bad_request(
-            shape.field(i, "reward"),
-            "must be a finite number",
-        ));
-    }
-    if metric == Some(ExperimentMetric::Conversion) && reward != 0.0 && reward != 1.0 {
-        return Err(ApiError::bad_request(
-            shape.field(i, "reward"),
-            format!("{reward} is not 0 or 1 (this experiment's metric is conversion)"),
-        ));
-    }
-    Ok(())
-}
-
-/// Joins outcomes with their assignments in one transaction. `metrics`: the
-/// experiment metric of each rollout in the current plan (rewards of conversion
-/// experiments must be 0 or 1). Any invalid outcome stores nothing. Blocking.
-fn store_feedback(
-    store: &Store,
-    outcomes: &[Outcome],
-    shape: Shape,
-    metrics: &HashMap<String, ExperimentMetric>,
-) -> Result<FeedbackResult, ApiError> {
-    let mut result = FeedbackResult::default();
-    if outcomes.is_empty() {
-        return Ok(result);
-    }
-    let tx = begin_write(store)?;
-    {
-        let mut next = reserve_seq(&tx, "outcome", outcomes.len() as u64)?;
-        let assignments = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
-        let mut by_id = tx.open_table(OUTCOMES).map_err(db_err)?;
-        let mut order = tx.open_table(OUTCOME_ORDER).map_err(db_err)?;
-        let mut counts = tx.open_table(OUTCOME_COUNTS).map_err(db_err)?;
-        for (i, o) in outcomes.iter().enumerate() {
-            let id = o.correlation_id.as_str();
-            let known = by_id.get(id).map_err(db_err)?.map(|g| {
-                let (r, v, s, reward) = g.value();
-                (r.to_string(), v.to_string(), s, reward)
-            });
-            if let Some((r, v, s, old)) = known {
-                // A repeat or a correction: same place in the arrival order.
-                check_reward(shape, i, o.reward, metrics.get(&r).copied())?;
-                if old.to_bits() != o.reward.to_bits() {
-                    by_id
-                        .insert(id, (r.as_str(), v.as_str(), s, o.reward))
-                        .map_err(db_err)?;
-                    order
-                        .insert((r.as_str(), v.as_str(), s), (id, o.reward))
-                        .map_err(db_err)?;
-                }
-                result.accepted += 1;
-                continue;
-            }
-            let assigned = assignments.get(id).map_err(db_err)?.map(|g| {
-                let (r, v, _, _) = g.value();
-                (r.to_string(), v.to_string())
-            });
-            let Some((r, v)) = assigned else {
-                check_reward(shape, i, o.reward, None)?;
-                result.unknown += 1;
-                continue;
-            };
-            check_reward(shape, i, o.reward, metrics.get(&r).copied())?;
-            let key = (r.as_str(), v.as_str());
-            let have = counts.get(key).map_err(db_err)?.map_or(0, |g| g.value());
-            if have >= MAX_OUTCOMES_PER_VARIANT {
-                result.dropped += 1;
-                continue;
-            }
-            let seq = next;
-            next += 1;
-            by_id
-                .insert(id, (r.as_str(), v.as_str(), seq, o.reward))
-                .map_err(db_err)?;
-            order
-                .insert((r.as_str(), v.as_str(), seq), (id, o.reward))
-                .map_err(db_err)?;
-            counts.insert(key, have + 1).map_err(db_err)?;
-            result.accepted += 1;
-        }
-    }
-    tx.commit().map_err(db_err)?;
-    Ok(result)
-}
-
-/// Stores outcomes (the library form of `POST /v1/feedback`): a reward must be
-/// finite, and 0 or 1 for rollouts whose experiment (in `metrics`) is a conversion
-/// experiment. Blocking.
-pub fn record_feedback(
-    store: &Store,
-    outcomes: &[Outcome],
-    metrics: &HashMap<String, ExperimentMetric>,
-) -> Result<FeedbackResult, ApiError> {
-    store_feedback(store, outcomes, Shape::Batch, metrics)
-}
-
 // ---------------------------------------------------------------------------
 // Reset
-
-/// Deletes every assignment and outcome of a rollout (to start a new experiment
-/// under the same name). Blocking.
-pub fn reset(store: &Store, rollout: &str) -> Result<ResetResult, StoreError> {
-    let mut result = ResetResult {
-        assignments_deleted: 0,
-        outcomes_deleted: 0,
-    };
-    let upper = format!("{rollout}\0");
-    let tx = begin_write(store)?;
-    {
-        let mut by_id = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
-        let mut order = tx.open_table(ASSIGNMENT_ORDER).map_err(db_err)?;
-        loop {
-            let chunk: Vec<(u64, u64, String)> = order
-                .range((rollout, 0u64, 0u64)..=(rollout, u64::MAX, u64::MAX))
-                .map_err(db_err)?
-                .take(RESET_CHUNK)
-                .map(|e| {
-                    e.map(|(k, v)| {
-                        let (_, ms, s) = k.value();
-                        (ms, s, v.value().to_string())
-                    })
-                })
-                .collect::<Result<_, _>>()
-                .map_err(db_err)?;
-            if chunk.is_empty() {
-                break;
-            }
-            for (ms, s, id) in chunk {
-                order.remove((rollout, ms, s)).map_err(db_err)?;
-                let here = by_id
-                    .get(id.as_str())
-                    .map_err(db_err)?
-                    .is_some_and(|g| g.value().0 == rollout);
-                if here {
-                    by_id.remove(id.as_str()).map_err(db_err)?;
-                }
-                result.assignments_deleted += 1;
-            }
-        }
-        tx.open_table(ASSIGNMENT_COUNTS)
-            .map_err(db_err)?
-            .remove(rollout)
-            .map_err(db_err)?;
-
-        let mut outcomes = tx.open_table(OUTCOMES).map_err(db_err)?;
-        let mut order = tx.open_table(OUTCOME_ORDER).map_err(db_err)?;
-        loop {
-            let chunk: Vec<(String, u64, String)> = order
-                .range((rollout, "", 0u64)..(upper.as_str(), "", 0u64))
-                .map_err(db_err)?
-                .take(RESET_CHUNK)
-                .map(|e| {
-                    e.map(|(k, v)| {
-                        let (_, variant, s) = k.value();
-                        (variant.to_string(), s, v.value().0.to_string())
-                    })
-                })
-                .collect::<Result<_, _>>()
-                .map_err(db_err)?;
-            if chunk.is_empty() {
-                break;
-            }
-            for (variant, s, id) in chunk {
-                order
-                    .remove((rollout, variant.as_str(), s))
-                    .map_err(db_err)?;
-                let here = outcomes
-                    .get(id.as_str())
-                    .map_err(db_err)?
-                    .is_some_and(|g| g.value().0 == rollout);
-                if here {
-                    outcomes.remove(id.as_str()).map_err(db_err)?;
-                }
-                result.outcomes_deleted += 1;
-            }
-        }
-        let mut counts = tx.open_table(OUTCOME_COUNTS).map_err(db_err)?;
-        let keys: Vec<String> = counts
-            .range((rollout, "")..(upper.as_str(), ""))
-            .map_err(db_err)?
-            .map(|e| e.map(|(k, _)| k.value().1.to_string()))
-            .collect::<Result<_, _>>()
-            .map_err(db_err)?;
-        for variant in keys {
-            counts.remove((rollout, variant.as_str())).map_err(db_err)?;
-        }
-    }
-    tx.commit().map_err(db_err)?;
-    Ok(result)
-}
 
 // ---------------------------------------------------------------------------
 // Analysis
@@ -441,34 +125,6 @@ impl Verdict {
     }
 }
 
-/// The first `limit` rewards of a variant, in arrival order, and the count joined.
-fn variant_data(
-    tx: &redb::ReadTransaction,
-    rollout: &str,
-    variant: &str,
-    limit: u64,
-) -> Result<(u64, Summary), StoreError> {
-    let count = match read_table(tx, OUTCOME_COUNTS)? {
-        Some(t) => t
-            .get((rollout, variant))
-            .map_err(db_err)?
-            .map_or(0, |g| g.value()),
-        None => 0,
-    };
-    let mut s = Summary::new();
-    if let Some(t) = read_table(tx, OUTCOME_ORDER)? {
-        for e in t
-            .range((rollout, variant, 0u64)..=(rollout, variant, u64::MAX))
-            .map_err(db_err)?
-            .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        {
-            let (_, v) = e.map_err(db_err)?;
-            s.add(v.value().1);
-        }
-    }
-    Ok((count, s))
-}
-
 fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
@@ -481,12 +137,13 @@ pub fn report(store: &Store, rollout: &Rollout) -> Result<Option<ExperimentRepor
         return Ok(None);
     };
     let horizon = x.samples_per_variant;
-    let tx = begin_read(store)?;
-    let mut data = Vec::with_capacity(rollout.variants.len());
-    for v in &rollout.variants {
-        let (count, s) = variant_data(&tx, &rollout.name, &v.name, horizon)?;
-        data.push((v.name.clone(), count, s));
-    }
+    let names: Vec<&str> = rollout.variants.iter().map(|v| v.name.as_str()).collect();
+    let data: Vec<(String, u64, Summary)> =
+        variant_outcomes(store, &rollout.name, &names, horizon)?
+            .into_iter()
+            .zip(&names)
+            .map(|((count, s), name)| (name.to_string(), count, s))
+            .collect();
     let conversion = x.metric == ExperimentMetric::Conversion;
     let complete = !data.is_empty() && data.iter().all(|(_, count, _)| *count >= horizon);
     let variants: Vec<VariantStats> = data
@@ -645,7 +302,7 @@ async fn post_assignments(
     batch.validate()?;
     let assignments = batch.assignments;
     let store = Arc::clone(state.store());
-    let stored = blocking(move || Ok(store_assignments(&store, &assignments)?)).await?;
+    let stored = blocking(move || store_assignments(&store, &assignments)).await?;
     state.metrics().assignments_stored(stored);
     Ok(Json(Stored { stored }))
 }
@@ -708,11 +365,14 @@ async fn post_feedback(
     check_batch("outcomes", outcomes.len())?;
     for (i, o) in outcomes.iter().enumerate() {
         check_correlation_id(&shape.field(i, "correlation_id"), &o.correlation_id)?;
-        check_reward(shape, i, o.reward, None)?;
+        check_reward(|| shape.field(i, "reward"), o.reward, None)?;
     }
     let metrics = plan_metrics(&state);
     let store = Arc::clone(state.store());
-    let result = blocking(move || store_feedback(&store, &outcomes, shape, &metrics)).await?;
+    let result = blocking(move || {
+        store_outcomes::<ApiError>(&store, &outcomes, &|i| shape.field(i, "reward"), &metrics)
+    })
+    .await?;
     state
         .metrics()
         .feedback(result.accepted, result.unknown, result.dropped);
@@ -742,7 +402,7 @@ async fn get_experiment(
         ));
     }
     let store = Arc::clone(state.store());
-    let report = blocking(move || Ok(report(&store, &rollout)?))
+    let report = blocking(move || report(&store, &rollout))
         .await?
         .ok_or_else(|| ApiError::not_found("experiment", "no experiment section"))?;
     Ok(Json(report))
@@ -757,7 +417,7 @@ async fn post_reset(
     check_name("rollout", &name)?;
     let store = Arc::clone(state.store());
     let who = name.clone();
-    let result = blocking(move || Ok(reset(&store, &name)?)).await?;
+    let result = blocking(move || reset(&store, &name)).await?;
     eprintln!(
         "rollout-control: experiment data of {who} reset: {} assignments, {} outcomes deleted",
         result.assignments_deleted, result.outcomes_deleted

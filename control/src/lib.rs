@@ -21,7 +21,6 @@ pub mod error;
 pub mod experiments;
 pub mod metrics;
 pub mod policy;
-pub mod proxies;
 pub mod records;
 pub mod scrape;
 pub mod serve;

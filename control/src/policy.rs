@@ -41,7 +41,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use rollout_core::analysis::{
     self, evaluate_checks, interval_verdict, next_action, update_baselines, AbOutcome, AbState,
     Action, Baseline, CheckOutcome, EvalContext, IntervalVerdict, NextAction, NextFacts, StepFacts,
@@ -59,19 +58,17 @@ use tokio::task::JoinHandle;
 
 use crate::api::analysis::SeriesPoint;
 use crate::api::analysis::{AnalysisReport, Decision, WindowSummary};
-use crate::api::history::VersionAnalysis;
 use crate::api::status::{EngineView, EnvoyStatus, PolicyStatus, StatsFormat};
 use crate::error::ApiError;
 use crate::scrape::Scraper;
 use crate::server::AppState;
+use crate::store::decisions::{read_decisions, write_decisions, DECISIONS_PER_ROLLOUT};
 use crate::store::{Change, Current, Op, Store, StoreError};
 use crate::util::timefmt::{now_unix_ms, rfc3339_ms};
 use crate::window::{plan_selectors, tick_traffic, variant_summary, SeriesStore};
 
 /// Author of every change the engine makes.
 pub const AUTHOR: &str = "policy";
-/// Decisions kept per rollout.
-pub const DECISIONS_PER_ROLLOUT: usize = 300;
 /// Points of the window series stored with each decision.
 const DECISION_POINTS: usize = 30;
 /// Points of the live series in `GET /v1/rollouts/{name}/analysis`.
@@ -81,10 +78,6 @@ const DURABLE_EVERY_MS: u64 = 10_000;
 /// Decisions returned without `?limit=`, and at most.
 const DEFAULT_DECISIONS: usize = 20;
 const MAX_DECISIONS: usize = DECISIONS_PER_ROLLOUT;
-
-const DECISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("policy_decisions");
-const DECISION_VERSIONS: TableDefinition<u64, &[u8]> =
-    TableDefinition::new("policy_decision_versions");
 
 // ---------------------------------------------------------------------------
 // Options, A/B source
@@ -176,132 +169,6 @@ impl AbSource for ExperimentsAb {
 
 // ---------------------------------------------------------------------------
 // Decisions
-
-fn db_err(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Db(e.into().to_string())
-}
-
-/// Stores decisions (and, for transitions, the version summary) in one write
-/// transaction. Blocking.
-pub fn write_decisions(
-    store: &Store,
-    decisions: &[Decision],
-    durable: bool,
-) -> Result<(), StoreError> {
-    if decisions.is_empty() {
-        return Ok(());
-    }
-    let db = store.database();
-    let mut tx = db.begin_write().map_err(db_err)?;
-    if !durable {
-        tx.set_durability(Durability::None)
-            .map_err(|e| StoreError::Db(e.to_string()))?;
-    }
-    {
-        let mut table = tx.open_table(DECISIONS).map_err(db_err)?;
-        let mut versions = tx.open_table(DECISION_VERSIONS).map_err(db_err)?;
-        for d in decisions {
-            let mut at = d.unix_ms;
-            // one key per (rollout, ms)
-            while table
-                .get((d.rollout.as_str(), at))
-                .map_err(db_err)?
-                .is_some()
-            {
-                at += 1;
-            }
-            let bytes = serde_json::to_vec(d)
-                .map_err(|e| StoreError::Db(format!("cannot serialize a decision: {e}")))?;
-            table
-                .insert((d.rollout.as_str(), at), bytes.as_slice())
-                .map_err(db_err)?;
-            if let Some(v) = d.plan_version {
-                let summary = VersionAnalysis {
-                    rollout: d.rollout.clone(),
-                    action: d.action.clone(),
-                    decision_ms: at,
-                    verdict: d.verdict,
-                    streak: d.streak,
-                    checks: d.checks.clone(),
-                    href: format!("/v1/rollouts/{}/analysis?version={v}", d.rollout),
-                };
-                let bytes = serde_json::to_vec(&summary)
-                    .map_err(|e| StoreError::Db(format!("cannot serialize a summary: {e}")))?;
-                versions.insert(v, bytes.as_slice()).map_err(db_err)?;
-            }
-            // bound per rollout: drop the oldest
-            let range = (d.rollout.as_str(), 0u64)..=(d.rollout.as_str(), u64::MAX);
-            let n = table.range(range.clone()).map_err(db_err)?.count();
-            if n > DECISIONS_PER_ROLLOUT {
-                let old: Vec<u64> = table
-                    .range(range)
-                    .map_err(db_err)?
-                    .take(n - DECISIONS_PER_ROLLOUT)
-                    .filter_map(|e| e.ok().map(|(k, _)| k.value().1))
-                    .collect();
-                for t in old {
-                    table.remove((d.rollout.as_str(), t)).map_err(db_err)?;
-                }
-            }
-        }
-    }
-    tx.commit().map_err(db_err)
-}
-
-/// The newest `limit` decisions of a rollout (only those that wrote `version`, when
-/// given), newest first. Blocking.
-pub fn read_decisions(
-    store: &Store,
-    rollout: &str,
-    limit: usize,
-    version: Option<u64>,
-) -> Result<Vec<Decision>, StoreError> {
-    let tx = store.database().begin_read().map_err(db_err)?;
-    let table = match tx.open_table(DECISIONS) {
-        Ok(t) => t,
-        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(db_err(e)),
-    };
-    let mut out = Vec::new();
-    for e in table
-        .range((rollout, 0u64)..=(rollout, u64::MAX))
-        .map_err(db_err)?
-        .rev()
-    {
-        if out.len() >= limit {
-            break;
-        }
-        let (_, v) = e.map_err(db_err)?;
-        let d: Decision = serde_json::from_slice(v.value())
-            .map_err(|e| StoreError::Corrupt(format!("a decision of {rollout}: {e}")))?;
-        if version.is_none() || d.plan_version == version {
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
-/// The summaries of the decisions that wrote these versions. Blocking.
-pub fn version_analyses(
-    store: &Store,
-    versions: &[u64],
-) -> Result<HashMap<u64, VersionAnalysis>, StoreError> {
-    let tx = store.database().begin_read().map_err(db_err)?;
-    let table = match tx.open_table(DECISION_VERSIONS) {
-        Ok(t) => t,
-        Err(TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
-        Err(e) => return Err(db_err(e)),
-    };
-    let mut out = HashMap::new();
-    for v in versions {
-        if let Some(g) = table.get(*v).map_err(db_err)? {
-            if let Ok(a) = serde_json::from_slice::<VersionAnalysis>(g.value()) {
-                out.insert(*v, a);
-            }
-        }
-    }
-    Ok(out)
-}
 
 // ---------------------------------------------------------------------------
 // The engine

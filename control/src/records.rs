@@ -18,7 +18,7 @@
 //! Also home of the helpers the ingestion endpoints share (`experiments` uses them):
 //! body limits, JSON parsing with the offending field named, blocking store calls.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -27,11 +27,8 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use redb::{
-    ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction,
-};
 use rollout_core::shadow::Verdict;
-use rollout_core::wire::{ShadowRecord, ShadowRecordBatch};
+use rollout_core::wire::ShadowRecordBatch;
 use rollout_core::ConfigError;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -41,67 +38,21 @@ use crate::api::ingest::Stored;
 use crate::api::shadow::{Disagreement, LatencyReport, LatencySummary, ShadowReport, SAMPLE_NOTE};
 use crate::error::ApiError;
 use crate::server::AppState;
+use crate::store::blocking::blocking;
+use crate::store::shadow_records::store_records;
 use crate::store::{Store, StoreError};
 
 /// Largest body of an ingestion call (shadow records, assignments, feedback).
 pub const MAX_INGEST_BODY: usize = 4 * 1024 * 1024;
 /// Most items (records, assignments, outcomes) in one ingestion call.
 pub const MAX_BATCH: usize = rollout_core::wire::MAX_BATCH;
-/// Records kept per rollout; the oldest go first.
-pub const MAX_RECORDS_PER_ROLLOUT: u64 = 100_000;
 /// Recent disagreements a report lists without `?limit=`.
 pub const DEFAULT_DISAGREEMENTS: usize = 50;
 /// Most recent disagreements a report lists.
 pub const MAX_DISAGREEMENTS: usize = 1000;
 
-const RECORDS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("shadow_records");
-const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("shadow_record_counts");
-/// Store-wide sequence numbers of the data tables: `shadow`, `assignment`, `outcome`.
-const SEQ: TableDefinition<&str, u64> = TableDefinition::new("data_seq");
-
 // ---------------------------------------------------------------------------
 // Helpers shared with `experiments`
-
-pub(crate) fn db_err(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Db(e.into().to_string())
-}
-
-/// Opens a table for reading; `None` when it was never written.
-pub(crate) fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
-    tx: &ReadTransaction,
-    def: TableDefinition<K, V>,
-) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
-    match tx.open_table(def) {
-        Ok(t) => Ok(Some(t)),
-        Err(TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(db_err(e)),
-    }
-}
-
-pub(crate) fn begin_read(store: &Store) -> Result<ReadTransaction, StoreError> {
-    store.database().begin_read().map_err(db_err)
-}
-
-pub(crate) fn begin_write(store: &Store) -> Result<WriteTransaction, StoreError> {
-    store.database().begin_write().map_err(db_err)
-}
-
-/// Reserves `n` sequence numbers of `kind`; returns the first.
-pub(crate) fn reserve_seq(tx: &WriteTransaction, kind: &str, n: u64) -> Result<u64, StoreError> {
-    let mut t = tx.open_table(SEQ).map_err(db_err)?;
-    let first = t.get(kind).map_err(db_err)?.map_or(0, |g| g.value());
-    t.insert(kind, first.saturating_add(n)).map_err(db_err)?;
-    Ok(first)
-}
-
-/// Runs a store call on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
-}
 
 /// The body, or 413 beyond [`MAX_INGEST_BODY`].
 pub(crate) fn ingest_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -194,62 +145,6 @@ pub(crate) fn parse_u64_param(field: &str, raw: Option<&str>) -> Result<Option<u
 // ---------------------------------------------------------------------------
 // Records
 
-/// Stores a batch in one transaction, trimming every touched rollout to
-/// [`MAX_RECORDS_PER_ROLLOUT`]. Blocking.
-pub fn store_records(store: &Store, records: &[ShadowRecord]) -> Result<u64, StoreError> {
-    store_records_capped(store, records, MAX_RECORDS_PER_ROLLOUT)
-}
-
-/// [`store_records`] with another cap per rollout (tests).
-#[doc(hidden)]
-pub fn store_records_capped(
-    store: &Store,
-    records: &[ShadowRecord],
-    cap: u64,
-) -> Result<u64, StoreError> {
-    if records.is_empty() {
-        return Ok(0);
-    }
-    let tx = begin_write(store)?;
-    {
-        let first = reserve_seq(&tx, "shadow", records.len() as u64)?;
-        let mut table = tx.open_table(RECORDS).map_err(db_err)?;
-        let mut counts = tx.open_table(COUNTS).map_err(db_err)?;
-        let mut added: BTreeMap<&str, u64> = BTreeMap::new();
-        for (seq, r) in (first..).zip(records) {
-            let bytes = serde_json::to_vec(r)
-                .map_err(|e| StoreError::Db(format!("cannot serialize a record: {e}")))?;
-            table
-                .insert((r.rollout.as_str(), r.unix_ms, seq), bytes.as_slice())
-                .map_err(db_err)?;
-            *added.entry(r.rollout.as_str()).or_insert(0) += 1;
-        }
-        for (rollout, n) in added {
-            let have = counts
-                .get(rollout)
-                .map_err(db_err)?
-                .map_or(0, |g| g.value())
-                + n;
-            let excess = have.saturating_sub(cap);
-            if excess > 0 {
-                let oldest: Vec<(u64, u64)> = table
-                    .range((rollout, 0u64, 0u64)..=(rollout, u64::MAX, u64::MAX))
-                    .map_err(db_err)?
-                    .take(usize::try_from(excess).unwrap_or(usize::MAX))
-                    .map(|e| e.map(|(k, _)| (k.value().1, k.value().2)))
-                    .collect::<Result<_, _>>()
-                    .map_err(db_err)?;
-                for (ms, seq) in oldest {
-                    table.remove((rollout, ms, seq)).map_err(db_err)?;
-                }
-            }
-            counts.insert(rollout, have.min(cap)).map_err(db_err)?;
-        }
-    }
-    tx.commit().map_err(db_err)?;
-    Ok(records.len() as u64)
-}
-
 /// Latency summary of the records in a report (ms; nearest-rank percentiles).
 fn latency_summary(mut values: Vec<u64>) -> LatencySummary {
     values.sort_unstable();
@@ -291,44 +186,34 @@ pub fn shadow_report(
     let (mut primary, mut shadow) = (Vec::new(), Vec::new());
     let (mut first, mut last) = (None, None);
     let mut recent: VecDeque<Disagreement> = VecDeque::new();
-    let tx = begin_read(store)?;
-    if let Some(table) = read_table(&tx, RECORDS)? {
-        let from = since_ms.unwrap_or(0);
-        for entry in table
-            .range((rollout, from, 0u64)..=(rollout, u64::MAX, u64::MAX))
-            .map_err(db_err)?
-        {
-            let (k, v) = entry.map_err(db_err)?;
-            let r: ShadowRecord = serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Corrupt(format!("shadow record {:?}: {e}", k.value())))?;
-            total += 1;
-            if r.agree {
-                agree += 1;
-            }
-            *by_verdict
-                .entry(r.verdict.as_str().to_string())
-                .or_insert(0) += 1;
-            primary.push(r.primary_latency_ms);
-            shadow.push(r.shadow_latency_ms);
-            first = first.or(Some(r.unix_ms));
-            last = Some(r.unix_ms);
-            if !r.agree && limit > 0 {
-                if recent.len() == limit {
-                    recent.pop_front();
-                }
-                recent.push_back(Disagreement {
-                    correlation_id: r.correlation_id,
-                    variant: r.variant,
-                    verdict: r.verdict.as_str().to_string(),
-                    primary_prediction: r.primary_prediction,
-                    shadow_prediction: r.shadow_prediction,
-                    primary_status: r.primary_status,
-                    shadow_status: r.shadow_status,
-                    unix_ms: r.unix_ms,
-                });
-            }
+    crate::store::shadow_records::scan(store, rollout, since_ms, |r| {
+        total += 1;
+        if r.agree {
+            agree += 1;
         }
-    }
+        *by_verdict
+            .entry(r.verdict.as_str().to_string())
+            .or_insert(0) += 1;
+        primary.push(r.primary_latency_ms);
+        shadow.push(r.shadow_latency_ms);
+        first = first.or(Some(r.unix_ms));
+        last = Some(r.unix_ms);
+        if !r.agree && limit > 0 {
+            if recent.len() == limit {
+                recent.pop_front();
+            }
+            recent.push_back(Disagreement {
+                correlation_id: r.correlation_id,
+                variant: r.variant,
+                verdict: r.verdict.as_str().to_string(),
+                primary_prediction: r.primary_prediction,
+                shadow_prediction: r.shadow_prediction,
+                primary_status: r.primary_status,
+                shadow_status: r.shadow_status,
+                unix_ms: r.unix_ms,
+            });
+        }
+    })?;
     let disagree = total - agree;
     let rate = |a: f64, d: f64| {
         let n = a + d;
@@ -385,7 +270,7 @@ async fn post_records(
         r.proxy.clone_from(&proxy);
     }
     let store = Arc::clone(state.store());
-    let stored = blocking(move || Ok(store_records(&store, &records)?)).await?;
+    let stored = blocking(move || store_records(&store, &records)).await?;
     state.metrics().shadow_records_stored(stored);
     Ok(Json(Stored { stored }))
 }
@@ -431,8 +316,7 @@ async fn report(
     };
     let sp = sample_percent(&state, &rollout);
     let store = Arc::clone(state.store());
-    let report =
-        blocking(move || Ok(shadow_report(&store, &rollout, since_ms, limit, sp)?)).await?;
+    let report = blocking(move || shadow_report(&store, &rollout, since_ms, limit, sp)).await?;
     Ok(Json(report))
 }
 
@@ -564,19 +448,6 @@ pub fn run_report(
         print_report(out, &reply.json()?)?;
     }
     Ok(())
-}
-
-/// Counts records per rollout (for tests and diagnostics). Blocking.
-pub fn record_counts(store: &Store) -> Result<HashMap<String, u64>, StoreError> {
-    let tx = begin_read(store)?;
-    let mut out = HashMap::new();
-    if let Some(t) = read_table(&tx, COUNTS)? {
-        for e in t.iter().map_err(db_err)? {
-            let (k, v) = e.map_err(db_err)?;
-            out.insert(k.value().to_string(), v.value());
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -63,8 +63,9 @@ use crate::api::history::{weights_of, HistoryEntry};
 use crate::api::plan::parse_plan_document;
 use crate::api::status::{Status, StatusProxy, StatusRollout, StatusVariant};
 use crate::error::ApiError;
-use crate::proxies::ProxyTable;
-use crate::store::{Change, Current, Op, Store};
+use crate::store::blocking::blocking;
+use crate::store::proxies::ProxyTable;
+use crate::store::{Change, Current, Op, Store, StoreError};
 use crate::util::timefmt::now_unix_ms;
 
 /// Largest request body accepted (413 beyond).
@@ -251,21 +252,13 @@ fn parse_version(raw: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::bad_request("version", format!("{raw:?} is not a plan version")))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
-}
-
 async fn get_version(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let version = parse_version(&raw)?;
     let store = Arc::clone(&state.0.store);
-    let record = blocking(move || Ok(store.get(version)?))
+    let record = blocking(move || store.get(version))
         .await?
         .ok_or_else(|| ApiError::not_found("version", format!("no plan version {version}")))?;
     let mut h = plan_headers(version);
@@ -286,13 +279,13 @@ async fn history(
     let limit = match q.limit.as_deref() {
         None => DEFAULT_HISTORY,
         Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=crate::store::MAX_HISTORY).contains(&n) => n,
+            Ok(n) if (1..=crate::store::plans::MAX_HISTORY).contains(&n) => n,
             _ => {
                 return Err(ApiError::bad_request(
                     "limit",
                     format!(
                         "{s:?} is not a number from 1 to {}",
-                        crate::store::MAX_HISTORY
+                        crate::store::plans::MAX_HISTORY
                     ),
                 ))
             }
@@ -306,8 +299,8 @@ async fn history(
             .filter(|r| r.author == crate::policy::AUTHOR)
             .map(|r| r.version)
             .collect();
-        let analyses = crate::policy::version_analyses(&store, &policy_versions)?;
-        Ok((records, analyses))
+        let analyses = crate::store::decisions::version_analyses(&store, &policy_versions)?;
+        Ok::<_, StoreError>((records, analyses))
     })
     .await?;
     Ok(Json(
@@ -397,14 +390,14 @@ async fn live() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let store = Arc::clone(&state.0.store);
-    match blocking(move || Ok(store.check_readable()?)).await {
+    match blocking(move || store.check_readable()).await {
         Ok(count) => Json(serde_json::json!({
             "status": "ready",
             "versions": count,
             "version": state.0.store.current().map(|c| c.version()),
         }))
         .into_response(),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", e.message).into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", e.to_string()).into_response(),
     }
 }
 
@@ -771,7 +764,7 @@ async fn restore(
     body_bytes(body)?;
     let version = parse_version(&raw)?;
     let store = Arc::clone(&state.0.store);
-    let record = blocking(move || Ok(store.get(version)?))
+    let record = blocking(move || store.get(version))
         .await?
         .ok_or_else(|| ApiError::not_found("version", format!("no plan version {version}")))?;
     let plan = record.plan;

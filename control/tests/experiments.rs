@@ -9,6 +9,7 @@ use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
 use rollout_control::api::experiment::VerdictStatus;
 use rollout_control::experiments;
+use rollout_control::store::assignments;
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
 use rollout_core::abtest;
@@ -441,16 +442,16 @@ async fn unknown_ids_and_duplicates() {
     // a retried assignment batch changes nothing; a moved id follows
     f.assign("fraud", &[(id("s", 1), "stable")]).await;
     assert_eq!(
-        experiments::assignment_count(f.state.store(), "fraud").unwrap(),
+        assignments::assignment_count(f.state.store(), "fraud").unwrap(),
         2
     );
     f.assign("ranker", &[(id("s", 1), "a")]).await;
     assert_eq!(
-        experiments::assignment_count(f.state.store(), "fraud").unwrap(),
+        assignments::assignment_count(f.state.store(), "fraud").unwrap(),
         1
     );
     assert_eq!(
-        experiments::assignment_of(f.state.store(), &id("s", 1))
+        assignments::assignment_of(f.state.store(), &id("s", 1))
             .unwrap()
             .unwrap()
             .0,
@@ -507,7 +508,7 @@ async fn validation_errors_name_the_field_and_store_nothing() {
         assert_eq!(r.field(), field, "{}", r.text());
     }
     assert_eq!(
-        experiments::assignment_count(f.state.store(), "fraud").unwrap(),
+        assignments::assignment_count(f.state.store(), "fraud").unwrap(),
         0
     );
     f.assign("fraud", &[(id("s", 1), "stable"), (id("s", 2), "stable")])
@@ -605,7 +606,7 @@ async fn experiment_endpoint_404s_and_reset() {
     let j = f.get("/v1/experiments/ranker").await.json();
     assert_eq!(j["variants"][0]["count"], 0);
     assert_eq!(
-        experiments::assignment_count(f.state.store(), "ranker").unwrap(),
+        assignments::assignment_count(f.state.store(), "ranker").unwrap(),
         0
     );
     // the outcome is unknown now; other rollouts are untouched
@@ -662,14 +663,14 @@ async fn assignments_are_bounded_per_rollout_oldest_first() {
             })
             .collect()
     };
-    experiments::store_assignments_capped(&store, &batch(0, 8, "r"), 10).unwrap();
-    experiments::store_assignments_capped(&store, &batch(8, 15, "r"), 10).unwrap();
-    experiments::store_assignments_capped(&store, &batch(100, 103, "other"), 10).unwrap();
-    assert_eq!(experiments::assignment_count(&store, "r").unwrap(), 10);
-    assert_eq!(experiments::assignment_count(&store, "other").unwrap(), 3);
+    assignments::store_assignments_capped(&store, &batch(0, 8, "r"), 10).unwrap();
+    assignments::store_assignments_capped(&store, &batch(8, 15, "r"), 10).unwrap();
+    assignments::store_assignments_capped(&store, &batch(100, 103, "other"), 10).unwrap();
+    assert_eq!(assignments::assignment_count(&store, "r").unwrap(), 10);
+    assert_eq!(assignments::assignment_count(&store, "other").unwrap(), 3);
     // ids 10..15 have the smallest unix_ms: dropped
     for i in 0..15 {
-        let kept = experiments::assignment_of(&store, &id("cap", i))
+        let kept = assignments::assignment_of(&store, &id("cap", i))
             .unwrap()
             .is_some();
         assert_eq!(kept, i < 10, "id {i}");
@@ -677,8 +678,8 @@ async fn assignments_are_bounded_per_rollout_oldest_first() {
     // survives a reopen
     drop(store);
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(experiments::assignment_count(&store, "r").unwrap(), 10);
-    assert!(experiments::assignment_of(&store, &id("cap", 0))
+    assert_eq!(assignments::assignment_count(&store, "r").unwrap(), 10);
+    assert!(assignments::assignment_of(&store, &id("cap", 0))
         .unwrap()
         .is_some());
 }
