@@ -22,6 +22,7 @@ pub mod experiments;
 pub mod metrics;
 pub mod policy;
 pub mod records;
+pub mod report;
 pub mod scrape;
 pub mod serve;
 pub mod server;

@@ -132,7 +132,7 @@ impl AbSource for ExperimentsAb {
     fn outcome(&self, store: &Store, plan: &PlanSpec, rollout: &str) -> Option<AbOutcome> {
         let compiled = plan.compile().ok()?;
         let r = compiled.rollouts.iter().find(|r| r.name == rollout)?;
-        let v = match crate::experiments::verdict(store, r) {
+        let v = match crate::report::experiment::verdict(store, r) {
             Ok(v) => v?,
             Err(e) => {
                 return Some(AbOutcome {

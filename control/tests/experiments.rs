@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
 use rollout_control::api::experiment::VerdictStatus;
-use rollout_control::experiments;
+use rollout_control::report::experiment;
 use rollout_control::store::assignments;
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
@@ -222,7 +222,7 @@ async fn known_lift_is_significant_with_the_right_winner_and_fixed_horizon() {
     assert_eq!(j["comparisons"][0]["z"], Value::Null);
     assert_eq!(j["comparisons"][0]["p_value"], Value::Null);
     assert_eq!(j["comparisons"][0]["significant"], false);
-    let v = experiments::verdict(f.state.store(), &f.rollout("fraud"))
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
         .unwrap()
         .unwrap();
     assert_eq!(v.status, VerdictStatus::Collecting);
@@ -256,7 +256,7 @@ async fn known_lift_is_significant_with_the_right_winner_and_fixed_horizon() {
     assert!((j["variants"][1]["ci_low"].as_f64().unwrap() - w.low).abs() < 1e-12);
     assert!((j["variants"][1]["conversion"].as_f64().unwrap() - b.rate().unwrap()).abs() < 1e-12);
 
-    let v = experiments::verdict(f.state.store(), &f.rollout("fraud"))
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
         .unwrap()
         .unwrap();
     assert_eq!(v.status, VerdictStatus::Complete);
@@ -308,7 +308,7 @@ async fn equal_rates_are_not_significant_and_worse_is_worse() {
     assert_eq!(j["status"], "complete");
     let p = j["comparisons"][0]["p_value"].as_f64().unwrap();
     assert_eq!(j["significant"], p < 0.05);
-    let v = experiments::verdict(f.state.store(), &f.rollout("fraud"))
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
         .unwrap()
         .unwrap();
     assert!(!v.significant, "equal rates with this seed: p = {p}");
@@ -317,7 +317,7 @@ async fn equal_rates_are_not_significant_and_worse_is_worse() {
     // A worse candidate (all failures replaced in) fails both requirements.
     let worse: Vec<(String, f64)> = (0..5000).map(|i| (id("canary", i), 0.0)).collect();
     f.feedback(&worse).await;
-    let v = experiments::verdict(f.state.store(), &f.rollout("fraud"))
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
         .unwrap()
         .unwrap();
     assert!(v.significant);
@@ -332,7 +332,7 @@ trait WinnerFree {
     fn winner_free(&self) -> bool;
 }
 
-impl WinnerFree for experiments::Verdict {
+impl WinnerFree for experiment::Verdict {
     fn winner_free(&self) -> bool {
         self.status == VerdictStatus::Complete
             && !self.significant
@@ -582,7 +582,7 @@ async fn experiment_endpoint_404s_and_reset() {
         (r.status, r.field()),
         (StatusCode::NOT_FOUND, "experiment".into())
     );
-    assert!(experiments::verdict(f.state.store(), &f.rollout("plain"))
+    assert!(experiment::verdict(f.state.store(), &f.rollout("plain"))
         .unwrap()
         .is_none());
     // before any data: collecting with zero counts

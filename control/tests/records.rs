@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
-use rollout_control::records;
 use rollout_control::store::shadow_records;
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
@@ -341,7 +340,8 @@ fn retention_drops_the_oldest_per_rollout_and_survives_reopen() {
     let counts = shadow_records::record_counts(&store).unwrap();
     assert_eq!(counts.get("r"), Some(&10));
     assert_eq!(counts.get("other"), Some(&1));
-    let report = records::shadow_report(&store, "r", None, 100, None).unwrap();
+    let report =
+        rollout_control::report::shadow::shadow_report(&store, "r", None, 100, None).unwrap();
     assert_eq!(report.records, 10);
     assert_eq!(report.first_unix_ms, Some(1_700_000_000_005));
     assert_eq!(report.last_unix_ms, Some(1_700_000_000_014));
