@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::api::change::{SwitchRequest, WeightsRequest, WriteResponse};
 use crate::api::history::HistoryEntry;
 use crate::api::plan::parse_plan_document;
-use crate::api::status::Status;
+use crate::api::status::{StatsFormat, Status};
 use crate::client::Client;
 use crate::util::ordered::OrderedMap;
 
@@ -236,7 +236,23 @@ pub struct ServeArgs {
     pub initial_plan: Option<PathBuf>,
     /// The progressive-delivery engine (`--envoy-admin`, `--stats-format`, `--analysis-tick-ms`).
     #[command(flatten)]
-    pub policy: crate::policy::PolicyArgs,
+    pub policy: PolicyArgs,
+}
+
+/// `serve` flags of the engine.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Envoy admin base URL whose stats the policy engine reads (repeat for every
+    /// Envoy the sidecar serves; their counters are added up). Without it the policy
+    /// engine does not run.
+    #[arg(long = "envoy-admin", value_name = "URL")]
+    pub envoy_admin: Vec<String>,
+    /// How to read the stats: `json` (Envoy's detailed histogram bins) or `prometheus`.
+    #[arg(long, value_enum, default_value_t = StatsFormat::Json)]
+    pub stats_format: StatsFormat,
+    /// Read the Envoys (and run due evaluations) this often, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub analysis_tick_ms: u64,
 }
 
 #[derive(Debug, Args)]

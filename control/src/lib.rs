@@ -17,19 +17,18 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod engine;
 pub mod error;
 pub mod experiments;
 pub mod metrics;
 pub mod policy;
 pub mod records;
 pub mod report;
-pub mod scrape;
 pub mod serve;
 pub mod server;
 pub mod store;
 pub mod util;
 pub mod validate;
-pub mod window;
 
 #[doc(hidden)]
 pub mod testutil;

@@ -18,7 +18,7 @@ pub struct ServeOptions {
     pub token_file: Option<PathBuf>,
     pub initial_plan: Option<PathBuf>,
     /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
-    pub policy: Option<crate::policy::EngineOptions>,
+    pub policy: Option<crate::engine::options::EngineOptions>,
 }
 
 /// Stores `file` as version 1 when the store is empty. Returns the stored version, or
@@ -95,7 +95,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let state = AppState::new(Arc::clone(&store), token);
     let engine = match &opts.policy {
         Some(p) => {
-            let handle = crate::policy::start(&state, p.clone(), None)?;
+            let handle = state.start_engine(p.clone(), None)?;
             eprintln!(
                 "rollout-control: policy engine: reading {} every {} ms ({:?})",
                 p.envoy_admin.join(", "),

@@ -62,6 +62,10 @@ use crate::api::change::{
 use crate::api::history::{weights_of, HistoryEntry};
 use crate::api::plan::parse_plan_document;
 use crate::api::status::{Status, StatusProxy, StatusRollout, StatusVariant};
+use crate::engine::ab::AbSource;
+use crate::engine::options::EngineOptions;
+use crate::engine::runner::{self, EngineHandle};
+use crate::engine::state::Engine;
 use crate::error::ApiError;
 use crate::store::blocking::blocking;
 use crate::store::proxies::ProxyTable;
@@ -82,20 +86,20 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     store: Arc<Store>,
-    proxies: ProxyTable,
+    proxies: Arc<ProxyTable>,
     /// Bearer token required on writes; `None`: writes are open (loopback only).
     token: Option<Vec<u8>>,
     /// The sidecar's own counters (`GET /metrics`).
     metrics: crate::metrics::Metrics,
     /// The progressive-delivery engine, when `serve` runs it (`--envoy-admin`).
-    policy: std::sync::OnceLock<Arc<crate::policy::Engine>>,
+    policy: std::sync::OnceLock<Arc<Engine>>,
 }
 
 impl AppState {
     pub fn new(store: Arc<Store>, token: Option<String>) -> Self {
         AppState(Arc::new(Inner {
             store,
-            proxies: ProxyTable::default(),
+            proxies: Arc::new(ProxyTable::default()),
             token: token.map(String::into_bytes),
             metrics: crate::metrics::Metrics::default(),
             policy: std::sync::OnceLock::new(),
@@ -106,7 +110,7 @@ impl AppState {
         &self.0.store
     }
 
-    pub fn proxies(&self) -> &ProxyTable {
+    pub fn proxies(&self) -> &Arc<ProxyTable> {
         &self.0.proxies
     }
 
@@ -114,12 +118,24 @@ impl AppState {
         &self.0.metrics
     }
 
-    /// Attaches the running policy engine (status and analysis read it); once.
-    pub fn set_policy_engine(&self, engine: Arc<crate::policy::Engine>) {
-        let _ = self.0.policy.set(engine);
+    /// Starts the policy engine against this state's store and proxy table, and
+    /// attaches it (status and analysis read it); once.
+    pub fn start_engine(
+        &self,
+        opts: EngineOptions,
+        ab: Option<Arc<dyn AbSource>>,
+    ) -> anyhow::Result<EngineHandle> {
+        let handle = runner::start(
+            Arc::clone(&self.0.store),
+            Arc::clone(&self.0.proxies),
+            opts,
+            ab,
+        )?;
+        let _ = self.0.policy.set(handle.engine());
+        Ok(handle)
     }
 
-    pub fn policy_engine(&self) -> Option<Arc<crate::policy::Engine>> {
+    pub fn policy_engine(&self) -> Option<Arc<Engine>> {
         self.0.policy.get().cloned()
     }
 }
@@ -296,7 +312,7 @@ async fn history(
         let records = store.history(limit)?;
         let policy_versions: Vec<u64> = records
             .iter()
-            .filter(|r| r.author == crate::policy::AUTHOR)
+            .filter(|r| r.author == crate::engine::commit::AUTHOR)
             .map(|r| r.version)
             .collect();
         let analyses = crate::store::decisions::version_analyses(&store, &policy_versions)?;
@@ -355,7 +371,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
                 .rollouts
                 .iter()
                 .map(|r| StatusRollout {
-                    policy: crate::policy::rollout_status(engine.as_deref(), r, now_ms),
+                    policy: crate::engine::status::rollout_status(engine.as_deref(), r, now_ms),
                     name: r.name.clone(),
                     paused: r.paused,
                     variants: r

@@ -1,7 +1,7 @@
 //! Per-rollout time series of what the Envoys counted, and windows over them.
 //!
 //! Every analysis tick adds one [`Sample`] per rollout of the plan in force: the
-//! increases since the previous tick, summed over every Envoy (see `scrape`), for
+//! increases since the previous tick, summed over every Envoy (see `source`), for
 //! each variant (requests, responses by class, latency histogram bins, outputs
 //! checked, invalid outputs), the rollout's shadow comparisons (compared, agree,
 //! disagree over every reason) and each stat named by a `stat` check (a counter's
@@ -22,15 +22,13 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::api::analysis::{SeriesPoint, VariantSummary};
-use crate::scrape::{Increment, Selector, SeriesKey, TickData};
-use rollout_core::analysis::{
-    stat_key, ShadowWindow, StatKind, StatWindow, VariantWindow, WindowData,
-};
-use rollout_core::plan::RolloutSpec;
-use rollout_core::policy::CheckMetric;
-use rollout_core::stats::CLASSES;
+use rollout_core::analysis::{ShadowWindow, StatWindow, VariantWindow, WindowData};
 use rollout_core::PlanSpec;
+
+use crate::api::analysis::{SeriesPoint, VariantSummary};
+use crate::engine::rollout_metrics::{rollout_part, stat_tick, StatTick};
+use crate::engine::source::series::{Increment, SeriesKey, TickData};
+use crate::engine::stat_selectors::stat_keys;
 
 /// How long samples are kept.
 pub const RETENTION_MS: u64 = 3_600_000;
@@ -38,27 +36,6 @@ pub const RETENTION_MS: u64 = 3_600_000;
 pub const MAX_SAMPLES: usize = 7_200;
 /// Most variant or stat names remembered per rollout (beyond: the series restarts).
 const MAX_NAMES: usize = 64;
-
-// The filter's metric names as `scrape::SeriesKey` metrics (checked against
-// `rollout_core::stats` in the tests).
-const M_REQUESTS: &str = "model_rollout_requests_total";
-const M_RESPONSES: &str = "model_rollout_responses_total";
-const M_LATENCY: &str = "model_rollout_latency_ms";
-const M_CHECKED: &str = "model_rollout_outputs_checked_total";
-const M_INVALID: &str = "model_rollout_invalid_outputs_total";
-const M_COMPARED: &str = "model_rollout_shadow_compared_total";
-const M_AGREE: &str = "model_rollout_shadow_agree_total";
-const M_DISAGREE: &str = "model_rollout_shadow_disagree_total";
-
-/// A stat of a `stat` check in one sample.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StatTick {
-    pub kind: StatKind,
-    /// Counter increase (0 for a gauge).
-    pub increase: f64,
-    /// Gauge value.
-    pub value: Option<f64>,
-}
 
 /// One tick (or several merged) of one rollout.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,104 +105,6 @@ impl RolloutSeries {
         names.push(name.to_string());
         Some(names.len() - 1)
     }
-}
-
-/// The stats a rollout's `stat` checks read: `(key, selector)`, with `{variant}`
-/// replaced by the stable and the candidate variant.
-pub fn stat_keys(r: &RolloutSpec) -> Vec<(String, Selector)> {
-    let Some(policy) = &r.policy else {
-        return Vec::new();
-    };
-    let stable = r.variants.first().map(|v| v.name.as_str()).unwrap_or("");
-    let candidate = r.candidate_name().unwrap_or("");
-    let mut out: Vec<(String, Selector)> = Vec::new();
-    for c in &rollout_core::analysis::effective_checks(&r.name, policy) {
-        if c.metric != CheckMetric::Stat {
-            continue;
-        }
-        let Some(stat) = &c.stat else { continue };
-        for v in [stable, candidate] {
-            let key = stat_key(stat, v);
-            if !out.iter().any(|(k, _)| k == &key) {
-                let sel = Selector::parse(&key);
-                out.push((key, sel));
-            }
-        }
-    }
-    out
-}
-
-/// Every stat selector of every rollout of the plan (for the admin filter).
-pub fn plan_selectors(plan: &PlanSpec) -> Vec<Selector> {
-    let mut seen = HashSet::new();
-    plan.rollouts
-        .iter()
-        .flat_map(stat_keys)
-        .filter(|(k, _)| seen.insert(k.clone()))
-        .map(|(_, s)| s)
-        .collect()
-}
-
-/// One rollout's part of a tick: per variant (by name) and shadow.
-fn rollout_part(
-    series: &[(&SeriesKey, &Increment)],
-) -> (HashMap<String, VariantWindow>, ShadowWindow) {
-    let mut variants: HashMap<String, VariantWindow> = HashMap::new();
-    let mut shadow = ShadowWindow::default();
-    for (k, inc) in series {
-        let counter = match inc {
-            Increment::Counter(c) => Some(*c),
-            _ => None,
-        };
-        match (k.metric.as_str(), k.label("variant")) {
-            (M_COMPARED, None) => shadow.compared += counter.unwrap_or(0.0),
-            (M_AGREE, None) => shadow.agree += counter.unwrap_or(0.0),
-            (M_DISAGREE, None) => shadow.disagree += counter.unwrap_or(0.0),
-            (m, Some(v)) => {
-                let vw = variants.entry(v.to_string()).or_default();
-                match (m, inc) {
-                    (M_REQUESTS, _) => vw.requests += counter.unwrap_or(0.0),
-                    (M_RESPONSES, _) => {
-                        let class = k.label("class").unwrap_or("other");
-                        let i = CLASSES.iter().position(|c| *c == class).unwrap_or(4);
-                        if let Some(slot) = vw.responses.get_mut(i) {
-                            *slot += counter.unwrap_or(0.0);
-                        }
-                    }
-                    (M_CHECKED, _) => vw.outputs_checked += counter.unwrap_or(0.0),
-                    (M_INVALID, _) => vw.invalid_outputs += counter.unwrap_or(0.0),
-                    (M_LATENCY, Increment::Histogram(h)) => vw.latency.merge(h),
-                    _ => {}
-                }
-            }
-            _ => {}
-        }
-    }
-    (variants, shadow)
-}
-
-/// The sum of a selector's series in a tick; `None` when no series matches.
-fn stat_tick(tick: &TickData, sel: &Selector) -> Option<StatTick> {
-    let mut out: Option<StatTick> = None;
-    for (k, inc) in &tick.series {
-        if !sel.matches(k) {
-            continue;
-        }
-        let t = out.get_or_insert(StatTick {
-            kind: StatKind::Counter,
-            increase: 0.0,
-            value: None,
-        });
-        match inc {
-            Increment::Counter(c) => t.increase += c,
-            Increment::Gauge(g) => {
-                t.kind = StatKind::Gauge;
-                t.value = Some(t.value.unwrap_or(0.0) + g);
-            }
-            Increment::Histogram(_) => {}
-        }
-    }
-    out
 }
 
 /// A variant's numbers as shown in decisions and the analysis endpoint.
@@ -484,57 +363,15 @@ fn sum_samples(series: &RolloutSeries, samples: &[&Sample]) -> WindowData {
     w
 }
 
-/// The candidate's part of one tick: requests, or shadow comparisons for a
-/// shadow-only step (what a step's `min_requests` counts).
-pub fn tick_traffic(tick: &TickData, rollout: &str, candidate: &str, shadow_only: bool) -> f64 {
-    let r = ("rollout".to_string(), rollout.to_string());
-    if shadow_only {
-        tick.counter(&SeriesKey::new(M_COMPARED, vec![r]))
-    } else {
-        tick.counter(&SeriesKey::new(
-            M_REQUESTS,
-            vec![r, ("variant".to_string(), candidate.to_string())],
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::rollout_metrics::tick_traffic;
     use rollout_core::analysis::Histogram;
     use rollout_core::stats;
 
     fn key(name: &str) -> SeriesKey {
         SeriesKey::from_envoy_name(&format!("wasmcustom.{name}"))
-    }
-
-    #[test]
-    fn metric_names_match_the_filter() {
-        let cases = [
-            (stats::variant_requests("r", "v"), M_REQUESTS),
-            (stats::variant_responses("r", "v", "5xx"), M_RESPONSES),
-            (stats::variant_latency("r", "v"), M_LATENCY),
-            (
-                stats::variant_metric("r", "v", "outputs_checked_total"),
-                M_CHECKED,
-            ),
-            (
-                stats::variant_reason_metric("r", "v", "nan", "invalid_outputs_total"),
-                M_INVALID,
-            ),
-            (
-                stats::rollout_metric("r", "shadow_compared_total"),
-                M_COMPARED,
-            ),
-            (stats::rollout_metric("r", "shadow_agree_total"), M_AGREE),
-            (
-                stats::rollout_reason_metric("r", "prediction", "shadow_disagree_total"),
-                M_DISAGREE,
-            ),
-        ];
-        for (name, metric) in cases {
-            assert_eq!(key(&name).metric, metric, "{name}");
-        }
     }
 
     fn plan() -> PlanSpec {
