@@ -18,14 +18,12 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod engine;
-pub mod error;
 pub mod experiments;
-pub mod metrics;
+pub mod http;
 pub mod policy;
 pub mod records;
 pub mod report;
 pub mod serve;
-pub mod server;
 pub mod store;
 pub mod util;
 pub mod validate;
@@ -33,5 +31,6 @@ pub mod validate;
 #[doc(hidden)]
 pub mod testutil;
 
-pub use server::{app, AppState};
+pub use http::app;
+pub use http::state::AppState;
 pub use store::Store;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::api::plan::parse_plan_document;
-use crate::server::{app, AppState};
+use crate::http::{app, state::AppState};
 use crate::store::{Change, Op, Store, StoreError};
 
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
-//! `GET /metrics`: the sidecar's own metrics in the Prometheus text exposition
+//! The sidecar's own metrics and their rendering in the Prometheus text exposition
 //! format (version 0.0.4), written by hand: a few counters and gauges need no
-//! client library.
+//! client library. Served by `GET /metrics` (`http::metrics`).
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
@@ -17,18 +17,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
-use crate::error::ApiError;
-use crate::server::AppState;
+use crate::store::proxies::ProxyTable;
 use crate::store::{Store, StoreError};
-
-/// `Content-Type` of the text exposition format.
-pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The sidecar's counters. One per `AppState`; every method is cheap and lock-free
 /// except the HTTP table (a short mutex) and the plan-change count (read from the
@@ -88,8 +78,7 @@ impl Metrics {
     }
 
     /// The exposition text. Blocking (reads the store).
-    pub fn render(&self, state: &AppState) -> Result<String, StoreError> {
-        let store = state.store();
+    pub fn render(&self, store: &Store, proxies: &ProxyTable) -> Result<String, StoreError> {
         let mut out = String::with_capacity(2048);
         let version = store.current().map_or(0, |c| c.version());
         header(
@@ -187,7 +176,7 @@ impl Metrics {
             &mut out,
             "rollout_control_proxies",
             &[],
-            state.proxies().len() as u64,
+            proxies.len() as u64,
         );
         Ok(out)
     }
@@ -222,33 +211,6 @@ fn line(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
         let _ = write!(out, "{{{}}}", inner.join(","));
     }
     let _ = writeln!(out, " {value}");
-}
-
-/// `GET /metrics`.
-pub async fn serve(State(state): State<AppState>) -> Response {
-    let st = state.clone();
-    let text = tokio::task::spawn_blocking(move || st.metrics().render(&st)).await;
-    match text {
-        Ok(Ok(text)) => {
-            let mut resp = text.into_response();
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
-            resp
-        }
-        Ok(Err(e)) => ApiError::from(e).into_response(),
-        Err(e) => ApiError::internal(format!("metrics task failed: {e}")).into_response(),
-    }
-}
-
-/// Middleware counting every answer by route template and status.
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let resp = next.run(req).await;
-    state.metrics().http_request(&route, resp.status().as_u16());
-    resp
 }
 
 #[cfg(test)]
