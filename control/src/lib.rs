@@ -16,12 +16,8 @@
 
 pub mod api;
 pub mod cli;
-pub mod client;
 pub mod engine;
-pub mod experiments;
 pub mod http;
-pub mod policy;
-pub mod records;
 pub mod report;
 pub mod serve;
 pub mod store;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 
-use rollout_control::cli::{run_client, Cli, Command, PolicyArgs};
+use rollout_control::cli::args::{Cli, Command, PolicyArgs};
+use rollout_control::cli::run_client;
 use rollout_control::engine::options::EngineOptions;
 use rollout_control::serve::{serve, ServeOptions};
 

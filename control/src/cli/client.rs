@@ -9,6 +9,10 @@ use crate::api::change::AUTHOR_HEADER;
 use crate::api::error::ErrorBody;
 use crate::util::query::encode_query_value;
 
+/// Makes the client of a command, with the author of its change (`None`: the default
+/// `cli:$USER`); commands call it only once they need the sidecar.
+pub type Connect<'a> = &'a dyn Fn(Option<String>) -> anyhow::Result<Client>;
+
 pub struct Client {
     agent: ureq::Agent,
     base: String,

@@ -1,42 +1,15 @@
-//! Shadow comparison records: the filter posts a sample of its per-request
-//! comparisons (every disagreement up to a per-minute budget, agreements at
-//! `shadow.records.sample_percent`); the sidecar keeps them durably and reports on
-//! them.
-//!
-//! | method | path | answer |
-//! |---|---|---|
-//! | POST | `/v1/shadow-records` | `{"proxy", "records": [...]}` (at most 1,000 records, 4 MiB): 200 `{"stored": n}` |
-//! | GET  | `/v1/shadow-report?rollout=R[&since_ms=T][&limit=N]` | agreement, verdicts, latency percentiles, recent disagreements |
-//!
-//! Storage: table `shadow_records` in the store's redb file, keyed by
-//! `(rollout, unix_ms, seq)` (`seq` a store-wide counter) -> the record as JSON;
-//! `shadow_record_counts`: rollout -> records kept. At most
-//! [`MAX_RECORDS_PER_ROLLOUT`] per rollout: a batch that goes beyond it drops the
-//! oldest (smallest `unix_ms`) in the same transaction. Each batch is one write
-//! transaction, fsynced before the answer.
-//!
-//! Also home of the helpers the ingestion endpoints share (`experiments` uses them):
-//! body limits, JSON parsing with the offending field named, blocking store calls.
+//! `shadow-report --rollout R [--limit N] [--since-ms T]`: shadow agreement
+//! (sampled), verdict counts, latency percentiles, recent disagreements with their
+//! correlation ids.
+
+use std::io::Write;
 
 use serde_json::Value;
 
 use crate::api::shadow::{LatencySummary, ShadowReport, SAMPLE_NOTE};
-
-// ---------------------------------------------------------------------------
-// Helpers shared with `experiments`
-
-// ---------------------------------------------------------------------------
-// Records
-
-// ---------------------------------------------------------------------------
-// HTTP
-
-// ---------------------------------------------------------------------------
-// CLI output
-
-fn pct(x: Option<f64>) -> String {
-    x.map_or("-".to_string(), |x| format!("{:.2}%", x * 100.0))
-}
+use crate::cli::client::Client;
+use crate::cli::table::{pct, table};
+use crate::util::timefmt::rfc3339_ms;
 
 fn opt<T: ToString>(x: Option<T>) -> String {
     x.map_or("-".to_string(), |x| x.to_string())
@@ -54,14 +27,14 @@ fn short_json(v: &Value, max: usize) -> String {
 }
 
 /// The human form of a report: summary, latency table, recent disagreements.
-pub fn print_report(out: &mut impl std::io::Write, r: &ShadowReport) -> std::io::Result<()> {
+pub fn print_report(out: &mut impl Write, r: &ShadowReport) -> std::io::Result<()> {
     writeln!(
         out,
         "rollout {}: {} shadow records{}",
         r.rollout,
         r.records,
         r.since_ms
-            .map(|s| format!(" since {}", crate::util::timefmt::rfc3339_ms(s)))
+            .map(|s| format!(" since {}", rfc3339_ms(s)))
             .unwrap_or_default()
     )?;
     writeln!(out, "  ({SAMPLE_NOTE})")?;
@@ -92,7 +65,7 @@ pub fn print_report(out: &mut impl std::io::Write, r: &ShadowReport) -> std::io:
             l.mean.map_or("-".to_string(), |m| format!("{m:.1}")),
         ]
     };
-    crate::cli::table(
+    table(
         out,
         &["LATENCY MS", "P50", "P90", "P99", "MEAN"],
         &[
@@ -110,7 +83,7 @@ pub fn print_report(out: &mut impl std::io::Write, r: &ShadowReport) -> std::io:
         .iter()
         .map(|d| {
             vec![
-                crate::util::timefmt::rfc3339_ms(d.unix_ms),
+                rfc3339_ms(d.unix_ms),
                 d.correlation_id.clone(),
                 d.variant.clone(),
                 d.verdict.clone(),
@@ -120,7 +93,7 @@ pub fn print_report(out: &mut impl std::io::Write, r: &ShadowReport) -> std::io:
             ]
         })
         .collect();
-    crate::cli::table(
+    table(
         out,
         &[
             "TIME",
@@ -137,8 +110,8 @@ pub fn print_report(out: &mut impl std::io::Write, r: &ShadowReport) -> std::io:
 
 /// `rollout-control shadow-report --rollout R [--limit N] [--since-ms T]`.
 pub fn run_report(
-    client: &crate::client::Client,
-    out: &mut impl std::io::Write,
+    client: &Client,
+    out: &mut impl Write,
     json: bool,
     rollout: &str,
     limit: Option<usize>,
