@@ -116,7 +116,7 @@ pub struct ExperimentReport {
     pub candidate: String,
     pub variants: Vec<VariantStats>,
     pub comparisons: Vec<Comparison>,
-    /// The candidate-vs-control comparison, as in [`Verdict`].
+    /// The candidate-vs-control comparison, as in `report::experiment::Verdict`.
     pub significant: bool,
     pub candidate_better: Option<bool>,
     pub winner: Option<String>,

@@ -1,16 +1,16 @@
 //! One analysis tick, in five steps (each a function below):
 //!
-//! 1. [`read_source`]: read the metrics source and add the tick's increases to the
+//! 1. `read_source`: read the metrics source and add the tick's increases to the
 //!    per-rollout time series;
-//! 2. [`follow_rollouts`]: start each rollout that has a policy but no `progress`
+//! 2. `follow_rollouts`: start each rollout that has a policy but no `progress`
 //!    (not paused), count the step's candidate traffic, and list the rollouts whose
 //!    `interval_s` has elapsed since their last evaluation (progress `progressing`,
 //!    `waiting` or `holding`, not paused; `rolled_back` and `complete` rollouts are
 //!    never evaluated: nothing moves them but a person);
-//! 3. [`ab_outcomes`] and `evaluate::evaluate`: judge the due rollouts and decide;
-//! 4. [`commit_transitions`]: commit each transition as a new plan version
+//! 3. `ab_outcomes` and `evaluate::evaluate`: judge the due rollouts and decide;
+//! 4. `commit_transitions`: commit each transition as a new plan version
 //!    (`commit::commit_transition`);
-//! 5. [`store_decisions`]: store every decision in the store's decision tables.
+//! 5. `store_decisions`: store every decision in the store's decision tables.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -259,7 +259,7 @@ async fn commit_transitions(
 }
 
 /// Step 5: stores the tick's decisions; durably when a transition was committed or
-/// [`DURABLE_EVERY_MS`] passed since the last durable write.
+/// `DURABLE_EVERY_MS` passed since the last durable write.
 async fn store_decisions(
     store: &Arc<Store>,
     decisions: Vec<Decision>,
