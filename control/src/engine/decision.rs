@@ -8,7 +8,7 @@ use rollout_core::policy::{step_label, PolicySpec, ProgressSpec};
 
 use crate::api::analysis::{Decision, WindowSummary};
 use crate::engine::state::Basis;
-use crate::engine::window::variant_summary;
+use crate::engine::window::variant_summaries;
 use crate::util::timefmt::rfc3339_ms;
 
 /// The decision that starts a rollout's policy at step 0.
@@ -61,11 +61,7 @@ pub fn window_summary(w: &WindowData, from_ms: u64, to_ms: u64) -> WindowSummary
         from_ms,
         to_ms,
         span_s: w.span_s,
-        variants: w
-            .variants
-            .iter()
-            .map(|(k, v)| (k.clone(), variant_summary(v)))
-            .collect(),
+        variants: variant_summaries(w),
         shadow: w.shadow,
         stats: w
             .stats

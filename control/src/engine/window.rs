@@ -20,7 +20,7 @@
 //! that moved). Series of rollouts that left the plan are dropped. Everything is in
 //! memory: a restarted sidecar starts with empty series.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use rollout_core::analysis::{ShadowWindow, StatWindow, VariantWindow, WindowData};
 use rollout_core::PlanSpec;
@@ -105,6 +105,14 @@ impl RolloutSeries {
         names.push(name.to_string());
         Some(names.len() - 1)
     }
+}
+
+/// Every variant's numbers of a window.
+pub fn variant_summaries(w: &WindowData) -> BTreeMap<String, VariantSummary> {
+    w.variants
+        .iter()
+        .map(|(k, v)| (k.clone(), variant_summary(v)))
+        .collect()
 }
 
 /// A variant's numbers as shown in decisions and the analysis endpoint.
@@ -312,11 +320,7 @@ impl SeriesStore {
                     t_ms: last,
                     span_ms: last.saturating_sub(first),
                     envoys_ok: chunk.iter().map(|s| s.envoys_ok).min().unwrap_or(0),
-                    variants: w
-                        .variants
-                        .iter()
-                        .map(|(k, v)| (k.clone(), variant_summary(v)))
-                        .collect(),
+                    variants: variant_summaries(&w),
                     shadow: w.shadow,
                     stats: w
                         .stats

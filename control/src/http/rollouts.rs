@@ -133,52 +133,23 @@ async fn simple_op(
     commit(&state, meta, op, decide).await
 }
 
-async fn restart_policy(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<WriteQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    simple_op(state, name, headers, query, body, Op::Restart).await
+/// The handler of one operation without a body: [`simple_op`] with `$op`.
+macro_rules! no_body_op {
+    ($handler:ident, $op:expr) => {
+        async fn $handler(
+            State(state): State<AppState>,
+            Path(name): Path<String>,
+            headers: HeaderMap,
+            query: Result<Query<WriteQuery>, QueryRejection>,
+            body: Result<Bytes, BytesRejection>,
+        ) -> Result<Response, ApiError> {
+            simple_op(state, name, headers, query, body, $op).await
+        }
+    };
 }
 
-async fn promote(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<WriteQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    simple_op(state, name, headers, query, body, Op::Promote).await
-}
-
-async fn rollback(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<WriteQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    simple_op(state, name, headers, query, body, Op::Rollback).await
-}
-
-async fn pause(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<WriteQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    simple_op(state, name, headers, query, body, Op::Pause).await
-}
-
-async fn resume(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<WriteQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    simple_op(state, name, headers, query, body, Op::Resume).await
-}
+no_body_op!(promote, Op::Promote);
+no_body_op!(rollback, Op::Rollback);
+no_body_op!(pause, Op::Pause);
+no_body_op!(resume, Op::Resume);
+no_body_op!(restart_policy, Op::Restart);

@@ -255,16 +255,6 @@ mod tests {
     use super::*;
     use crate::engine::source::series::SeriesKey;
 
-    fn key(metric: &str, labels: &[(&str, &str)]) -> SeriesKey {
-        SeriesKey::new(
-            metric,
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     #[test]
     fn filters() {
         let sels = [
@@ -289,7 +279,7 @@ mod tests {
             Some(BASE_FILTER)
         );
         let ours = Selector::parse("model_rollout.rollout.fraud.variant.canary.requests_total");
-        assert!(ours.matches(&key(
+        assert!(ours.matches(&SeriesKey::of(
             "model_rollout_requests_total",
             &[("rollout", "fraud"), ("variant", "canary")]
         )));

@@ -206,23 +206,13 @@ mod tests {
          "totals":[{"lower_bound":51,"width":1,"count":13},{"lower_bound":52,"width":1,"count":10}],
          "intervals":[],"percentiles":[]}]}}]}"#;
 
-    fn key(metric: &str, labels: &[(&str, &str)]) -> SeriesKey {
-        SeriesKey::new(
-            metric,
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     #[test]
     fn json_names_become_labelled_series() {
         let gauges = r#"{"stats":[{"name":"cluster.model_canary.upstream_rq_active","value":3}]}"#;
         let s = parse_json(JSON, Some(gauges)).unwrap();
         assert_eq!(s.uptime_s, Some(260.0));
         assert_eq!(
-            s.series.get(&key(
+            s.series.get(&SeriesKey::of(
                 "model_rollout_responses_total",
                 &[
                     ("class", "5xx"),
@@ -233,11 +223,13 @@ mod tests {
             Some(&Reading::Counter(7.0))
         );
         assert_eq!(
-            s.series
-                .get(&key("cluster.model_canary.upstream_rq_active", &[])),
+            s.series.get(&SeriesKey::of(
+                "cluster.model_canary.upstream_rq_active",
+                &[]
+            )),
             Some(&Reading::Gauge(3.0))
         );
-        let Some(Reading::Histogram(h)) = s.series.get(&key(
+        let Some(Reading::Histogram(h)) = s.series.get(&SeriesKey::of(
             "model_rollout_latency_ms",
             &[("rollout", "fraud"), ("variant", "canary")],
         )) else {
@@ -265,13 +257,13 @@ model_rollout_latency_ms_count{rollout="fraud",variant="canary"} 35
         let s = parse_prometheus(PROM).unwrap();
         assert_eq!(s.uptime_s, Some(261.0));
         assert_eq!(
-            s.series.get(&key(
+            s.series.get(&SeriesKey::of(
                 "model_rollout_requests_total",
                 &[("rollout", "fraud"), ("variant", "canary")]
             )),
             Some(&Reading::Counter(35.0))
         );
-        let Some(Reading::Histogram(h)) = s.series.get(&key(
+        let Some(Reading::Histogram(h)) = s.series.get(&SeriesKey::of(
             "model_rollout_latency_ms",
             &[("rollout", "fraud"), ("variant", "canary")],
         )) else {

@@ -23,6 +23,17 @@ impl SeriesKey {
         }
     }
 
+    /// A key from borrowed label pairs.
+    pub fn of(metric: &str, labels: &[(&str, &str)]) -> SeriesKey {
+        SeriesKey::new(
+            metric,
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels
             .iter()

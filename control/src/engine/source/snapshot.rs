@@ -72,19 +72,9 @@ pub fn increments(prev: Option<&Snapshot>, cur: &Snapshot) -> HashMap<SeriesKey,
 mod tests {
     use super::*;
 
-    fn key(metric: &str, labels: &[(&str, &str)]) -> SeriesKey {
-        SeriesKey::new(
-            metric,
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     #[test]
     fn resets_and_baselines() {
-        let k = key("c", &[]);
+        let k = SeriesKey::of("c", &[]);
         let snap = |c: f64, up: f64| Snapshot {
             series: HashMap::from([(k.clone(), Reading::Counter(c))]),
             uptime_s: Some(up),
