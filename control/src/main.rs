@@ -3,8 +3,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use rollout_control::cli::{run_client, Cli, Command};
+use std::time::Duration;
+
+use rollout_control::cli::args::{Cli, Command, PolicyArgs};
+use rollout_control::cli::run_client;
+use rollout_control::engine::options::EngineOptions;
 use rollout_control::serve::{serve, ServeOptions};
+
+/// The engine's options from the `serve` flags; `None` without `--envoy-admin`.
+fn engine_options(args: &PolicyArgs) -> Option<EngineOptions> {
+    (!args.envoy_admin.is_empty()).then(|| EngineOptions {
+        envoy_admin: args.envoy_admin.clone(),
+        stats_format: args.stats_format,
+        tick: Duration::from_millis(args.analysis_tick_ms),
+    })
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,7 +28,7 @@ fn main() -> ExitCode {
                 data: args.data,
                 token_file: cli.token_file,
                 initial_plan: args.initial_plan,
-                policy: args.policy.options(),
+                policy: engine_options(&args.policy),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
-use crate::api::parse_plan_document;
-use crate::server::{app, AppState};
+use crate::api::plan::parse_plan_document;
+use crate::http::{app, state::AppState};
 use crate::store::{Change, Op, Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -18,18 +18,7 @@ pub struct ServeOptions {
     pub token_file: Option<PathBuf>,
     pub initial_plan: Option<PathBuf>,
     /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
-    pub policy: Option<crate::policy::EngineOptions>,
-}
-
-/// Reads a bearer token file; surrounding whitespace (the trailing newline) is dropped.
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(token)
+    pub policy: Option<crate::engine::options::EngineOptions>,
 }
 
 /// Stores `file` as version 1 when the store is empty. Returns the stored version, or
@@ -66,7 +55,11 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 /// Runs the sidecar until a shutdown signal.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let token = opts.token_file.as_deref().map(read_token).transpose()?;
+    let token = opts
+        .token_file
+        .as_deref()
+        .map(crate::util::token::read_token)
+        .transpose()?;
     let store = Store::open(&opts.data)?;
     if let Some(file) = &opts.initial_plan {
         match seed_initial_plan(&store, file)? {
@@ -102,7 +95,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let state = AppState::new(Arc::clone(&store), token);
     let engine = match &opts.policy {
         Some(p) => {
-            let handle = crate::policy::start(&state, p.clone(), None)?;
+            let handle = state.start_engine(p.clone(), None)?;
             eprintln!(
                 "rollout-control: policy engine: reading {} every {} ms ({:?})",
                 p.envoy_admin.join(", "),

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
-use rollout_control::experiments::{self, VerdictStatus};
+use rollout_control::api::experiment::VerdictStatus;
+use rollout_control::report::experiment;
+use rollout_control::store::assignments;
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
 use rollout_core::abtest;
@@ -220,7 +222,7 @@ async fn known_lift_is_significant_with_the_right_winner_and_fixed_horizon() {
     assert_eq!(j["comparisons"][0]["z"], Value::Null);
     assert_eq!(j["comparisons"][0]["p_value"], Value::Null);
     assert_eq!(j["comparisons"][0]["significant"], false);
-    let v = experiments::verdict(f.state.store(), &f.rollout("fraud"))
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
         .unwrap()
         .unwrap();
     assert_eq!(v.status, VerdictStatus::Collecting);
@@ -254,7 +256,7 @@ async fn known_lift_is_significant_with_the_right_winner_and_fixed_horizon() {
     assert!((j["variants"][1]["ci_low"].as_f64().unwrap() - w.low).abs() < 1e-12);
     assert!((j["variants"][1]["conversion"].as_f64().unwrap() - b.rate().unwrap()).abs() < 1e-12);
 
-    let v = experiments::verdict(f.state.store(), &f.rollout("fraud"))
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
         .unwrap()
         .unwrap();
     assert_eq!(v.status, VerdictStatus::Complete);
@@ -306,7 +308,7 @@ async fn equal_rates_are_not_significant_and_worse_is_worse() {
     assert_eq!(j["status"], "complete");
     let p = j["comparisons"][0]["p_value"].as_f64().unwrap();
     assert_eq!(j["significant"], p < 0.05);
-    let v = experiments::verdict(f.state.store(), &f.rollout("fraud"))
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
         .unwrap()
         .unwrap();
     assert!(!v.significant, "equal rates with this seed: p = {p}");
@@ -315,7 +317,7 @@ async fn equal_rates_are_not_significant_and_worse_is_worse() {
     // A worse candidate (all failures replaced in) fails both requirements.
     let worse: Vec<(String, f64)> = (0..5000).map(|i| (id("canary", i), 0.0)).collect();
     f.feedback(&worse).await;
-    let v = experiments::verdict(f.state.store(), &f.rollout("fraud"))
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
         .unwrap()
         .unwrap();
     assert!(v.significant);
@@ -330,7 +332,7 @@ trait WinnerFree {
     fn winner_free(&self) -> bool;
 }
 
-impl WinnerFree for experiments::Verdict {
+impl WinnerFree for experiment::Verdict {
     fn winner_free(&self) -> bool {
         self.status == VerdictStatus::Complete
             && !self.significant
@@ -440,16 +442,16 @@ async fn unknown_ids_and_duplicates() {
     // a retried assignment batch changes nothing; a moved id follows
     f.assign("fraud", &[(id("s", 1), "stable")]).await;
     assert_eq!(
-        experiments::assignment_count(f.state.store(), "fraud").unwrap(),
+        assignments::assignment_count(f.state.store(), "fraud").unwrap(),
         2
     );
     f.assign("ranker", &[(id("s", 1), "a")]).await;
     assert_eq!(
-        experiments::assignment_count(f.state.store(), "fraud").unwrap(),
+        assignments::assignment_count(f.state.store(), "fraud").unwrap(),
         1
     );
     assert_eq!(
-        experiments::assignment_of(f.state.store(), &id("s", 1))
+        assignments::assignment_of(f.state.store(), &id("s", 1))
             .unwrap()
             .unwrap()
             .0,
@@ -506,7 +508,7 @@ async fn validation_errors_name_the_field_and_store_nothing() {
         assert_eq!(r.field(), field, "{}", r.text());
     }
     assert_eq!(
-        experiments::assignment_count(f.state.store(), "fraud").unwrap(),
+        assignments::assignment_count(f.state.store(), "fraud").unwrap(),
         0
     );
     f.assign("fraud", &[(id("s", 1), "stable"), (id("s", 2), "stable")])
@@ -580,7 +582,7 @@ async fn experiment_endpoint_404s_and_reset() {
         (r.status, r.field()),
         (StatusCode::NOT_FOUND, "experiment".into())
     );
-    assert!(experiments::verdict(f.state.store(), &f.rollout("plain"))
+    assert!(experiment::verdict(f.state.store(), &f.rollout("plain"))
         .unwrap()
         .is_none());
     // before any data: collecting with zero counts
@@ -604,7 +606,7 @@ async fn experiment_endpoint_404s_and_reset() {
     let j = f.get("/v1/experiments/ranker").await.json();
     assert_eq!(j["variants"][0]["count"], 0);
     assert_eq!(
-        experiments::assignment_count(f.state.store(), "ranker").unwrap(),
+        assignments::assignment_count(f.state.store(), "ranker").unwrap(),
         0
     );
     // the outcome is unknown now; other rollouts are untouched
@@ -661,14 +663,14 @@ async fn assignments_are_bounded_per_rollout_oldest_first() {
             })
             .collect()
     };
-    experiments::store_assignments_capped(&store, &batch(0, 8, "r"), 10).unwrap();
-    experiments::store_assignments_capped(&store, &batch(8, 15, "r"), 10).unwrap();
-    experiments::store_assignments_capped(&store, &batch(100, 103, "other"), 10).unwrap();
-    assert_eq!(experiments::assignment_count(&store, "r").unwrap(), 10);
-    assert_eq!(experiments::assignment_count(&store, "other").unwrap(), 3);
+    assignments::store_assignments_capped(&store, &batch(0, 8, "r"), 10).unwrap();
+    assignments::store_assignments_capped(&store, &batch(8, 15, "r"), 10).unwrap();
+    assignments::store_assignments_capped(&store, &batch(100, 103, "other"), 10).unwrap();
+    assert_eq!(assignments::assignment_count(&store, "r").unwrap(), 10);
+    assert_eq!(assignments::assignment_count(&store, "other").unwrap(), 3);
     // ids 10..15 have the smallest unix_ms: dropped
     for i in 0..15 {
-        let kept = experiments::assignment_of(&store, &id("cap", i))
+        let kept = assignments::assignment_of(&store, &id("cap", i))
             .unwrap()
             .is_some();
         assert_eq!(kept, i < 10, "id {i}");
@@ -676,8 +678,8 @@ async fn assignments_are_bounded_per_rollout_oldest_first() {
     // survives a reopen
     drop(store);
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(experiments::assignment_count(&store, "r").unwrap(), 10);
-    assert!(experiments::assignment_of(&store, &id("cap", 0))
+    assert_eq!(assignments::assignment_count(&store, "r").unwrap(), 10);
+    assert!(assignments::assignment_of(&store, &id("cap", 0))
         .unwrap()
         .is_some());
 }

@@ -15,8 +15,10 @@ use axum::extract::State;
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
-use rollout_control::policy::{self, EngineHandle, EngineOptions};
-use rollout_control::scrape::StatsFormat;
+use rollout_control::api::status::StatsFormat;
+use rollout_control::engine::commit::AUTHOR;
+use rollout_control::engine::options::EngineOptions;
+use rollout_control::engine::runner::EngineHandle;
 use rollout_control::store::{Change, Op};
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
@@ -289,7 +291,7 @@ fn plan(progress: Option<(usize, f64)>, extra_policy: &str) -> PlanSpec {
             w,
             format!(
                 r#","progress": {{"step": {step}, "state": "progressing", "since_ms": {}}}"#,
-                rollout_control::timefmt::now_unix_ms()
+                rollout_control::util::timefmt::now_unix_ms()
             ),
         ),
         None => (0.0, String::new()),
@@ -378,16 +380,17 @@ impl Harness {
     fn start_engine(&mut self) {
         // a fresh AppState, as a restarted sidecar would have
         self.state = AppState::new(Arc::clone(&self.store), None);
-        let handle = policy::start(
-            &self.state,
-            EngineOptions {
-                envoy_admin: vec![self.admin.clone()],
-                stats_format: self.format,
-                tick: Duration::from_millis(100),
-            },
-            None,
-        )
-        .unwrap();
+        let handle = self
+            .state
+            .start_engine(
+                EngineOptions {
+                    envoy_admin: vec![self.admin.clone()],
+                    stats_format: self.format,
+                    tick: Duration::from_millis(100),
+                },
+                None,
+            )
+            .unwrap();
         self.engine = Some(handle);
     }
 
@@ -455,7 +458,7 @@ impl Harness {
         let mut h = self.store.history(1000).unwrap();
         h.reverse();
         h.into_iter()
-            .filter(|r| r.author == policy::AUTHOR)
+            .filter(|r| r.author == AUTHOR)
             .map(|r| r.reason)
             .collect()
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
-use rollout_control::records;
+use rollout_control::store::shadow_records;
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
 use rollout_core::wire::ShadowRecord;
@@ -272,7 +272,9 @@ async fn validation_names_the_field() {
     let (s, _) = send(&state, "POST", "/v1/shadow-records", b"not json".to_vec()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // nothing was stored; unknown record fields are accepted; predictions are optional
-    assert!(records::record_counts(state.store()).unwrap().is_empty());
+    assert!(shadow_records::record_counts(state.store())
+        .unwrap()
+        .is_empty());
     let mut r = record(5, "prediction");
     r["future_field"] = json!(1);
     r.as_object_mut().unwrap().remove("shadow_prediction");
@@ -328,17 +330,18 @@ fn retention_drops_the_oldest_per_rollout_and_survives_reopen() {
         let store = Store::open(dir.path()).unwrap();
         // newest first: retention goes by unix_ms, not arrival
         let batch: Vec<ShadowRecord> = (0..8).rev().map(|i| mk(i, "r")).collect();
-        records::store_records_capped(&store, &batch, 10).unwrap();
+        shadow_records::store_records_capped(&store, &batch, 10).unwrap();
         let batch: Vec<ShadowRecord> = (8..15).map(|i| mk(i, "r")).collect();
-        records::store_records_capped(&store, &batch, 10).unwrap();
-        records::store_records_capped(&store, &[mk(1, "other")], 10).unwrap();
+        shadow_records::store_records_capped(&store, &batch, 10).unwrap();
+        shadow_records::store_records_capped(&store, &[mk(1, "other")], 10).unwrap();
         store.close().unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
-    let counts = records::record_counts(&store).unwrap();
+    let counts = shadow_records::record_counts(&store).unwrap();
     assert_eq!(counts.get("r"), Some(&10));
     assert_eq!(counts.get("other"), Some(&1));
-    let report = records::shadow_report(&store, "r", None, 100, None).unwrap();
+    let report =
+        rollout_control::report::shadow::shadow_report(&store, "r", None, 100, None).unwrap();
     assert_eq!(report.records, 10);
     assert_eq!(report.first_unix_ms, Some(1_700_000_000_005));
     assert_eq!(report.last_unix_ms, Some(1_700_000_000_014));

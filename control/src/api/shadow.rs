@@ -1,0 +1,67 @@
+//! `GET /v1/shadow-report`: agreement, verdicts and latency of a rollout's shadow
+//! records, and the recent disagreements. (The records themselves are
+//! `rollout_core::wire::ShadowRecord`.)
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyReport {
+    pub primary: LatencySummary,
+    pub shadow: LatencySummary,
+}
+
+/// One disagreement in a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Disagreement {
+    pub correlation_id: String,
+    pub variant: String,
+    pub verdict: String,
+    pub primary_prediction: Value,
+    pub shadow_prediction: Value,
+    pub primary_status: u32,
+    pub shadow_status: u32,
+    pub unix_ms: u64,
+}
+
+/// `GET /v1/shadow-report`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    pub rollout: String,
+    /// Always true: the records are a sample (see `note`).
+    pub sampled: bool,
+    pub note: String,
+    pub since_ms: Option<u64>,
+    /// Records considered (each is one comparison).
+    pub records: u64,
+    pub compared: u64,
+    pub agree: u64,
+    pub disagree: u64,
+    /// `agree / compared` over the records: biased low, disagreements are over-sampled.
+    pub agreement_rate: Option<f64>,
+    /// Agreements re-weighted by the current plan's `shadow.records.sample_percent`:
+    /// an estimate of the agreement over all comparisons (too high when the
+    /// disagreement budget ran out). `null` without that setting or without records.
+    pub estimated_agreement_rate: Option<f64>,
+    pub by_verdict: BTreeMap<String, u64>,
+    pub latency: LatencyReport,
+    pub first_unix_ms: Option<u64>,
+    pub last_unix_ms: Option<u64>,
+    /// Newest first.
+    pub recent_disagreements: Vec<Disagreement>,
+}
+
+pub const SAMPLE_NOTE: &str = "records are a sample: every disagreement up to the filter's \
+     per-minute budget, agreements at shadow.records.sample_percent; exact counts are Envoy's \
+     model_rollout_shadow_* metrics";
+
+/// Latency summary of the records in a report (ms; nearest-rank percentiles).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub p50: Option<u64>,
+    pub p90: Option<u64>,
+    pub p99: Option<u64>,
+    pub mean: Option<f64>,
+}

@@ -1,0 +1,252 @@
+//! The command line's definitions (clap): global flags, one variant per subcommand,
+//! and the flags of `serve` (the sidecar, including its policy engine).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::status::StatsFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rollout-control",
+    version,
+    about = "model-rollout control sidecar: plan API with durable history, and its CLI"
+)]
+pub struct Cli {
+    /// Sidecar to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLOUT_CONTROL_SERVER",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub server: String,
+    /// File holding the bearer token: `serve` requires it on writes, the other
+    /// commands send it.
+    #[arg(long, global = true, env = "ROLLOUT_CONTROL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the server's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar: plan API on --listen, store in --data.
+    Serve(ServeArgs),
+    /// Plan version and age, weights per rollout, proxies and their plan versions.
+    Status,
+    /// Print the latest plan.
+    GetPlan,
+    /// Replace the plan with a file's content.
+    Apply {
+        /// The plan (JSON, schema of rollout_core::plan; `version` is assigned by the sidecar).
+        #[arg(long)]
+        file: PathBuf,
+        /// Only apply if the latest version is N (If-Match).
+        #[arg(long, value_name = "N")]
+        expect_version: Option<u64>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Set one variant's weight (the first variant absorbs the difference), or all weights.
+    #[command(group(clap::ArgGroup::new("how").required(true).args(["variant", "weights"])))]
+    SetWeight {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        /// The variant to set (not the first one: it absorbs the difference).
+        #[arg(long, requires = "weight")]
+        variant: Option<String>,
+        /// Percent, at most two decimals.
+        #[arg(long, requires = "variant")]
+        weight: Option<f64>,
+        /// Every variant's weight: `stable=75,canary=25`.
+        #[arg(long, conflicts_with_all = ["variant", "weight"])]
+        weights: Option<String>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Blue/green: send 100 % to one variant.
+    Switch {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        /// The variant that gets 100 %.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// The candidate (last variant) gets 100 % and becomes the first (stable) variant.
+    Promote {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// The candidate (last variant) goes to 0 %; the first variant gets its share.
+    Rollback {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Pause automatic changes to a rollout (routing is unaffected).
+    Pause {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Resume automatic changes to a rollout (a holding policy progresses again).
+    Resume {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Restart a rollout's policy at step 0 (e.g. after a rollback).
+    Restart {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// The policy's recent decisions for a rollout: checks, values, thresholds, verdicts.
+    Analysis {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        /// Most decisions to show (newest first).
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Only the decision that wrote this plan version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Plan versions, newest first.
+    History {
+        /// Most versions to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Make an earlier version's plan the latest again (as a new version).
+    Restore {
+        /// The version whose plan comes back.
+        #[arg(long)]
+        version: u64,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// The variant a user gets, computed like the filter (sticky bucket of the key).
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["user", "users_file"])))]
+    Assign {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        /// The subject key (the value of the configured subject header or cookie).
+        #[arg(long)]
+        user: Option<String>,
+        /// One user per line; prints `user<TAB>variant` lines.
+        #[arg(long)]
+        users_file: Option<PathBuf>,
+        /// Use this plan instead of the sidecar's.
+        #[arg(long)]
+        plan_file: Option<PathBuf>,
+        /// Also print the bucket in [0, 10000).
+        #[arg(long)]
+        bucket: bool,
+    },
+    /// Check a plugin configuration offline (exit 1 with `FIELD: message` if invalid).
+    ValidateConfig {
+        /// The configuration JSON; `-` reads stdin.
+        file: PathBuf,
+    },
+    /// Check a plan document offline (exit 1 with `FIELD: message` if invalid).
+    ValidatePlan {
+        /// The plan JSON; `-` reads stdin.
+        file: PathBuf,
+    },
+    /// Shadow comparisons of a rollout: agreement, latency, recent disagreements.
+    ShadowReport {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+        /// Most recent disagreements to list (server default 50, at most 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only records at or after this time (unix milliseconds).
+        #[arg(long, value_name = "UNIX_MS")]
+        since_ms: Option<u64>,
+    },
+    /// The A/B verdict of a rollout's experiment.
+    Experiment {
+        /// Rollout name (as in the plan).
+        #[arg(long)]
+        rollout: String,
+    },
+    /// Delete a rollout's experiment data (assignments and outcomes) to start over.
+    ResetExperiment {
+        /// Rollout name.
+        #[arg(long)]
+        rollout: String,
+    },
+    /// Post experiment outcomes from a JSON-lines file, in batches of 1,000.
+    Feedback {
+        /// One `{"correlation_id": "...", "reward": 1}` per line; `-` reads stdin.
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback by default; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    /// Directory of the store (`control.redb`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Plan stored as version 1 when the store is empty.
+    #[arg(long)]
+    pub initial_plan: Option<PathBuf>,
+    /// The progressive-delivery engine (`--envoy-admin`, `--stats-format`, `--analysis-tick-ms`).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// `serve` flags of the engine.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Envoy admin base URL whose stats the policy engine reads (repeat for every
+    /// Envoy the sidecar serves; their counters are added up). Without it the policy
+    /// engine does not run.
+    #[arg(long = "envoy-admin", value_name = "URL")]
+    pub envoy_admin: Vec<String>,
+    /// How to read the stats: `json` (Envoy's detailed histogram bins) or `prometheus`.
+    #[arg(long, value_enum, default_value_t = StatsFormat::Json)]
+    pub stats_format: StatsFormat,
+    /// Read the Envoys (and run due evaluations) this often, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub analysis_tick_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// Why (kept in the history).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who (default `cli:$USER`).
+    #[arg(long)]
+    pub author: Option<String>,
+}

@@ -1,0 +1,227 @@
+//! The sidecar's own metrics and their rendering in the Prometheus text exposition
+//! format (version 0.0.4), written by hand: a few counters and gauges need no
+//! client library. Served by `GET /metrics` (`http::metrics`).
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `rollout_control_plan_version` | gauge | | latest plan version (0 before any plan) |
+//! | `rollout_control_plan_changes_total` | counter | op | plan versions in the store by operation (counted from the durable history, so it survives restarts) |
+//! | `rollout_control_http_requests_total` | counter | route, status | answered requests by route template (`unmatched` for unknown paths) and status |
+//! | `rollout_control_shadow_records_total` | counter | | shadow records stored since start |
+//! | `rollout_control_assignments_total` | counter | | experiment assignments stored since start |
+//! | `rollout_control_feedback_total` | counter | result (`accepted` `unknown` `dropped`) | outcomes received since start |
+//! | `rollout_control_proxies` | gauge | | proxies in the polling table |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use crate::store::proxies::ProxyTable;
+use crate::store::{Store, StoreError};
+
+/// The sidecar's counters. One per `AppState`; every method is cheap and lock-free
+/// except the HTTP table (a short mutex) and the plan-change count (read from the
+/// store at scrape time).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    shadow_records: AtomicU64,
+    assignments: AtomicU64,
+    feedback_accepted: AtomicU64,
+    feedback_unknown: AtomicU64,
+    feedback_dropped: AtomicU64,
+    /// (route template, status) -> answers. Bounded: routes are templates.
+    http: Mutex<BTreeMap<(String, u16), u64>>,
+    plan_ops: Mutex<PlanOps>,
+}
+
+/// Operations of the versions counted so far (`1..=through`).
+#[derive(Debug, Default)]
+struct PlanOps {
+    through: u64,
+    by_op: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    pub fn shadow_records_stored(&self, n: u64) {
+        self.shadow_records.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn assignments_stored(&self, n: u64) {
+        self.assignments.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn feedback(&self, accepted: u64, unknown: u64, dropped: u64) {
+        self.feedback_accepted
+            .fetch_add(accepted, Ordering::Relaxed);
+        self.feedback_unknown.fetch_add(unknown, Ordering::Relaxed);
+        self.feedback_dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    pub fn http_request(&self, route: &str, status: u16) {
+        let mut map = self.http.lock().unwrap_or_else(PoisonError::into_inner);
+        *map.entry((route.to_string(), status)).or_insert(0) += 1;
+    }
+
+    /// Counts the operations of versions not counted yet. Blocking (store reads).
+    fn plan_changes(&self, store: &Store) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut ops = self.plan_ops.lock().unwrap_or_else(PoisonError::into_inner);
+        let latest = store.current().map_or(0, |c| c.version());
+        while ops.through < latest {
+            let v = ops.through + 1;
+            if let Some(record) = store.get(v)? {
+                *ops.by_op.entry(record.op).or_insert(0) += 1;
+            }
+            ops.through = v;
+        }
+        Ok(ops.by_op.clone())
+    }
+
+    /// The exposition text. Blocking (reads the store).
+    pub fn render(&self, store: &Store, proxies: &ProxyTable) -> Result<String, StoreError> {
+        let mut out = String::with_capacity(2048);
+        let version = store.current().map_or(0, |c| c.version());
+        header(
+            &mut out,
+            "rollout_control_plan_version",
+            "gauge",
+            "Latest plan version in the store (0 before any plan).",
+        );
+        line(&mut out, "rollout_control_plan_version", &[], version);
+
+        header(
+            &mut out,
+            "rollout_control_plan_changes_total",
+            "counter",
+            "Plan versions in the durable history, by operation.",
+        );
+        for (op, n) in self.plan_changes(store)? {
+            line(
+                &mut out,
+                "rollout_control_plan_changes_total",
+                &[("op", &op)],
+                n,
+            );
+        }
+
+        header(
+            &mut out,
+            "rollout_control_http_requests_total",
+            "counter",
+            "Answered HTTP requests by route template and status.",
+        );
+        let http = self
+            .http
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for ((route, status), n) in http {
+            line(
+                &mut out,
+                "rollout_control_http_requests_total",
+                &[("route", &route), ("status", &status.to_string())],
+                n,
+            );
+        }
+
+        header(
+            &mut out,
+            "rollout_control_shadow_records_total",
+            "counter",
+            "Shadow comparison records stored since start.",
+        );
+        line(
+            &mut out,
+            "rollout_control_shadow_records_total",
+            &[],
+            self.shadow_records.load(Ordering::Relaxed),
+        );
+        header(
+            &mut out,
+            "rollout_control_assignments_total",
+            "counter",
+            "Experiment assignments stored since start.",
+        );
+        line(
+            &mut out,
+            "rollout_control_assignments_total",
+            &[],
+            self.assignments.load(Ordering::Relaxed),
+        );
+        header(
+            &mut out,
+            "rollout_control_feedback_total",
+            "counter",
+            "Experiment outcomes received since start, by result.",
+        );
+        for (result, counter) in [
+            ("accepted", &self.feedback_accepted),
+            ("unknown", &self.feedback_unknown),
+            ("dropped", &self.feedback_dropped),
+        ] {
+            line(
+                &mut out,
+                "rollout_control_feedback_total",
+                &[("result", result)],
+                counter.load(Ordering::Relaxed),
+            );
+        }
+        header(
+            &mut out,
+            "rollout_control_proxies",
+            "gauge",
+            "Proxies in the polling table.",
+        );
+        line(
+            &mut out,
+            "rollout_control_proxies",
+            &[],
+            proxies.len() as u64,
+        );
+        Ok(out)
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+fn line(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        let inner: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let _ = write!(out, "{{{}}}", inner.join(","));
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_escaping() {
+        let mut out = String::new();
+        line(&mut out, "m", &[], 3);
+        line(&mut out, "m", &[("a", "x\"y\\z\n"), ("b", "2")], 4);
+        assert_eq!(out, "m 3\nm{a=\"x\\\"y\\\\z\\n\",b=\"2\"} 4\n");
+    }
+}

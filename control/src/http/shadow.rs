@@ -1,0 +1,98 @@
+//! Shadow comparison records: `POST /v1/shadow-records` (the filter's batches,
+//! `rollout_core::wire::ShadowRecordBatch`, at most 1,000 records and 4 MiB: 200
+//! `{"stored": n}` after the durable commit) and
+//! `GET /v1/shadow-report?rollout=R[&since_ms=T][&limit=N]` (agreement, verdicts,
+//! latency percentiles, recent disagreements: `report::shadow`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rollout_core::fields;
+use rollout_core::wire::ShadowRecordBatch;
+use serde::Deserialize;
+
+use crate::api::ingest::Stored;
+use crate::api::shadow::ShadowReport;
+use crate::http::error::ApiError;
+use crate::http::extract::{ingest_body, parse_object, parse_u64_param, query, MAX_INGEST_BODY};
+use crate::http::state::AppState;
+use crate::report::shadow::shadow_report;
+use crate::store::blocking::blocking;
+use crate::store::shadow_records::store_records;
+
+/// Recent disagreements a report lists without `?limit=`.
+pub const DEFAULT_DISAGREEMENTS: usize = 50;
+/// Most recent disagreements a report lists.
+pub const MAX_DISAGREEMENTS: usize = 1000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/shadow-records",
+            post(post_records).layer(DefaultBodyLimit::max(MAX_INGEST_BODY)),
+        )
+        .route("/v1/shadow-report", get(report))
+}
+
+/// `POST /v1/shadow-records`.
+async fn post_records(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Stored>, ApiError> {
+    let body = ingest_body(body)?;
+    let batch: ShadowRecordBatch = parse_object(&body)?;
+    batch.validate()?;
+    let ShadowRecordBatch { proxy, mut records } = batch;
+    for r in &mut records {
+        r.proxy.clone_from(&proxy);
+    }
+    let store = Arc::clone(state.store());
+    let stored = blocking(move || store_records(&store, &records)).await?;
+    state.metrics().shadow_records_stored(stored);
+    Ok(Json(Stored { stored }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReportQuery {
+    rollout: Option<String>,
+    since_ms: Option<String>,
+    limit: Option<String>,
+}
+
+/// `shadow.records.sample_percent` of a rollout in the current plan.
+fn sample_percent(state: &AppState, rollout: &str) -> Option<f64> {
+    let cur = state.store().current()?;
+    let r = cur.record.plan.rollout_named(rollout).ok()?;
+    r.shadow.as_ref().map(|s| s.records.sample_percent)
+}
+
+/// `GET /v1/shadow-report`.
+async fn report(
+    State(state): State<AppState>,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Json<ShadowReport>, ApiError> {
+    let q = query(q)?;
+    let rollout = q
+        .rollout
+        .ok_or_else(|| ApiError::bad_request("rollout", "missing: give ?rollout=NAME"))?;
+    fields::check_name("rollout", &rollout)?;
+    let since_ms = parse_u64_param("since_ms", q.since_ms.as_deref())?;
+    let limit = match parse_u64_param("limit", q.limit.as_deref())? {
+        None => DEFAULT_DISAGREEMENTS,
+        Some(n) if n <= MAX_DISAGREEMENTS as u64 => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "limit",
+                format!("{n} is more than {MAX_DISAGREEMENTS}"),
+            ))
+        }
+    };
+    let sp = sample_percent(&state, &rollout);
+    let store = Arc::clone(state.store());
+    let report = blocking(move || shadow_report(&store, &rollout, since_ms, limit, sp)).await?;
+    Ok(Json(report))
+}

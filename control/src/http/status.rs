@@ -1,0 +1,81 @@
+//! `GET /v1/status`: the plan version and its age, each rollout's weights and policy,
+//! the policy engine, and the proxies that poll the plan with how far behind they are.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::api::status::{Status, StatusProxy, StatusRollout, StatusVariant};
+use crate::engine::status::rollout_status;
+use crate::http::state::AppState;
+use crate::util::timefmt::now_unix_ms;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/status", get(status))
+}
+
+fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
+/// `GET /v1/status`.
+async fn status(State(state): State<AppState>) -> Json<Status> {
+    let cur = state.store().current();
+    let now = Instant::now();
+    let latest = cur.as_ref().map(|c| c.version());
+    let proxies = state
+        .proxies()
+        .snapshot()
+        .into_iter()
+        .map(|(id, seen)| StatusProxy {
+            id,
+            plan_version: seen.plan_version,
+            last_seen_seconds_ago: round_ms(now.duration_since(seen.last_seen).as_secs_f64()),
+            behind: match (latest, seen.plan_version) {
+                (Some(l), Some(p)) => Some(
+                    i64::try_from(l).unwrap_or(i64::MAX) - i64::try_from(p).unwrap_or(i64::MAX),
+                ),
+                _ => None,
+            },
+        })
+        .collect();
+    let engine = state.policy_engine();
+    let now_ms = now_unix_ms();
+    let rollouts = cur
+        .as_ref()
+        .map(|c| {
+            c.record
+                .plan
+                .rollouts
+                .iter()
+                .map(|r| StatusRollout {
+                    policy: rollout_status(engine.as_deref(), r, now_ms),
+                    name: r.name.clone(),
+                    paused: r.paused,
+                    variants: r
+                        .variants
+                        .iter()
+                        .map(|v| StatusVariant {
+                            name: v.name.clone(),
+                            weight: v.weight,
+                        })
+                        .collect(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(Status {
+        version: latest,
+        updated: cur.as_ref().map(|c| c.record.time.clone()),
+        age_seconds: cur.as_ref().map(|c| {
+            let ms = now_unix_ms().saturating_sub(c.record.unix_ms);
+            // u64 ms -> seconds; exact below 2^53 ms (285,000 years)
+            round_ms(ms as f64 / 1000.0)
+        }),
+        rollouts,
+        proxies,
+        policy_engine: engine.map(|e| e.view()),
+    })
+}

@@ -1,0 +1,28 @@
+//! The store's one error type, and the one mapping of redb's errors into it.
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database failed (I/O, lock held by another process, ...).
+    Db(String),
+    /// A stored record cannot be read back.
+    Corrupt(String),
+    /// The blocking task running a store call failed.
+    Task(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Db(m) => write!(f, "store: {m}"),
+            StoreError::Corrupt(m) => write!(f, "store is corrupt: {m}"),
+            StoreError::Task(m) => write!(f, "store task failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Any redb error (transaction, table, storage, commit) as a [`StoreError::Db`].
+pub fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into().to_string())
+}

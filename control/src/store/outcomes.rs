@@ -1,0 +1,216 @@
+//! A/B outcomes: the reward an application reports for a correlation id, joined with
+//! the id's assignment when it arrives.
+//!
+//! Tables: `outcomes`: correlation id -> (rollout, variant, seq, reward);
+//! `outcome_order`: (rollout, variant, seq) -> (correlation id, reward);
+//! `outcome_counts`: (rollout, variant) -> n. `seq` is the arrival order (from
+//! `data_seq`). At most [`MAX_OUTCOMES_PER_VARIANT`] per variant; later ones are
+//! `dropped` (they could never enter a supported analysis). Outcomes stay when their
+//! assignment is dropped. A second outcome for an id replaces the first in place.
+
+use std::collections::HashMap;
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use rollout_core::abtest::Summary;
+use rollout_core::experiment::ExperimentMetric;
+use rollout_core::ConfigError;
+
+use crate::api::experiment::{FeedbackResult, Outcome};
+use crate::store::assignments::{ASSIGNMENTS, RESET_CHUNK};
+use crate::store::error::{db_err, StoreError};
+use crate::store::tables::{read_table, reserve_seq};
+use crate::store::Store;
+
+/// Outcomes kept per variant; later ones are dropped. A `samples_per_variant`
+/// above this can never complete.
+pub const MAX_OUTCOMES_PER_VARIANT: u64 = 1_000_000;
+
+const OUTCOMES: TableDefinition<&str, (&str, &str, u64, f64)> = TableDefinition::new("outcomes");
+const OUTCOME_ORDER: TableDefinition<(&str, &str, u64), (&str, f64)> =
+    TableDefinition::new("outcome_order");
+const OUTCOME_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("outcome_counts");
+
+/// A reward is a finite number, and 0 or 1 for a conversion experiment (`metric`: the
+/// experiment of the rollout it belongs to, when known). `field` names it in the error.
+pub fn check_reward(
+    field: impl FnOnce() -> String,
+    reward: f64,
+    metric: Option<ExperimentMetric>,
+) -> Result<(), ConfigError> {
+    if !reward.is_finite() {
+        return Err(ConfigError::new(field(), "must be a finite number"));
+    }
+    if metric == Some(ExperimentMetric::Conversion) && reward != 0.0 && reward != 1.0 {
+        return Err(ConfigError::new(
+            field(),
+            format!("{reward} is not 0 or 1 (this experiment's metric is conversion)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Joins outcomes with their assignments in one transaction. `metrics`: the
+/// experiment metric of each rollout in the current plan (rewards of conversion
+/// experiments must be 0 or 1; [`check_reward`]); `reward_field(i)` names the `i`th
+/// reward in an error. Any invalid outcome stores nothing. Blocking.
+pub fn store_outcomes<E: From<StoreError> + From<ConfigError>>(
+    store: &Store,
+    outcomes: &[Outcome],
+    reward_field: &dyn Fn(usize) -> String,
+    metrics: &HashMap<String, ExperimentMetric>,
+) -> Result<FeedbackResult, E> {
+    let mut result = FeedbackResult::default();
+    if outcomes.is_empty() {
+        return Ok(result);
+    }
+    let tx = store.begin_write()?;
+    {
+        let mut next = reserve_seq(&tx, "outcome", outcomes.len() as u64)?;
+        let assignments = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
+        let mut by_id = tx.open_table(OUTCOMES).map_err(db_err)?;
+        let mut order = tx.open_table(OUTCOME_ORDER).map_err(db_err)?;
+        let mut counts = tx.open_table(OUTCOME_COUNTS).map_err(db_err)?;
+        for (i, o) in outcomes.iter().enumerate() {
+            let id = o.correlation_id.as_str();
+            let known = by_id.get(id).map_err(db_err)?.map(|g| {
+                let (r, v, s, reward) = g.value();
+                (r.to_string(), v.to_string(), s, reward)
+            });
+            if let Some((r, v, s, old)) = known {
+                // A repeat or a correction: same place in the arrival order.
+                check_reward(|| reward_field(i), o.reward, metrics.get(&r).copied())?;
+                if old.to_bits() != o.reward.to_bits() {
+                    by_id
+                        .insert(id, (r.as_str(), v.as_str(), s, o.reward))
+                        .map_err(db_err)?;
+                    order
+                        .insert((r.as_str(), v.as_str(), s), (id, o.reward))
+                        .map_err(db_err)?;
+                }
+                result.accepted += 1;
+                continue;
+            }
+            let assigned = assignments.get(id).map_err(db_err)?.map(|g| {
+                let (r, v, _, _) = g.value();
+                (r.to_string(), v.to_string())
+            });
+            let Some((r, v)) = assigned else {
+                check_reward(|| reward_field(i), o.reward, None)?;
+                result.unknown += 1;
+                continue;
+            };
+            check_reward(|| reward_field(i), o.reward, metrics.get(&r).copied())?;
+            let key = (r.as_str(), v.as_str());
+            let have = counts.get(key).map_err(db_err)?.map_or(0, |g| g.value());
+            if have >= MAX_OUTCOMES_PER_VARIANT {
+                result.dropped += 1;
+                continue;
+            }
+            let seq = next;
+            next += 1;
+            by_id
+                .insert(id, (r.as_str(), v.as_str(), seq, o.reward))
+                .map_err(db_err)?;
+            order
+                .insert((r.as_str(), v.as_str(), seq), (id, o.reward))
+                .map_err(db_err)?;
+            counts.insert(key, have + 1).map_err(db_err)?;
+            result.accepted += 1;
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(result)
+}
+
+/// For each of `variants` of `rollout`, read in one transaction: the outcomes joined
+/// and the first `limit` rewards in arrival order, added up. Blocking (reads at most
+/// `limit` outcomes per variant).
+pub fn variant_outcomes(
+    store: &Store,
+    rollout: &str,
+    variants: &[&str],
+    limit: u64,
+) -> Result<Vec<(u64, Summary)>, StoreError> {
+    let tx = store.begin_read()?;
+    variants
+        .iter()
+        .map(|v| variant_data(&tx, rollout, v, limit))
+        .collect()
+}
+
+/// The first `limit` rewards of a variant, in arrival order, and the count joined.
+fn variant_data(
+    tx: &redb::ReadTransaction,
+    rollout: &str,
+    variant: &str,
+    limit: u64,
+) -> Result<(u64, Summary), StoreError> {
+    let count = match read_table(tx, OUTCOME_COUNTS)? {
+        Some(t) => t
+            .get((rollout, variant))
+            .map_err(db_err)?
+            .map_or(0, |g| g.value()),
+        None => 0,
+    };
+    let mut s = Summary::new();
+    if let Some(t) = read_table(tx, OUTCOME_ORDER)? {
+        for e in t
+            .range((rollout, variant, 0u64)..=(rollout, variant, u64::MAX))
+            .map_err(db_err)?
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        {
+            let (_, v) = e.map_err(db_err)?;
+            s.add(v.value().1);
+        }
+    }
+    Ok((count, s))
+}
+
+/// Deletes every outcome of a rollout in `tx`; returns how many. Blocking.
+pub(crate) fn delete_rollout(tx: &WriteTransaction, rollout: &str) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    let upper = format!("{rollout}\0");
+    let mut outcomes = tx.open_table(OUTCOMES).map_err(db_err)?;
+    let mut order = tx.open_table(OUTCOME_ORDER).map_err(db_err)?;
+    loop {
+        let chunk: Vec<(String, u64, String)> = order
+            .range((rollout, "", 0u64)..(upper.as_str(), "", 0u64))
+            .map_err(db_err)?
+            .take(RESET_CHUNK)
+            .map(|e| {
+                e.map(|(k, v)| {
+                    let (_, variant, s) = k.value();
+                    (variant.to_string(), s, v.value().0.to_string())
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
+        if chunk.is_empty() {
+            break;
+        }
+        for (variant, s, id) in chunk {
+            order
+                .remove((rollout, variant.as_str(), s))
+                .map_err(db_err)?;
+            let here = outcomes
+                .get(id.as_str())
+                .map_err(db_err)?
+                .is_some_and(|g| g.value().0 == rollout);
+            if here {
+                outcomes.remove(id.as_str()).map_err(db_err)?;
+            }
+            deleted += 1;
+        }
+    }
+    let mut counts = tx.open_table(OUTCOME_COUNTS).map_err(db_err)?;
+    let keys: Vec<String> = counts
+        .range((rollout, "")..(upper.as_str(), ""))
+        .map_err(db_err)?
+        .map(|e| e.map(|(k, _)| k.value().1.to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    for variant in keys {
+        counts.remove((rollout, variant.as_str())).map_err(db_err)?;
+    }
+    Ok(deleted)
+}

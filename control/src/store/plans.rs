@@ -1,0 +1,248 @@
+//! Plan versions: every plan ever served, with why, who and when.
+//!
+//! Table `plan_versions`: `u64 version -> JSON record` ([`Record`]: the full plan with
+//! its `version` field set, time, reason, author, operation). Versions start at 1 and
+//! grow by one per change; records are never rewritten or deleted.
+//!
+//! Durability: each change is one redb write transaction committed with redb's
+//! default `Durability::Immediate` (the commit is fsynced before it returns), and the
+//! HTTP answer is sent only after the commit returned. An acknowledged version
+//! therefore survives `kill -9` and power loss, and a crash mid-commit leaves the
+//! previous committed state: redb's copy-on-write B-trees and checksummed commit slots
+//! never expose a half-written record.
+//!
+//! Concurrency: redb runs one write transaction at a time; a change reads the latest
+//! version *inside* its write transaction, so concurrent changes never lose updates and
+//! `If-Match` checks are exact.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use rollout_core::PlanSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::store::error::{db_err, StoreError};
+use crate::util::timefmt::{now_unix_ms, rfc3339_ms};
+
+const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("plan_versions");
+/// Most records one history read returns.
+pub const MAX_HISTORY: usize = 10_000;
+
+/// What made a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Initial,
+    Put,
+    SetWeights,
+    Switch,
+    Promote,
+    Rollback,
+    Pause,
+    Resume,
+    Restore,
+    /// The policy's progress state changed without a weight change (wait, hold).
+    Progress,
+    /// A person restarted a rollout's policy at step 0.
+    Restart,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Initial => "initial",
+            Op::Put => "put",
+            Op::SetWeights => "set-weights",
+            Op::Switch => "switch",
+            Op::Promote => "promote",
+            Op::Rollback => "rollback",
+            Op::Pause => "pause",
+            Op::Resume => "resume",
+            Op::Restore => "restore",
+            Op::Progress => "progress",
+            Op::Restart => "restart",
+        }
+    }
+}
+
+/// One stored version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub version: u64,
+    /// RFC 3339 UTC, millisecond precision.
+    pub time: String,
+    pub unix_ms: u64,
+    pub reason: String,
+    pub author: String,
+    /// `Op::as_str` of the operation.
+    pub op: String,
+    /// The plan, its `version` field equal to `version`.
+    pub plan: PlanSpec,
+}
+
+/// A change to commit: the next plan (its version is assigned by the store) and why.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub plan: PlanSpec,
+    pub op: Op,
+    pub reason: String,
+    pub author: String,
+}
+
+/// The latest version, with the plan pre-serialized for `GET /v1/plan`.
+#[derive(Debug)]
+pub struct Current {
+    pub record: Record,
+    pub plan_json: Bytes,
+}
+
+impl Current {
+    fn new(record: Record) -> Result<Self, StoreError> {
+        let plan_json = serde_json::to_vec(&record.plan)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialize plan: {e}")))?;
+        Ok(Current {
+            record,
+            plan_json: Bytes::from(plan_json),
+        })
+    }
+
+    pub fn version(&self) -> u64 {
+        self.record.version
+    }
+}
+
+fn decode(version: u64, bytes: &[u8]) -> Result<Record, StoreError> {
+    let record: Record = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("version {version}: {e}")))?;
+    if record.version != version || record.plan.version != version {
+        return Err(StoreError::Corrupt(format!(
+            "version {version} holds a record of version {} (plan version {})",
+            record.version, record.plan.version
+        )));
+    }
+    Ok(record)
+}
+
+/// The plan versions of a database, with the latest one cached (updated by every
+/// commit).
+pub struct Plans {
+    current: RwLock<Option<Arc<Current>>>,
+}
+
+impl Plans {
+    /// Creates the table in `tx` if needed (part of opening the store).
+    pub fn create(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+        tx.open_table(VERSIONS).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Reads the latest version into the cache.
+    pub fn load(db: &Database) -> Result<Plans, StoreError> {
+        let latest = read_latest(db)?.map(Current::new).transpose()?;
+        Ok(Plans {
+            current: RwLock::new(latest.map(Arc::new)),
+        })
+    }
+
+    /// The latest version (cached).
+    pub fn current(&self) -> Option<Arc<Current>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Commits a new version. `f` sees the latest version as of this write
+    /// transaction and returns the change (or an error, which aborts the transaction
+    /// and is returned as is). Blocking.
+    pub fn commit<E: From<StoreError>>(
+        &self,
+        db: &Database,
+        f: impl FnOnce(Option<&Current>) -> Result<Change, E>,
+    ) -> Result<Arc<Current>, E> {
+        let tx = db.begin_write().map_err(db_err)?;
+        let current = {
+            let mut table = tx.open_table(VERSIONS).map_err(db_err)?;
+            let latest = match table.last().map_err(db_err)? {
+                None => None,
+                Some((k, v)) => Some(Current::new(decode(k.value(), v.value())?)?),
+            };
+            let change = f(latest.as_ref())?;
+            let version = latest.as_ref().map_or(0, Current::version) + 1;
+            let unix_ms = now_unix_ms();
+            let mut plan = change.plan;
+            plan.version = version;
+            let record = Record {
+                version,
+                time: rfc3339_ms(unix_ms),
+                unix_ms,
+                reason: change.reason,
+                author: change.author,
+                op: change.op.as_str().to_string(),
+                plan,
+            };
+            let bytes = serde_json::to_vec(&record)
+                .map_err(|e| StoreError::Db(format!("cannot serialize record: {e}")))?;
+            table.insert(version, bytes.as_slice()).map_err(db_err)?;
+            Current::new(record)?
+        };
+        tx.commit().map_err(db_err)?;
+        let current = Arc::new(current);
+        let mut slot = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        // Commits are serialized by redb, but two committers may reach this line in
+        // either order: never replace a newer version by an older one.
+        if slot
+            .as_ref()
+            .is_none_or(|c| c.version() < current.version())
+        {
+            *slot = Some(Arc::clone(&current));
+        }
+        Ok(current)
+    }
+}
+
+fn read_latest(db: &Database) -> Result<Option<Record>, StoreError> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let table = tx.open_table(VERSIONS).map_err(db_err)?;
+    let latest = match table.last().map_err(db_err)? {
+        None => None,
+        Some((k, v)) => Some(decode(k.value(), v.value())?),
+    };
+    Ok(latest)
+}
+
+/// One version's record.
+pub fn get(db: &Database, version: u64) -> Result<Option<Record>, StoreError> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let table = tx.open_table(VERSIONS).map_err(db_err)?;
+    let value = table.get(version).map_err(db_err)?;
+    value.map(|v| decode(version, v.value())).transpose()
+}
+
+/// Up to `limit` (at most [`MAX_HISTORY`]) records, newest first.
+pub fn history(db: &Database, limit: usize) -> Result<Vec<Record>, StoreError> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let table = tx.open_table(VERSIONS).map_err(db_err)?;
+    let mut out = Vec::new();
+    for entry in table
+        .iter()
+        .map_err(db_err)?
+        .rev()
+        .take(limit.min(MAX_HISTORY))
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        out.push(decode(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Readiness: a read transaction opens and the latest record decodes. Returns the
+/// number of stored versions.
+pub fn check_readable(db: &Database) -> Result<u64, StoreError> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let table = tx.open_table(VERSIONS).map_err(db_err)?;
+    if let Some((k, v)) = table.last().map_err(db_err)? {
+        decode(k.value(), v.value())?;
+    }
+    table.len().map_err(db_err)
+}
