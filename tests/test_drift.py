@@ -11,13 +11,14 @@ import http.client
 import json
 import random
 import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from harness import Envoy, EnvoyConfig, Model, metric_samples, wait_for
+from harness import Envoy, EnvoyConfig, Model, Sidecar, free_port, metric_samples, wait_for
 
 FRAUD = "/v2/models/fraud/infer"
 EDGES = [round(0.1 * i, 1) for i in range(11)]  # 10 score bins in [0, 1]
@@ -161,3 +162,82 @@ def test_exported_bins_equal_a_numpy_histogram_of_the_predictions(procs):
     # the shifted canary drifted, the stable did not drift from itself
     assert reference_psi(want["canary"], want["stable"]) > 0.25
     assert reference_psi(want["stable"], want["stable"]) == 0.0
+
+
+# ------------------------------------------------------------------ the sidecar's figures
+
+INTERVAL = 15  # one window holds all the traffic of a case
+
+
+def drift_stack(procs, canary_args):
+    """Models, the sidecar judging prediction drift (PSI and JS, one interval of
+    INTERVAL s, the first failure rolls back) reading Envoy's admin stats, Envoy."""
+    stable = Model(procs, "stable")
+    canary = Model(procs, "canary", *canary_args)
+    cfg = EnvoyConfig().upstreams({"model_stable": stable.port, "model_canary": canary.port})
+    port = free_port()
+    cfg.upstreams({"rollout_control": port})
+    policy = {"steps": [{"weight": 50, "min_duration_s": 3600, "min_requests": 1}],
+              "interval_s": INTERVAL, "failure_limit": 1, "inconclusive_limit": 1000,
+              "checks": [{"name": "psi", "metric": "prediction_drift", "method": "psi", "max": 0.25,
+                          "min_samples": 500},
+                         {"name": "js", "metric": "prediction_drift", "method": "js", "max": 0.1,
+                          "min_samples": 500}]}
+
+    def edit(c):
+        plugin(c, policy)
+        c["plan"]["rollouts"][0].pop("shadow")
+
+    cfg.edit_plugin(edit)
+    plan = cfg.plugin()["plan"]
+    sidecar = Sidecar(procs, plan, port=port, extra=[
+        "--envoy-admin", f"http://127.0.0.1:{cfg.admin_port}", "--analysis-tick-ms", "250"])
+    envoy = Envoy(procs, cfg, concurrency=2)
+    return sidecar, envoy
+
+
+def first_judgement(sidecar) -> dict | None:
+    status, _, a = sidecar.call("GET", "/v1/rollouts/fraud/analysis?limit=20")
+    assert status == 200, a
+    judged = [d for d in a["decisions"] if d.get("verdict")]
+    return judged[-1] if judged else None
+
+
+@pytest.mark.parametrize("case, canary_args", [("identical", ()), ("shifted", ("--score-shift", "1.0"))])
+def test_sidecar_drift_figures_equal_numpy_on_the_same_predictions(procs, case, canary_args):
+    sidecar, envoy = drift_stack(procs, canary_args)
+
+    def engine_ready():
+        s = sidecar.call("GET", "/v1/status")[2]
+        envoys = (s.get("policy_engine") or {}).get("envoys") or []
+        started = (s["rollouts"][0].get("policy") or {}).get("state") == "progressing"
+        return started and envoys and envoys[0]["ok"]
+
+    assert wait_for(engine_ready, timeout=15), sidecar.call("GET", "/v1/status")[2]
+    time.sleep(1.0)  # the sidecar's baseline read of Envoy is taken before any traffic
+    answered = send(envoy, 3000, seed=5 if case == "identical" else 6)
+    want = {v: reference_bins(p) for v, p in answered.items()}
+    d = wait_for(lambda: first_judgement(sidecar), timeout=INTERVAL + 10, interval=0.5)
+    assert d, "no evaluation"
+    checks = {c["name"]: c for c in d["checks"]}
+    for name, reference in (("psi", reference_psi), ("js", reference_js)):
+        c = checks[name]
+        drift = c["drift"]
+        # the sidecar's window holds exactly the predictions the clients received
+        assert np.array_equal(np.array(drift["candidate_bins"]), want["canary"]), (name, drift, want)
+        assert np.array_equal(np.array(drift["stable_bins"]), want["stable"]), (name, drift, want)
+        figure = reference(want["canary"], want["stable"])
+        assert abs(c["candidate"] - figure) <= 1e-9, (name, c["candidate"], figure)
+        expected = "passed" if case == "identical" else "failed"
+        assert c["verdict"] == expected, (name, c)
+    if case == "identical":
+        assert d["verdict"] == "passed" and d["action"] == "stay", d
+        assert sidecar.plan()["rollouts"][0]["progress"]["state"] == "progressing"
+    else:
+        psi = reference_psi(want["canary"], want["stable"])
+        assert psi > 0.25
+        assert wait_for(lambda: sidecar.plan()["rollouts"][0]["progress"]["state"] == "rolled_back", timeout=5)
+        reason = sidecar.plan()["rollouts"][0]["progress"]["note"]
+        assert f"PSI {psi:.3f} > max 0.25 (major shift)" in reason, reason
+        weights = {v["name"]: v["weight"] for v in sidecar.plan()["rollouts"][0]["variants"]}
+        assert weights == {"stable": 100, "canary": 0}

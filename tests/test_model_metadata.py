@@ -26,6 +26,7 @@ def plan_with_models() -> dict:
     r["variants"] = [{"name": "stable", "weight": 50, "model": STABLE_MODEL},
                      {"name": "canary", "weight": 50, "model": CANARY_MODEL}]
     r.pop("targeting", None)
+    r["experiment"] = {"metric": "conversion", "samples_per_variant": 100}
     return plan
 
 
@@ -53,6 +54,13 @@ def test_metadata_round_trips_through_api_history_and_the_response_header(procs)
     status, _, at = sidecar.call("GET", f"/v1/plan/versions/{version}")
     assert status == 200
     assert at["rollouts"][0]["variants"][1]["model"] == CANARY_MODEL
+    # status, the shadow report and the A/B report name the models
+    status_doc = sidecar.call("GET", "/v1/status")[2]
+    assert [v.get("model") for v in status_doc["rollouts"][0]["variants"]] == [STABLE_MODEL, CANARY_MODEL]
+    shadow = sidecar.call("GET", "/v1/shadow-report?rollout=fraud")[2]
+    assert shadow["models"] == {"stable": STABLE_MODEL, "canary": CANARY_MODEL}, shadow
+    ab = sidecar.call("GET", "/v1/experiments/fraud")[2]
+    assert ab["models"] == {"stable": STABLE_MODEL, "canary": CANARY_MODEL}, ab
     # a later weight change keeps the metadata with its variant
     status, _, _ = sidecar.call("POST", "/v1/rollouts/fraud/promote?reason=go", {})
     assert status == 200
