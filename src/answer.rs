@@ -2,10 +2,11 @@
 //! the shadow's (when its callout returns) alike: parse the body (tolerating NaN
 //! tokens; a body over the limit is not parsed), judge the output's health by the
 //! rollout's health rule (`Rollout::health_rule`: the output section's pointer and
-//! range, else the first compare pointer), and reduce the answer to what a shadow
-//! comparison needs. Pure: the callers read the body and count the results.
+//! range, else the first compare pointer), put its prediction into the bins of
+//! `output.distribution` (when the rollout has them), and reduce the answer to what
+//! a shadow comparison needs. Pure: the callers read the body and count the results.
 
-use rollout_core::answer::{extract, health, parse_answer, Health, Prediction};
+use rollout_core::answer::{extract, health, parse_answer, prediction_at, Health, Prediction};
 use rollout_core::plan::Rollout;
 
 /// One answer, reduced to what the comparison needs.
@@ -35,6 +36,10 @@ pub struct Checked {
     pub health: Option<Health>,
     /// The answer for the shadow comparison, when wanted and the rollout shadows.
     pub answer: Option<Answer>,
+    /// The bins of `output.distribution` the answer's prediction fell into (one per
+    /// prediction, a list counts each element): judged like the health (a 2xx answer
+    /// read whole, when wanted), nothing when the answer has no prediction there.
+    pub bins: Vec<usize>,
 }
 
 /// Checks one answer of `rollout`: `body` is the answer's body unless `too_large`.
@@ -47,12 +52,20 @@ pub fn check(
     wanted: Wanted,
 ) -> Checked {
     let parsed = if too_large { None } else { parse_answer(body) };
+    let judged = wanted.health && (200..300).contains(&status) && !too_large;
     let health = match rollout.health_rule() {
-        Some(rule) if wanted.health && (200..300).contains(&status) && !too_large => {
-            Some(health(parsed.as_ref(), rule.pointer, rule.min, rule.max))
-        }
+        Some(rule) if judged => Some(health(parsed.as_ref(), rule.pointer, rule.min, rule.max)),
         _ => None,
     };
+    let mut bins = Vec::new();
+    if let Some(output) = rollout.output.as_ref().filter(|_| judged) {
+        if let (Some(d), Some(p)) = (
+            &output.distribution,
+            prediction_at(parsed.as_ref(), &output.pointer),
+        ) {
+            d.observe(&p, &mut |b| bins.push(b));
+        }
+    }
     let shadow = rollout.shadow.as_ref().filter(|_| wanted.comparison);
     let answer = shadow.map(|sh| Answer {
         status,
@@ -60,7 +73,11 @@ pub fn check(
         predictions: extract(parsed.as_ref(), &sh.compare.pointers),
         too_large,
     });
-    Checked { health, answer }
+    Checked {
+        health,
+        answer,
+        bins,
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +124,40 @@ mod tests {
         assert_eq!(
             check(&r, 200, 0, br#"{"q": 1}"#, false, ALL).health,
             Some(Health::Missing)
+        );
+    }
+
+    #[test]
+    fn predictions_fall_into_the_bins_of_the_output_section() {
+        let r = rollout(r#","output":{"pointer":"/o","distribution":{"edges":[0,0.5,1]}}"#);
+        assert_eq!(
+            check(&r, 200, 0, br#"{"o": [0.2, 0.7, 1.0]}"#, false, ALL).bins,
+            vec![1, 2, 2]
+        );
+        assert_eq!(
+            check(&r, 200, 0, br#"{"o": [NaN, 3]}"#, false, ALL).bins,
+            vec![4, 3]
+        );
+        // nothing at the pointer, an error status, a body too large, or not wanted: no bins
+        assert!(check(&r, 200, 0, br#"{"p": 1}"#, false, ALL)
+            .bins
+            .is_empty());
+        assert!(check(&r, 500, 0, br#"{"o": 0.2}"#, false, ALL)
+            .bins
+            .is_empty());
+        assert!(check(&r, 200, 0, b"", true, ALL).bins.is_empty());
+        let comparison_only = Wanted {
+            health: false,
+            comparison: true,
+        };
+        assert!(check(&r, 200, 0, br#"{"o": 0.2}"#, false, comparison_only)
+            .bins
+            .is_empty());
+        // without a distribution nothing is binned
+        assert!(
+            check(&rollout(OUTPUT), 200, 0, br#"{"o": 0.2}"#, false, ALL)
+                .bins
+                .is_empty()
         );
     }
 

@@ -21,6 +21,7 @@ use crate::active::Active;
 use crate::answer::{self, Wanted};
 use crate::host::{Host, HostError};
 use crate::hub::{Half, Hub, InFlight, MAX_JOBS};
+use crate::metrics::count_bin;
 use crate::rng::Random;
 
 /// The two kinds of records the filter sends to the sidecar.
@@ -248,6 +249,9 @@ impl ShadowDispatcher {
         );
         if let Some(h) = checked.health {
             sm.health.count(m, h);
+        }
+        for b in &checked.bins {
+            count_bin(m, &sm.bins, *b);
         }
         let Some(answer) = checked.answer else { return };
         let mut draw = || random.u32(host, m);

@@ -5,8 +5,9 @@
 //! rollout matches on host), the subject header (and `cookie` when needed), the
 //! correlation header, one removal of the override header, setting the variant
 //! header (and the correlation id when minted), the clock; on the response
-//! `:status`, the clock, one histogram sample and the echoed headers. Counters cost
-//! no host call (see `metrics`).
+//! `:status`, the clock, one histogram sample and the echoed headers (the model
+//! header only with `echo.model`). Counters, prediction bins included, cost no host
+//! call (see `metrics`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -25,7 +26,7 @@ use crate::active::Active;
 use crate::answer::{self, Wanted};
 use crate::host::{Host, ProxyHost};
 use crate::hub::{Half, Hub, Job, JOIN_GRACE_MS};
-use crate::metrics::Metrics;
+use crate::metrics::{count_bin, Metrics};
 use crate::rng::Random;
 use crate::trip::Observed;
 use crate::trip_share;
@@ -476,6 +477,17 @@ impl<H: Host> Http<H> {
                 set_response_header(host, m, &cfg.variant_header, r.variant_name(a.variant));
             }
         }
+        // The model header always tells the plan's truth: a variant without metadata
+        // removes whatever the upstream put there.
+        if let Some(h) = &cfg.echo_model {
+            let value = cfg
+                .plan
+                .rollout(a.rollout)
+                .and_then(|r| r.model_header(a.variant));
+            if host.set_response_header(h, value).is_err() {
+                m.bump(m.host_errors);
+            }
+        }
         Action::Continue
     }
 }
@@ -545,6 +557,11 @@ impl<H: Host> Http<H> {
             c.too_large,
             wanted,
         );
+        if let Some(vm) = m.variant(a.rollout, a.variant) {
+            for b in &checked.bins {
+                count_bin(m, &vm.bins, *b);
+            }
+        }
         if let (Some(h), Some(hm)) = (checked.health, hm) {
             hm.count(m, h);
             if let Some(tw) = active.trip(a.rollout) {

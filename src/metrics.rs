@@ -29,6 +29,8 @@ pub struct VariantMetrics {
     pub latency_ms: u32,
     /// With an `output` section: answers checked and invalid ones by kind.
     pub output: Option<HealthMetrics>,
+    /// With `output.distribution`: predictions per bin (empty without).
+    pub bins: Vec<Slot>,
 }
 
 pub struct HealthMetrics {
@@ -66,6 +68,8 @@ pub struct ShadowMetrics {
     pub latency_ms: u32,
     pub primary_latency_ms: u32,
     pub health: HealthMetrics,
+    /// With `output.distribution`: the shadow's predictions per bin (empty without).
+    pub bins: Vec<Slot>,
 }
 
 /// One counter per reason, in the order of `all` (a reason enum's `ALL`).
@@ -98,6 +102,13 @@ impl ShadowMetrics {
         if let Some(s) = i.and_then(|i| self.disagree.get(i)) {
             m.bump(*s);
         }
+    }
+}
+
+/// Counts one prediction into `bin` of `bins` (out of range: nothing); no host call.
+pub fn count_bin(m: &Metrics, bins: &[Slot], bin: usize) {
+    if let Some(slot) = bins.get(bin) {
+        m.bump(*slot);
     }
 }
 
@@ -157,6 +168,11 @@ impl Metrics {
         let random_fallback = counter(stats::RANDOM_FALLBACK)?;
         let mut rollouts = Vec::with_capacity(plan.rollouts.len());
         for r in &plan.rollouts {
+            let bins = r
+                .output
+                .as_ref()
+                .and_then(|o| o.distribution.as_ref())
+                .map_or(0, |d| d.bins());
             let mut variants = Vec::with_capacity(r.variants.len());
             for v in &r.variants {
                 let requests = counter(&stats::variant_requests(&r.name, &v.name))?;
@@ -186,11 +202,15 @@ impl Metrics {
                         Some(HealthMetrics { checked, invalid })
                     }
                 };
+                let bins = (0..bins)
+                    .map(|i| counter(&stats::variant_bin(&r.name, &v.name, i)))
+                    .collect::<HostResult<Vec<Slot>>>()?;
                 variants.push(VariantMetrics {
                     requests,
                     classes,
                     latency_ms,
                     output,
+                    bins,
                 });
             }
             let reasons = per_reason(Reason::ALL, &mut counter, |reason| {
@@ -236,6 +256,9 @@ impl Metrics {
                             ))?,
                             invalid,
                         },
+                        bins: (0..bins)
+                            .map(|i| counter(&stats::shadow_bin(n, i)))
+                            .collect::<HostResult<Vec<Slot>>>()?,
                     })
                 }
             };

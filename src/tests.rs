@@ -471,3 +471,107 @@ fn candidate_errors_trip_the_proxy_and_other_workers_follow() {
     assert!(a.configure());
     assert_eq!(serve(&h, &a, canary_users[2], 200), "canary");
 }
+
+const BINNED: &str = r#"{
+  "subject": {"header": "x-user-id"},
+  "echo": {"model": "x-model-version"},
+  "plan": {"version": 1, "rollouts": [
+    {"name": "fraud", "salt": "s",
+     "variants": [{"name": "stable", "weight": 50},
+                  {"name": "canary", "weight": 50,
+                   "model": {"name": "fraud-xgb", "version": "2.4.1", "uri": "s3://m/fraud/2.4.1"}}],
+     "targeting": [{"variant": "canary", "when": [{"header": "x-tester", "present": true}]},
+                   {"variant": "stable", "when": [{"header": "x-stable", "present": true}]}],
+     "output": {"pointer": "/outputs/0/data", "distribution": {"edges": [0, 0.5, 1]}}}
+  ]}
+}"#;
+
+/// One request served by `variant` (pinned by targeting) answering `body`; returns
+/// the host calls of the response half and the response headers.
+fn answer_with(h: &H, root: &Root<H>, pin: &str, body: &str) -> (usize, Vec<(String, String)>) {
+    request(h, &[(":path", "/v2/models/fraud/infer"), (pin, "1")]);
+    let mut ctx = root.new_http(9);
+    ctx.request_headers(true);
+    h.response.borrow_mut().clear();
+    h.response
+        .borrow_mut()
+        .insert(":status".into(), "200".into());
+    h.response
+        .borrow_mut()
+        .insert("x-model-version".into(), "from-the-model".into());
+    *h.response_chunk.borrow_mut() = body.as_bytes().to_vec();
+    *h.calls.borrow_mut() = 0;
+    ctx.response_headers();
+    ctx.response_body(body.len(), true);
+    ctx.done();
+    let calls = *h.calls.borrow();
+    let headers = h.response.borrow().clone().into_iter().collect();
+    (calls, headers)
+}
+
+#[test]
+fn predictions_are_counted_into_bins_without_host_calls() {
+    let (h, mut root) = root_with(BINNED);
+    answer_with(
+        &h,
+        &root,
+        "x-tester",
+        r#"{"outputs":[{"data":[0.2, 0.7, 1.0]}]}"#,
+    );
+    answer_with(&h, &root, "x-tester", r#"{"outputs":[{"data":[NaN]}]}"#);
+    let (binned_calls, _) = answer_with(&h, &root, "x-stable", r#"{"outputs":[{"data":[-1]}]}"#);
+    root.tick();
+    let bin = |v: &str, i: usize| h.metric(&stats::variant_bin("fraud", v, i));
+    assert_eq!(
+        (0..5).map(|i| bin("canary", i)).collect::<Vec<_>>(),
+        vec![0, 1, 2, 0, 1]
+    );
+    assert_eq!(
+        (0..5).map(|i| bin("stable", i)).collect::<Vec<_>>(),
+        vec![1, 0, 0, 0, 0]
+    );
+    // the same answer without a distribution makes exactly as many host calls
+    let plain = BINNED.replace(r#", "distribution": {"edges": [0, 0.5, 1]}"#, "");
+    let (h2, root2) = root_with(&plain);
+    let (plain_calls, _) = answer_with(&h2, &root2, "x-stable", r#"{"outputs":[{"data":[-1]}]}"#);
+    assert_eq!(binned_calls, plain_calls);
+    assert!(h2
+        .metric_names
+        .borrow()
+        .iter()
+        .all(|(_, n)| !n.contains("predictions_total")));
+}
+
+#[test]
+fn the_model_header_tells_the_plans_truth() {
+    let (h, root) = root_with(BINNED);
+    let header = |headers: &[(String, String)]| {
+        headers
+            .iter()
+            .find(|(k, _)| k == "x-model-version")
+            .map(|(_, v)| v.clone())
+    };
+    let (_, canary) = answer_with(&h, &root, "x-tester", "{}");
+    assert_eq!(header(&canary).as_deref(), Some("fraud-xgb:2.4.1"));
+    // a variant without metadata removes what the model sent
+    let (_, stable) = answer_with(&h, &root, "x-stable", "{}");
+    assert_eq!(header(&stable), None);
+    // off by default: the upstream's header passes untouched, no extra host call
+    let off = BINNED.replace(r#""echo": {"model": "x-model-version"},"#, "");
+    let (h2, root2) = root_with(&off);
+    let (calls_off, headers) = answer_with(&h2, &root2, "x-tester", "{}");
+    assert_eq!(header(&headers).as_deref(), Some("from-the-model"));
+    let (calls_on, _) = answer_with(&h, &root, "x-tester", "{}");
+    assert_eq!(calls_on, calls_off + 1);
+}
+
+#[test]
+fn the_shipped_stats_tags_are_cores() {
+    // envoy/demo.yaml carries rollout_core::stats::STATS_TAGS; the other shipped
+    // configs are checked against demo.yaml by the integration tests.
+    let demo = include_str!("../envoy/demo.yaml");
+    for (tag, regex) in stats::STATS_TAGS {
+        let entry = format!("  - tag_name: {tag}\n    regex: '{regex}'\n");
+        assert!(demo.contains(&entry), "envoy/demo.yaml lacks {entry}");
+    }
+}

@@ -1,6 +1,6 @@
 """`make demo` keeps working: models, sidecar with its policy engine and Envoy come up,
-traffic flows, a good candidate is promoted and a bad one rolled back automatically,
-and everything shuts down."""
+traffic flows, a good candidate is promoted, a bad one and a drifted one are rolled back
+automatically, and everything shuts down."""
 
 import re
 import subprocess
@@ -9,14 +9,19 @@ import sys
 from harness import ROOT
 
 
-def test_demo_promotes_a_good_candidate_and_rolls_back_a_bad_one():
-    r = subprocess.run([sys.executable, "tools/demo.py", "--fast", "--duration", "75", "--rps", "250"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+def test_demo_promotes_a_good_candidate_and_rolls_back_a_bad_and_a_drifted_one():
+    r = subprocess.run([sys.executable, "tools/demo.py", "--fast", "--duration", "110", "--rps", "250"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     assert re.search(r"scenario 1 result: complete: policy: complete: .*canary promoted to stable", out), out[-4000:]
     m = re.search(r"scenario 2 result: rolled_back: policy: rollback at step \d+ \([^)]*\): check(s)? ([a-z_, ]+) failed", out)
     assert m and "error_rate" in m.group(2), out[-4000:]
+    # a candidate healthy by status, latency and range, with shifted scores: drift
+    m = re.search(r"scenario 3 result: rolled_back: policy: rollback at step \d+ \([^)]*\): check(s)? ([a-z_, ]+) "
+                  r"failed \d+ intervals?: .*PSI (\d+\.\d+) > max 0\.5 \(major shift\)", out)
+    assert m and "prediction_drift" in m.group(2), out[-4000:]
+    assert "error_rate" not in m.group(2) and "invalid_output_rate" not in m.group(2), m.group(0)
     # shadow agreement is shown live, from Envoy's stats
     assert re.search(r"shadow model compared with production on [1-9]\d* requests, agreement \d+\.\d %", out), out[-3000:]
     # every step of scenario 1 went through the sidecar's history

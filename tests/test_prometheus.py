@@ -164,6 +164,9 @@ def scraped():
         shadow = Model(procs, "shadow", "--disagree-rate", "0.3")
         cfg = EnvoyConfig().upstreams({"model_stable": stable.port, "model_canary": canary.port,
                                        "model_shadow": shadow.port})
+        # prediction bins too: their `bin` label comes from the shipped stats_tags
+        cfg.edit_plugin(lambda c: c["plan"]["rollouts"][0]["output"].update(
+            distribution={"edges": [0, 0.25, 0.5, 0.75, 1]}))
         envoy = Envoy(procs, cfg, concurrency=2)
         sent = {
             "fraud": send_all(envoy.port(), [(FRAUD, {"x-user-id": u}) for u in USERS]),

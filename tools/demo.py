@@ -3,13 +3,16 @@
 Starts the demo model servers (stable 8081, canary 8082, shadow 8083 which disagrees
 with production on 3 % of inputs), the control sidecar with its policy engine (9090)
 and Envoy with the shipped envoy/demo.yaml (public listener 10000, trusted 10001,
-admin 9901), streams traffic from many users, and runs two scenarios end to end,
+admin 9901), streams traffic from many users, and runs three scenarios end to end,
 narrated in the terminal:
 
   1. a good candidate: the policy walks it shadow -> 5 -> 25 -> 50 -> 100 % and
      promotes it to stable, judged by the proxy's own metrics;
   2. a bad candidate (25 % errors): deployed the same way, rolled back
-     automatically, the reason naming the failed check.
+     automatically, the reason naming the failed check;
+  3. a drifted candidate: every answer 200, fast and in range, but its scores are
+     shifted (the canary model's score_shift knob): rolled back by the
+     prediction_drift check, the PSI in the reason.
 
 Then the traffic keeps running until Ctrl-C (or --duration seconds in all). Every
 process is stopped on exit.
@@ -139,12 +142,46 @@ def deploy(plan_rollout: dict, stop: threading.Event, reason: str) -> None:
     sidecar("PUT", "/v1/plan?reason=" + urllib.request.quote(reason), plan)
 
 
+def canary_faults(**knobs) -> None:
+    urllib.request.urlopen(urllib.request.Request(
+        "http://127.0.0.1:8082/admin/faults", data=json.dumps(knobs).encode(), method="POST",
+        headers={"content-type": "application/json"}), timeout=5).read()
+
+
+def with_candidate(rollout: dict, version: str, notes: str) -> dict:
+    """The rollout with a new candidate model (its metadata travels with the plan)."""
+    r = json.loads(json.dumps(rollout))
+    r["variants"][1]["model"] = {**r["variants"][1]["model"], "version": version, "notes": notes}
+    return r
+
+
+def drift_figures(r: dict) -> str:
+    """The last drift judgement of the rollout, from the sidecar's analysis."""
+    try:
+        a = sidecar("GET", "/v1/rollouts/fraud/analysis?limit=5")
+    except OSError:
+        return ""
+    for d in a.get("decisions", []):
+        for c in d.get("checks", []):
+            drift = c.get("drift")
+            if not drift or c.get("candidate") is None:
+                continue
+            names = drift.get("bin_names") or [str(i) for i in range(len(drift["candidate_bins"]))]
+            ct, st = sum(drift["candidate_bins"]) or 1, sum(drift["stable_bins"]) or 1
+            rows = [f"      {n:>12}  {100 * a_ / ct:5.1f} %  {100 * b / st:5.1f} %"
+                    for n, a_, b in zip(names, drift["candidate_bins"], drift["stable_bins"]) if a_ or b]
+            return (f"    {c['name']}: {c['detail']}\n      {'bin':>12}  {drift['arm']:>7}  {drift['reference']:>7}\n"
+                    + "\n".join(rows))
+    return ""
+
+
 def scenarios(rollout: dict, stop: threading.Event, fast: bool) -> None:
     timeout = 120 if not fast else 60
     if stop.wait(2):
         return
     say("scenario 1: a good candidate. The sidecar walks it shadow -> 5 -> 25 -> 50 -> 100 %, "
-        "advancing only while error rate, p99 latency, invalid outputs and shadow disagreement pass")
+        "advancing only while error rate, p99 latency, invalid outputs, shadow disagreement and the "
+        "score distribution (prediction drift against stable) pass")
     r = follow({"complete", "rolled_back"}, stop, timeout)
     if r:
         say(f"scenario 1 result: {(r.get('progress') or {}).get('state')}: {(r.get('progress') or {}).get('note', '')[:220]}")
@@ -152,25 +189,42 @@ def scenarios(rollout: dict, stop: threading.Event, fast: bool) -> None:
         return
     say("scenario 2: a bad candidate. The canary model now answers 25 % of requests with 500; "
         "it is deployed as the new candidate with the same policy")
-    urllib.request.urlopen(urllib.request.Request(
-        "http://127.0.0.1:8082/admin/faults", data=b'{"error_rate": 0.25}', method="POST",
-        headers={"content-type": "application/json"}), timeout=5).read()
-    deploy(rollout, stop, "demo: deploy a bad candidate")
+    canary_faults(error_rate=0.25)
+    deploy(with_candidate(rollout, "2.5.0", "demo: 25 % errors"), stop, "demo: deploy a bad candidate")
     r = follow({"rolled_back", "complete"}, stop, timeout)
     if r:
         p = r.get("progress") or {}
         say(f"scenario 2 result: {p.get('state')}: {p.get('note', '')[:300]}")
-    hist = subprocess.run([str(CONTROL), "--server", "http://127.0.0.1:9090", "history", "--limit", "12"],
+    if stop.is_set():
+        return
+    say("scenario 3: a drifted candidate. The canary model answers every request with 200, as fast "
+        "as stable and inside [0, 1], but its scores are shifted by +2 logits (score_shift); the "
+        "policy compares its score distribution with stable's (prediction_drift, PSI)")
+    canary_faults(error_rate=0, score_shift=2.0)
+    deploy(with_candidate(rollout, "2.6.0", "demo: scores shifted"), stop, "demo: deploy a drifted candidate")
+    r = follow({"rolled_back", "complete"}, stop, timeout)
+    if r:
+        p = r.get("progress") or {}
+        say(f"scenario 3 result: {p.get('state')}: {p.get('note', '')[:400]}\n{drift_figures(r)}")
+    hist = subprocess.run([str(CONTROL), "--server", "http://127.0.0.1:9090", "history", "--limit", "20"],
                           capture_output=True, text=True)
     say("plan history (newest first):\n" + hist.stdout)
-    say("both scenarios done; `target/native/rollout-control status` shows the checks. Ctrl-C stops the demo")
+    say("all three scenarios done; `target/native/rollout-control status` shows the checks and the models. "
+        "Ctrl-C stops the demo")
 
 
 def demo_rollout(plan: dict, fast: bool) -> dict:
     """The demo plan's fraud rollout with a policy (short intervals, for a demo)."""
     r = next(r for r in plan["rollouts"] if r["name"] == "fraud")
-    r["variants"] = [{"name": "stable", "weight": 100}, {"name": "canary", "weight": 0}]
+    r["variants"] = [
+        {"name": "stable", "weight": 100,
+         "model": {"name": "fraud-scorer", "version": "2.3.0", "uri": "s3://models/fraud-scorer/2.3.0"}},
+        {"name": "canary", "weight": 0,
+         "model": {"name": "fraud-scorer", "version": "2.4.0", "uri": "s3://models/fraud-scorer/2.4.0",
+                   "notes": "demo: a good candidate"}}]
     r.pop("targeting", None)
+    # the scores' bins, per variant and for the shadow (prediction_drift reads them)
+    r["output"]["distribution"] = {"edges": [0, 0.2, 0.4, 0.6, 0.8, 1]}
     # every fraud request is shadowed, so each window holds enough comparisons
     r["shadow"]["percent"] = 100
     r["shadow"]["max_in_flight"] = 500
@@ -186,6 +240,10 @@ def demo_rollout(plan: dict, fast: bool) -> dict:
             {"metric": "latency", "percentile": 99, "max_ratio": 3, "min_samples": 20},
             {"metric": "invalid_output_rate", "max": 0.02, "min_samples": 20},
             {"metric": "shadow_disagreement_rate", "max": 0.1, "min_samples": 50},
+            # The demo's windows hold only ~30-60 candidate predictions at 5 %, whose
+            # noise alone gives PSIs of 0.1-0.2: hence max 0.5 here. With >= 1,000
+            # predictions per window use the usual 0.25 (see README).
+            {"metric": "prediction_drift", "method": "psi", "max": 0.5, "min_samples": 30},
         ],
         "failure_limit": 2,
         "inconclusive_limit": 30,

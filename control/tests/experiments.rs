@@ -742,3 +742,117 @@ async fn metrics_endpoint() {
         assert!(l.starts_with("rollout_control_"), "{l}");
     }
 }
+
+/// Interleaved outcomes of `n` users per variant (stable first), conversion at the
+/// given rates; returns the assignments, the outcomes in posting order and the
+/// rewards per arm.
+#[allow(clippy::type_complexity)]
+fn interleaved(
+    n: usize,
+    rates: (f64, f64),
+    seed: u64,
+) -> (Vec<(String, &'static str)>, Vec<(String, f64)>) {
+    let mut rng = SplitMix(seed);
+    let (mut assignments, mut outcomes) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        for (variant, p) in [("stable", rates.0), ("canary", rates.1)] {
+            let cid = id(variant, i);
+            outcomes.push((cid.clone(), rng.bernoulli(p)));
+            assignments.push((cid, variant));
+        }
+    }
+    (assignments, outcomes)
+}
+
+#[tokio::test]
+async fn sequential_stops_as_soon_as_decided_with_the_right_winner() {
+    let plan = PLAN.replace(
+        r#""samples_per_variant":20000}"#,
+        r#""samples_per_variant":20000,"stopping":"sequential"}"#,
+    );
+    let f = Fixture::new(None, Some(&plan)).await;
+    // 10 % vs 15 %: decided long before the horizon; only 6,000 per arm are sent
+    let (assignments, outcomes) = interleaved(6_000, (0.10, 0.15), 42);
+    f.assign("fraud", &assignments).await;
+    f.feedback(&outcomes).await;
+    let j = f.get("/v1/experiments/fraud").await.json();
+    assert_eq!(j["stopping"], "sequential", "{j}");
+    assert_eq!(j["test"], "msprt");
+    assert_eq!(j["status"], "complete", "decided below the horizon: {j}");
+    assert_eq!(j["significant"], true);
+    assert_eq!(j["winner"], "canary");
+    let c = &j["comparisons"][0];
+    let at = (
+        c["stopped_at"]["variant"].as_u64().unwrap(),
+        c["stopped_at"]["control"].as_u64().unwrap(),
+    );
+    assert!(at.0 < 6_000, "decided before the data ran out: {c}");
+    assert_eq!(c["z"], Value::Null);
+
+    // the same replay with rollout_core::msprt: identical decision and p-value
+    let mut t = rollout_core::msprt::SequentialTest::new(0.05, None);
+    let (mut a, mut b) = (abtest::Summary::new(), abtest::Summary::new());
+    for (cid, reward) in &outcomes {
+        if t.stopped().is_some() {
+            break;
+        }
+        if cid.starts_with("stable") {
+            a.add(*reward);
+        } else {
+            b.add(*reward);
+        }
+        t.look(&a, &b);
+    }
+    let s = t.stopped().unwrap();
+    assert_eq!(at, (s.n_treatment, s.n_control));
+    assert_eq!(c["p_value"].as_f64().unwrap(), s.p_value);
+    assert!(s.p_value <= 0.05);
+    assert!((c["diff"].as_f64().unwrap() - s.diff).abs() < 1e-15);
+
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.status, VerdictStatus::Complete);
+    assert_eq!(v.satisfies(AbRequirement::Better), Some(true));
+    // later data cannot flip the decision
+    let late: Vec<(String, &str)> = (6_000..7_000)
+        .map(|i| (id("canary", i), "canary"))
+        .collect();
+    f.assign("fraud", &late).await;
+    let late_outcomes: Vec<(String, f64)> = late.iter().map(|(c, _)| (c.clone(), 0.0)).collect();
+    f.feedback(&late_outcomes).await;
+    let j2 = f.get("/v1/experiments/fraud").await.json();
+    assert_eq!(j2["comparisons"], j["comparisons"]);
+}
+
+#[tokio::test]
+async fn sequential_equal_rates_are_readable_any_time_and_end_undecided_at_the_horizon() {
+    let plan = PLAN.replace(
+        r#""samples_per_variant":20000}"#,
+        r#""samples_per_variant":5000,"stopping":"sequential","mixture_variance":0.0004}"#,
+    );
+    let f = Fixture::new(None, Some(&plan)).await;
+    let (assignments, outcomes) = interleaved(5000, (0.10, 0.10), 7);
+    f.assign("fraud", &assignments).await;
+    let half = outcomes.len() / 2;
+    f.feedback(&outcomes[..half]).await;
+    let j = f.get("/v1/experiments/fraud").await.json();
+    assert_eq!(j["status"], "collecting");
+    assert_eq!(j["mixture_variance"], 0.0004);
+    let p_half = j["comparisons"][0]["p_value"].as_f64().unwrap();
+    assert!(p_half > 0.05 && p_half <= 1.0, "{j}");
+    assert_eq!(j["significant"], false);
+    f.feedback(&outcomes[half..]).await;
+    let j = f.get("/v1/experiments/fraud").await.json();
+    assert_eq!(j["status"], "complete", "{j}");
+    assert_eq!(j["significant"], false);
+    let p = j["comparisons"][0]["p_value"].as_f64().unwrap();
+    assert!(
+        p <= p_half,
+        "the always-valid p-value never rises: {p} > {p_half}"
+    );
+    let v = experiment::verdict(f.state.store(), &f.rollout("fraud"))
+        .unwrap()
+        .unwrap();
+    assert!(v.winner_free(), "{v:?}");
+}

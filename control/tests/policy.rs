@@ -38,7 +38,13 @@ struct Faults {
     extra_latency_ms: f64,
     nan_rate: f64,
     disagree_rate: f64,
+    /// The candidate's (and the shadow's) scores come from `SHIFTED` instead of `HEALTHY`.
+    score_shift: bool,
 }
+
+/// Shares of the predictions per bin of `EDGES` (underflow, 4 intervals, overflow, other).
+const HEALTHY: [f64; 7] = [0.0, 0.25, 0.25, 0.25, 0.25, 0.0, 0.0];
+const SHIFTED: [f64; 7] = [0.0, 0.05, 0.10, 0.25, 0.60, 0.0, 0.0];
 
 #[derive(Debug, Default, Clone)]
 struct VariantCounters {
@@ -49,6 +55,8 @@ struct VariantCounters {
     nan: f64,
     /// lower bound (ms) -> count, bins of width 1
     latency: BTreeMap<u64, f64>,
+    /// predictions per bin
+    bins: [f64; 7],
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +65,7 @@ struct Sim {
     compared: f64,
     agree: f64,
     disagree: f64,
+    shadow_bins: [f64; 7],
     uptime_s: f64,
     /// Requests per second to the rollout (all variants).
     rps: f64,
@@ -96,6 +105,10 @@ impl Sim {
             c.ok += n * (1.0 - f.error_rate);
             c.checked += n;
             c.nan += n * f.nan_rate;
+            let shares = if f.score_shift { SHIFTED } else { HEALTHY };
+            for (b, share) in c.bins.iter_mut().zip(shares) {
+                *b += n * share;
+            }
             let base = 20.0 + f.extra_latency_ms;
             for (ms, share) in [(base, 0.9), (base + 5.0, 0.09), (base + 30.0, 0.01)] {
                 *c.latency.entry(ms as u64).or_default() += n * share;
@@ -105,6 +118,14 @@ impl Sim {
         self.compared += compared;
         self.disagree += compared * self.faults.disagree_rate;
         self.agree += compared * (1.0 - self.faults.disagree_rate);
+        let shares = if self.faults.score_shift {
+            SHIFTED
+        } else {
+            HEALTHY
+        };
+        for (b, share) in self.shadow_bins.iter_mut().zip(shares) {
+            *b += compared * share;
+        }
     }
 
     /// An Envoy restart: every counter back to zero.
@@ -115,6 +136,7 @@ impl Sim {
         self.compared = 0.0;
         self.agree = 0.0;
         self.disagree = 0.0;
+        self.shadow_bins = [0.0; 7];
         self.uptime_s = 0.0;
     }
 
@@ -148,6 +170,12 @@ impl Sim {
                 )),
                 0.0,
             ));
+            for (i, b) in c.bins.iter().enumerate() {
+                out.push((w(stats::variant_bin("fraud", v, i)), *b));
+            }
+        }
+        for (i, b) in self.shadow_bins.iter().enumerate() {
+            out.push((w(stats::shadow_bin("fraud", i)), *b));
         }
         out.push((
             w(stats::rollout_metric("fraud", "shadow_compared_total")),
@@ -303,6 +331,26 @@ fn plan(progress: Option<(usize, f64)>, extra_policy: &str) -> PlanSpec {
         "policy": {{"interval_s": 1, "failure_limit": 2, "inconclusive_limit": 3 {extra_policy},
                     {STEPS}, {CHECKS}}} {progress} }}]}}"#,
         100.0 - canary
+    );
+    rollout_core::parse_plan(json.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}: {json}"))
+        .0
+}
+
+/// The rollout `fraud` judged by prediction drift only (PSI, bins of `EDGES`), at
+/// `step` with the canary at `weight`.
+fn drift_plan(step: usize, weight: f64) -> PlanSpec {
+    let json = format!(
+        r#"{{"version": 1, "rollouts": [{{"name": "fraud", "salt": "s",
+        "variants": [{{"name": "stable", "weight": {}}}, {{"name": "canary", "weight": {weight}}}],
+        "shadow": {{"cluster": "model_shadow", "percent": 25}},
+        "output": {{"pointer": "/outputs/0/data", "distribution": {{"edges": [0, 0.25, 0.5, 0.75, 1]}}}},
+        "policy": {{"interval_s": 1, "failure_limit": 2, "inconclusive_limit": 3, {STEPS},
+                    "checks": [{{"metric": "prediction_drift", "method": "psi", "max": 0.25,
+                                "min_samples": 100}}]}},
+        "progress": {{"step": {step}, "state": "progressing", "since_ms": {}}} }}]}}"#,
+        100.0 - weight,
+        rollout_control::util::timefmt::now_unix_ms()
     );
     rollout_core::parse_plan(json.as_bytes())
         .unwrap_or_else(|e| panic!("{e}: {json}"))
@@ -1126,4 +1174,83 @@ async fn the_binary_runs_the_engine_and_the_cli_shows_it() {
     let _ = child.kill();
     let _ = child.wait();
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_identical_distribution_advances_and_a_shifted_one_rolls_back_naming_the_psi() {
+    let h = Harness::new(drift_plan(2, 5.0), StatsFormat::Json, 20_000.0).await;
+    // the same distribution as stable: the step passes
+    h.wait_for(5.0, "step 3 with an undrifted candidate", |h| {
+        h.progress().is_some_and(|p| p.0 >= 3)
+    })
+    .await;
+    let (_, s) = h.get("/v1/status").await;
+    let check = &s["rollouts"][0]["policy"]["checks"][0];
+    assert_eq!(check["name"], "prediction_drift", "{s}");
+    assert_eq!(check["verdict"], "passed", "{check}");
+    assert!(check["candidate"].as_f64().unwrap() < 0.01, "{check}");
+    let drift = &check["drift"];
+    assert_eq!(drift["method"], "psi");
+    assert_eq!(
+        drift["bin_names"],
+        serde_json::json!([
+            "< 0",
+            "[0, 0.25)",
+            "[0.25, 0.5)",
+            "[0.5, 0.75)",
+            "[0.75, 1]",
+            "> 1",
+            "other"
+        ])
+    );
+    assert_eq!(drift["candidate_bins"].as_array().unwrap().len(), 7);
+    // a shifted candidate: healthy by every other measure, rolled back by drift
+    h.faults(Faults {
+        score_shift: true,
+        ..Faults::default()
+    });
+    h.wait_for(6.0, "the rollback", |h| {
+        state(h) == Some(ProgressState::RolledBack)
+    })
+    .await;
+    let reason = h.policy_reasons().last().unwrap().clone();
+    let psi = number_after(&reason, "check prediction_drift failed 2 intervals: PSI ");
+    // the windows mix the shares exactly (counts are large): the PSI of the two
+    // distributions, smoothing aside
+    let want: f64 = SHIFTED
+        .iter()
+        .zip(HEALTHY)
+        .filter(|(c, s)| **c > 0.0 && *s > 0.0)
+        .map(|(c, s)| (c - s) * (c / s).ln())
+        .sum();
+    assert!((psi - want).abs() < 0.02, "{reason}: want about {want}");
+    assert!(reason.contains("> max 0.25 (major shift)"), "{reason}");
+    // the analysis keeps the bins of the failed intervals
+    let (_, a) = h.get("/v1/rollouts/fraud/analysis?limit=5").await;
+    let text = a.to_string();
+    assert!(text.contains("candidate_bins"), "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drifting_shadow_rolls_back_a_shadow_only_step() {
+    let h = Harness::new(drift_plan(0, 0.0), StatsFormat::Json, 20_000.0).await;
+    h.faults(Faults {
+        score_shift: true,
+        ..Faults::default()
+    });
+    h.wait_for(6.0, "the rollback", |h| {
+        state(h) == Some(ProgressState::RolledBack)
+    })
+    .await;
+    let reason = h.policy_reasons().last().unwrap().clone();
+    assert!(
+        reason.starts_with(
+            "policy: rollback at step 0 (shadow only): check prediction_drift failed 2 intervals: PSI "
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("shadow") && reason.contains("vs primary"),
+        "{reason}"
+    );
 }

@@ -65,7 +65,8 @@ pub enum Prediction {
 }
 
 impl Prediction {
-    fn from_value(v: &Value) -> Prediction {
+    /// The prediction a JSON value holds (NaN tokens as quoted by `parse_answer`).
+    pub fn from_value(v: &Value) -> Prediction {
         match v {
             Value::Null => Prediction::Null,
             Value::Bool(b) => Prediction::Bool(*b),
@@ -159,6 +160,13 @@ pub fn extract(answer: Option<&Value>, pointers: &[String]) -> Vec<Option<Predic
                 .map(Prediction::from_value)
         })
         .collect()
+}
+
+/// The prediction at `pointer`, if the answer has one there.
+pub fn prediction_at(answer: Option<&Value>, pointer: &str) -> Option<Prediction> {
+    answer
+        .and_then(|v| v.pointer(pointer))
+        .map(Prediction::from_value)
 }
 
 /// Health of one answer's output.

@@ -62,6 +62,10 @@ pub struct EchoSpec {
     /// Return the variant header to the client.
     #[serde(default = "d_true")]
     pub variant: bool,
+    /// A response header to return the variant's model metadata in
+    /// (`name:version`, e.g. `x-model-version: fraud-xgb:2.4.1`); off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl Default for EchoSpec {
@@ -69,6 +73,7 @@ impl Default for EchoSpec {
         EchoSpec {
             correlation_id: true,
             variant: true,
+            model: None,
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct FilterConfig {
     pub variant_header: String,
     pub echo_correlation: bool,
     pub echo_variant: bool,
+    /// The header that returns the variant's model `name:version` (`echo.model`).
+    pub echo_model: Option<String>,
     pub override_header: String,
     pub override_enabled: bool,
     pub control: Option<ControlSpec>,
@@ -149,6 +156,21 @@ impl PluginConfigSpec {
                 "must differ from variant_header and correlation_header",
             ));
         }
+        let echo_model = match &self.echo.model {
+            None => None,
+            Some(h) => {
+                let h = check_header_name("echo.model", h)?;
+                if [&variant_header, &correlation_header, &override_header].contains(&&h)
+                    || h.starts_with(':')
+                {
+                    return Err(ConfigError::new(
+                        "echo.model",
+                        "must differ from variant_header, correlation_header and override.header",
+                    ));
+                }
+                Some(h)
+            }
+        };
         if let Some(c) = &self.control {
             c.validate().map_err(|e| e.within("control"))?;
         }
@@ -175,6 +197,7 @@ impl PluginConfigSpec {
             variant_header,
             echo_correlation: self.echo.correlation_id,
             echo_variant: self.echo.variant,
+            echo_model,
             override_header,
             override_enabled: self.override_.enabled,
             control: self.control.clone(),
@@ -228,6 +251,12 @@ mod tests {
         assert_eq!(c.correlation_header, "x-request-id");
         assert_eq!(c.variant_header, "x-model-variant");
         assert_eq!(c.subject, SubjectSource::default());
+        assert_eq!(c.echo_model, None, "the model header is off by default");
+        let c = parse_plugin_config(
+            br#"{"echo":{"model":"X-Model-Version"},"plan":{"version":1,"rollouts":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.echo_model.as_deref(), Some("x-model-version"));
     }
 
     #[test]
@@ -269,6 +298,14 @@ mod tests {
             (
                 r#"{"plan":{"version":1,"rollouts":[{"name":"r","salt":"s","variants":[{"name":"a","weight":100}]}]}} x"#,
                 "",
+            ),
+            (
+                r#"{"echo":{"model":"x-model-variant"},"plan":{"version":1,"rollouts":[]}}"#,
+                "echo.model",
+            ),
+            (
+                r#"{"echo":{"model":"x model"},"plan":{"version":1,"rollouts":[]}}"#,
+                "echo.model",
             ),
             (r#"{}"#, "plan"),
             ("", ""),

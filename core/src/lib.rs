@@ -6,10 +6,12 @@
 //!
 //! 1. Leaves: [`error`] (ConfigError, UnknownRollout, OpError), [`hash`],
 //!    [`correlation`], [`request`], [`stats`] (stat names, reason enums), [`abtest`],
-//!    [`answer`] (predictions, output health, the comparison of two answers).
+//!    [`answer`] (predictions, output health, the comparison of two answers);
+//!    [`msprt`] (sequential A/B tests, on [`abtest`]'s summaries).
 //! 2. [`fields`]: the validators every section shares.
 //! 3. The plan's sections, each with its schema, validation and compiled form:
-//!    [`shadow`], [`output`], [`policy`], [`experiment`].
+//!    [`shadow`], [`output`] (with its prediction bins, [`distribution`]),
+//!    [`policy`], [`experiment`], a variant's [`model`] metadata.
 //! 4. [`plan`]: the plan document, compiled from the sections; lookups.
 //! 5. [`decide`](mod@decide) (the variant of a request) and [`wire`] (what the filter and the
 //!    sidecar send each other).
@@ -24,10 +26,13 @@ pub mod config;
 pub mod control;
 pub mod correlation;
 pub mod decide;
+pub mod distribution;
 pub mod error;
 pub mod experiment;
 pub mod fields;
 pub mod hash;
+pub mod model;
+pub mod msprt;
 pub mod output;
 pub mod plan;
 pub mod policy;

@@ -1,10 +1,13 @@
 //! Output health: the `output` section of a rollout, which says where in an answer
 //! the prediction is and what range it must be in. The judgement itself is
 //! `answer::health`; `plan::Rollout::health_rule` picks the rule for a rollout.
+//! With `distribution`, the sampled predictions are also counted into bins
+//! (`crate::distribution`) for the `prediction_drift` check.
 
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{DEFAULT_MAX_BODY_BYTES, DEFAULT_POINTER};
+use crate::distribution::{Distribution, DistributionSpec};
 use crate::error::ConfigError;
 use crate::fields::{check_pointer, check_size, weight_to_bp};
 
@@ -31,6 +34,9 @@ pub struct OutputSpec {
     pub sample_percent: f64,
     #[serde(default = "d_max_body")]
     pub max_response_bytes: usize,
+    /// Bins of the predictions, counted per variant and for the shadow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<DistributionSpec>,
 }
 
 fn d_pointer() -> String {
@@ -44,6 +50,7 @@ pub struct Output {
     pub max: Option<f64>,
     pub sample_bp: u16,
     pub max_response_bytes: usize,
+    pub distribution: Option<Distribution>,
 }
 
 impl OutputSpec {
@@ -62,12 +69,17 @@ impl OutputSpec {
             }
         }
         check_size("max_response_bytes", self.max_response_bytes)?;
+        let distribution = match &self.distribution {
+            Some(d) => Some(d.compile().map_err(|e| e.within("distribution"))?),
+            None => None,
+        };
         Ok(Output {
             pointer: self.pointer.clone(),
             min: self.min,
             max: self.max,
             sample_bp: weight_to_bp("sample_percent", self.sample_percent)?,
             max_response_bytes: self.max_response_bytes,
+            distribution,
         })
     }
 }
@@ -83,5 +95,10 @@ mod tests {
             .compile()
             .unwrap_err();
         assert_eq!(e.field, "min");
+        let e = serde_json::from_str::<OutputSpec>(r#"{"distribution":{"edges":[1,0]}}"#)
+            .unwrap()
+            .compile()
+            .unwrap_err();
+        assert_eq!(e.field, "distribution.edges[1]");
     }
 }

@@ -96,6 +96,9 @@ pub struct VariantSpec {
     pub name: String,
     /// Percent of subjects, at most two decimals; the weights of a rollout sum to 100.
     pub weight: f64,
+    /// What this variant serves: name, version, artifact, creation time, notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::model::ModelSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +162,8 @@ pub struct Variant {
     /// Buckets `[start, end)` owned by this variant.
     pub start: u16,
     pub end: u16,
+    /// The model metadata's `name:version`, echoed with `echo.model`.
+    pub model_header: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -278,12 +283,17 @@ impl RolloutSpec {
                 ));
             }
             let bp = weight_to_bp(&format!("{vp}.weight"), v.weight)?;
+            let model_header = match &v.model {
+                Some(m) => Some(m.compile().map_err(|e| e.within(&format!("{vp}.model")))?),
+                None => None,
+            };
             let end = start + u32::from(bp);
             variants.push(Variant {
                 name: v.name.clone(),
                 weight_bp: bp,
                 start: u16::try_from(start.min(u32::from(BUCKETS))).unwrap_or(BUCKETS),
                 end: u16::try_from(end.min(u32::from(BUCKETS))).unwrap_or(BUCKETS),
+                model_header,
             });
             start = end;
         }
@@ -331,6 +341,17 @@ impl RolloutSpec {
                 .map_err(|e| e.within("policy"))?,
             None => (variants.len().saturating_sub(1), None),
         };
+        let has_distribution = output.as_ref().is_some_and(|o| o.distribution.is_some());
+        if let Some(p) = &self.policy {
+            for (i, c) in p.checks.iter().enumerate() {
+                if c.metric == crate::policy::CheckMetric::PredictionDrift && !has_distribution {
+                    return Err(ConfigError::new(
+                        format!("policy.checks[{i}].metric"),
+                        "prediction_drift needs output.distribution (the bins) in the rollout",
+                    ));
+                }
+            }
+        }
         if let Some(pr) = &self.progress {
             let steps = self.policy.as_ref().map(|p| p.steps.len()).unwrap_or(0);
             if pr.step >= steps {
@@ -631,6 +652,11 @@ impl Rollout {
         self.variants.iter().position(|v| v.name == name)
     }
 
+    /// The echoed model header value (`name:version`) of variant `i`, if it has metadata.
+    pub fn model_header(&self, i: usize) -> Option<&str> {
+        self.variants.get(i).and_then(|v| v.model_header.as_deref())
+    }
+
     pub fn variant_name(&self, i: usize) -> &str {
         self.variants.get(i).map(|v| v.name.as_str()).unwrap_or("")
     }
@@ -672,7 +698,9 @@ mod tests {
     }
 
     const BASE: &str = r#"{"version":1,"rollouts":[{"name":"fraud","match":{"path_prefix":"/v2/models/fraud"},
-        "salt":"s1","variants":[{"name":"stable","weight":90},{"name":"canary","weight":10}]}]}"#;
+        "salt":"s1","variants":[{"name":"stable","weight":90},{"name":"canary","weight":10,
+        "model":{"name":"fraud","version":"2","created":"2025-06-01T00:00:00Z","notes":"n"}}],
+        "output":{"distribution":{"labels":["fraud","ok"]}}}]}"#;
 
     #[test]
     fn ranges_are_contiguous_in_list_order() {
@@ -833,6 +861,49 @@ mod tests {
         let p = with(output);
         assert_eq!(p.rollouts[0].health_rule().unwrap().pointer, "/o");
         assert_eq!(with("").rollouts[0].health_rule(), None);
+    }
+
+    #[test]
+    fn model_metadata_compiles_and_names_bad_fields() {
+        let with = |model: &str| {
+            plan(&format!(
+                r#"{{"version":1,"rollouts":[{{"name":"r","salt":"s","variants":[
+                {{"name":"a","weight":90}},{{"name":"b","weight":10,"model":{model}}}]}}]}}"#
+            ))
+        };
+        let p = with(r#"{"name":"fraud-xgb","version":"2.4.1","uri":"gs://m/fraud"}"#).unwrap();
+        assert_eq!(p.rollouts[0].model_header(1), Some("fraud-xgb:2.4.1"));
+        assert_eq!(p.rollouts[0].model_header(0), None);
+        let e = with(r#"{"name":"x","version":"1","image_digest":"sha256:00"}"#).unwrap_err();
+        assert_eq!(e.field, "rollouts[0].variants[1].model.image_digest");
+        let e = with(r#"{"name":"x","version":"1","created":"yesterday"}"#).unwrap_err();
+        assert_eq!(e.field, "rollouts[0].variants[1].model.created");
+        let e = with(r#"{"name":"x","version":"1","url":"s3://a/b"}"#).unwrap_err();
+        assert_eq!(e.field, "rollouts[0].variants[1].model.url");
+    }
+
+    #[test]
+    fn drift_checks_need_bins() {
+        let with = |output: &str| {
+            plan(&format!(
+                r#"{{"version":1,"rollouts":[{{"name":"r","salt":"s","variants":[
+                {{"name":"a","weight":90}},{{"name":"b","weight":10}}]{output},
+                "policy":{{"steps":[{{"weight":10}}],"checks":[
+                  {{"metric":"error_rate","max":0.1}},
+                  {{"metric":"prediction_drift","method":"psi","max":0.25}}]}}}}]}}"#
+            ))
+        };
+        assert_eq!(
+            with(r#","output":{"max":1}"#).unwrap_err().field,
+            "rollouts[0].policy.checks[1].metric"
+        );
+        assert_eq!(
+            with("").unwrap_err().field,
+            "rollouts[0].policy.checks[1].metric"
+        );
+        let p = with(r#","output":{"distribution":{"edges":[0,0.5,1]}}"#).unwrap();
+        let d = p.rollouts[0].output.as_ref().unwrap().distribution.as_ref();
+        assert_eq!(d.unwrap().bins(), 5);
     }
 
     #[test]

@@ -109,6 +109,21 @@ pub enum CheckMetric {
     Stat,
     /// The A/B verdict of the `experiment` section: a promotion check.
     Ab,
+    /// How far the candidate's prediction distribution drifted from the stable's
+    /// (the shadow's from the primary's at a shadow-only step), by `method`
+    /// (needs `output.distribution`; absolute only: `max`).
+    PredictionDrift,
+}
+
+/// How a `prediction_drift` check measures drift (see `analysis::drift`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftMethod {
+    /// Population Stability Index (0 none; < 0.1 no shift, 0.1-0.25 moderate, > 0.25 major).
+    #[default]
+    Psi,
+    /// Jensen-Shannon distance, base 2 (0 identical, 1 disjoint).
+    Js,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +151,9 @@ pub struct CheckSpec {
     /// For `ab`: "better" (candidate significantly better) or "not_worse".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require: Option<AbRequirement>,
+    /// For `prediction_drift`: `psi` (default) or `js`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<DriftMethod>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -430,7 +448,27 @@ impl CheckSpec {
                 Some(s) if !s.is_empty() && s.len() <= 512 => {}
                 _ => return Err(ConfigError::new("stat", "the Envoy stat name is required")),
             },
+            CheckMetric::PredictionDrift => {
+                let Some(max) = self.max else {
+                    return Err(ConfigError::new(
+                        "max",
+                        "prediction_drift is absolute (the drift between candidate and stable): use max",
+                    ));
+                };
+                if self.method == Some(DriftMethod::Js) && max > 1.0 {
+                    return Err(ConfigError::new(
+                        "max",
+                        "a Jensen-Shannon distance is at most 1",
+                    ));
+                }
+            }
             _ => {}
+        }
+        if self.metric != CheckMetric::PredictionDrift && self.method.is_some() {
+            return Err(ConfigError::new(
+                "method",
+                "only for metric prediction_drift",
+            ));
         }
         if self.metric != CheckMetric::Latency && self.percentile.is_some() {
             return Err(ConfigError::new("percentile", "only for metric latency"));
@@ -493,9 +531,24 @@ mod tests {
             ),
             (r#"{"steps":[{"weight":5}],"trip":{"window_s":5}}"#, "trip"),
             (r#"{"steps":[{"weight":5}],"interval_s":0}"#, "interval_s"),
+            (
+                r#"{"steps":[{"weight":5}],"checks":[{"metric":"prediction_drift","max_ratio":2}]}"#,
+                "checks[0].max",
+            ),
+            (
+                r#"{"steps":[{"weight":5}],"checks":[{"metric":"prediction_drift","method":"js","max":1.5}]}"#,
+                "checks[0].max",
+            ),
+            (
+                r#"{"steps":[{"weight":5}],"checks":[{"metric":"error_rate","method":"psi","max":0.1}]}"#,
+                "checks[0].method",
+            ),
         ];
         for (json, field) in cases {
             assert_eq!(compile(json).unwrap_err().field, field, "{json}");
         }
+        let kl = r#"{"steps":[{"weight":5}],"checks":[{"metric":"prediction_drift","method":"kl","max":0.1}]}"#;
+        let e = serde_json::from_str::<PolicySpec>(kl).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `kl`"), "{e}");
     }
 }

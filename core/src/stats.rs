@@ -37,6 +37,17 @@ pub fn variant_latency(rollout: &str, variant: &str) -> String {
     format!("{PREFIX}.rollout.{rollout}.variant.{variant}.latency_ms")
 }
 
+/// `model_rollout.rollout.<r>.variant.<v>.bin.<i>.predictions_total`: the variant's
+/// sampled predictions in bin `i` of `output.distribution` (`crate::distribution`).
+pub fn variant_bin(rollout: &str, variant: &str, bin: usize) -> String {
+    format!("{PREFIX}.rollout.{rollout}.variant.{variant}.bin.{bin}.predictions_total")
+}
+
+/// `model_rollout.rollout.<r>.bin.<i>.shadow_predictions_total`: the shadow's.
+pub fn shadow_bin(rollout: &str, bin: usize) -> String {
+    format!("{PREFIX}.rollout.{rollout}.bin.{bin}.shadow_predictions_total")
+}
+
 pub fn rollout_assignments(rollout: &str, reason: &str) -> String {
     format!("{PREFIX}.rollout.{rollout}.reason.{reason}.assignments_total")
 }
@@ -165,7 +176,7 @@ pub fn control_rejected(reason: &str) -> String {
 
 /// `(tag name, regex)` pairs for Envoy's `stats_config.stats_tags`. The first
 /// capture group is cut from the name, the second is the label value.
-pub const STATS_TAGS: [(&str, &str); 4] = [
+pub const STATS_TAGS: [(&str, &str); 5] = [
     (
         "rollout",
         r"^wasmcustom\.model_rollout\.(rollout\.([^.]+)\.)",
@@ -176,6 +187,7 @@ pub const STATS_TAGS: [(&str, &str); 4] = [
     ),
     ("class", r"\.(class\.([^.]+)\.)responses_total$"),
     ("reason", r"\.(reason\.([^.]+)\.)[^.]+$"),
+    ("bin", r"\.(bin\.([^.]+)\.)[a-z_]*predictions_total$"),
 ];
 
 /// A stat name split into metric and labels (the inverse of the builders above),
@@ -196,7 +208,7 @@ impl StatName {
 }
 
 /// The label keys our names carry as `key.value` segments.
-pub const LABEL_KEYS: [&str; 4] = ["rollout", "variant", "class", "reason"];
+pub const LABEL_KEYS: [&str; 5] = ["rollout", "variant", "class", "reason", "bin"];
 
 /// Parses `[wasmcustom.]model_rollout.<segments>`: a known label key followed by
 /// its value is a label, every other segment is part of the metric name
@@ -248,6 +260,18 @@ mod tests {
         // "control" is a plain segment, not a label
         let p = parse_stat_name(&format!("wasmcustom.{}", control_rejected("invalid"))).unwrap();
         assert_eq!(p.label("reason"), Some("invalid"));
+        let p = parse_stat_name(&variant_bin("fraud", "canary", 7)).unwrap();
+        assert_eq!(p.metric, "model_rollout_predictions_total");
+        assert_eq!(
+            (p.label("variant"), p.label("bin")),
+            (Some("canary"), Some("7"))
+        );
+        let p = parse_stat_name(&shadow_bin("fraud", 0)).unwrap();
+        assert_eq!(p.metric, "model_rollout_shadow_predictions_total");
+        assert_eq!(
+            (p.label("rollout"), p.label("bin")),
+            (Some("fraud"), Some("0"))
+        );
     }
 
     #[test]

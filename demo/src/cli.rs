@@ -70,6 +70,14 @@ pub struct ModelArgs {
         value_name = "F"
     )]
     pub bias: f64,
+    /// Added to the logit of every prediction: shifts the scores, keeps them in (0, 1).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        allow_hyphen_values = true,
+        value_name = "LOGITS"
+    )]
+    pub score_shift: f64,
     /// Start with every infer call held unanswered.
     #[arg(long)]
     pub hang: bool,
@@ -100,6 +108,7 @@ impl ModelArgs {
                 null_rate: self.null_rate,
                 disagree_rate: self.disagree_rate,
                 bias: self.bias,
+                score_shift: self.score_shift,
                 hang: self.hang,
                 status: self.status,
             },
@@ -219,6 +228,8 @@ mod tests {
             "0.25",
             "--bias",
             "-0.1",
+            "--score-shift",
+            "-1.5",
             "--echo-headers",
             "--status",
             "503",
@@ -231,6 +242,7 @@ mod tests {
         assert_eq!(cfg.version, "canary");
         assert_eq!(cfg.faults.error_rate, 0.25);
         assert_eq!(cfg.faults.bias, -0.1);
+        assert_eq!(cfg.faults.score_shift, -1.5);
         assert_eq!(cfg.faults.status, Some(503));
         assert!(cfg.echo_headers);
     }

@@ -7,6 +7,18 @@ use std::fmt;
 
 /// Largest accepted `latency_ms` / `latency_jitter_ms` (one hour).
 pub const MAX_LATENCY_MS: u64 = 3_600_000;
+/// Largest accepted `score_shift` in either direction (logits).
+pub const MAX_SCORE_SHIFT: f64 = 20.0;
+
+fn check_shift(field: &str, v: Option<f64>) -> Result<f64, FaultError> {
+    match v {
+        Some(s) if s.is_finite() && s.abs() <= MAX_SCORE_SHIFT => Ok(s),
+        _ => Err(FaultError::field(
+            field,
+            format!("must be a number between -{MAX_SCORE_SHIFT} and {MAX_SCORE_SHIFT} (logits)"),
+        )),
+    }
+}
 
 /// The fault set in force. Serialized as-is by `GET /admin/faults`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -25,6 +37,9 @@ pub struct Faults {
     pub disagree_rate: f64,
     /// Added to every prediction.
     pub bias: f64,
+    /// Added to the logit of every prediction: shifts the score distribution while
+    /// keeping every score inside (0, 1) (`predict::shift_score`).
+    pub score_shift: f64,
     /// Infer calls never answer.
     pub hang: bool,
     /// Answer every infer call with this status and an error body.
@@ -100,6 +115,7 @@ impl Faults {
         if !self.bias.is_finite() {
             return Err(FaultError::field("bias", "must be a finite number"));
         }
+        check_shift("score_shift", Some(self.score_shift))?;
         if let Some(code) = self.status {
             check_status(u64::from(code))?;
         }
@@ -154,6 +170,7 @@ impl Faults {
                         .filter(|b| b.is_finite())
                         .ok_or_else(|| FaultError::field(k, "must be a finite number"))?;
                 }
+                "score_shift" => self.score_shift = check_shift(k, v.as_f64())?,
                 "hang" => {
                     self.hang = v
                         .as_bool()
@@ -213,6 +230,8 @@ mod tests {
             (json!({"latency_ms": -1}), "latency_ms"),
             (json!({"latency_jitter_ms": 1.5}), "latency_jitter_ms"),
             (json!({"bias": "high"}), "bias"),
+            (json!({"score_shift": 21}), "score_shift"),
+            (json!({"score_shift": "up"}), "score_shift"),
             (json!({"hang": 1}), "hang"),
             (json!({"status": 42}), "status"),
             (json!({"status": 70000}), "status"),

@@ -556,7 +556,13 @@ async fn infer(
         return error_response(StatusCode::INTERNAL_SERVER_ERROR, "injected error");
     }
 
-    let (p, disagreed) = predict::predict(&parsed, &body, faults.disagree_rate, faults.bias);
+    let (p, disagreed) = predict::predict(
+        &parsed,
+        &body,
+        faults.disagree_rate,
+        faults.score_shift,
+        faults.bias,
+    );
     let output = if st.inner.rng.chance(faults.nan_rate) {
         Output::NaN
     } else if st.inner.rng.chance(faults.null_rate) {

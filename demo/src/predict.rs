@@ -12,6 +12,9 @@
 //!   `u = (h >> 11) / 2^53` (in `[0, 1)`); the input disagrees iff
 //!   `u < disagree_rate`. A disagreeing prediction is shifted by exactly 0.5:
 //!   `p - 0.5` if `p >= 0.5`, else `p + 0.5`.
+//! - `score_shift` moves the score on the logit scale:
+//!   `round6(sigmoid(logit(p) + score_shift))` (0 and 1 stay as they are), so the
+//!   score distribution shifts while every score stays a valid probability.
 //! - `bias` is added last, then the result is rounded to 6 decimals again.
 
 use serde_json::Value;
@@ -65,6 +68,15 @@ pub fn disagreeing_prediction(p: f64) -> f64 {
     }
 }
 
+/// `round6(sigmoid(logit(p) + shift))`; `p` outside (0, 1) or a zero shift is kept.
+pub fn shift_score(p: f64, shift: f64) -> f64 {
+    if shift == 0.0 || !(p > 0.0 && p < 1.0) {
+        return p;
+    }
+    let logit = (p / (1.0 - p)).ln();
+    round6(1.0 / (1.0 + (-(logit + shift)).exp()))
+}
+
 /// Sum of every number in every `inputs[*].data` of an OIP request body.
 /// `Value::Null` (empty body) and bodies without `inputs` sum to 0.
 pub fn sum_inputs(request: &Value) -> f64 {
@@ -88,7 +100,13 @@ fn sum_numbers(v: &Value) -> f64 {
 
 /// Prediction for a parsed body as a model with the given knobs computes it
 /// (before the NaN/null output faults). Returns `(prediction, disagreed)`.
-pub fn predict(request: &Value, raw_body: &[u8], disagree_rate: f64, bias: f64) -> (f64, bool) {
+pub fn predict(
+    request: &Value,
+    raw_body: &[u8],
+    disagree_rate: f64,
+    score_shift: f64,
+    bias: f64,
+) -> (f64, bool) {
     let reference = reference_prediction(sum_inputs(request));
     let disagreed = disagrees(raw_body, disagree_rate);
     let base = if disagreed {
@@ -96,6 +114,7 @@ pub fn predict(request: &Value, raw_body: &[u8], disagree_rate: f64, bias: f64) 
     } else {
         reference
     };
+    let base = shift_score(base, score_shift);
     let p = if bias == 0.0 {
         base
     } else {
@@ -137,6 +156,21 @@ mod tests {
         assert_eq!(disagreeing_prediction(0.5), 0.0);
         assert_eq!(disagreeing_prediction(0.2), 0.7);
         assert_eq!(disagreeing_prediction(0.731059), 0.231059);
+    }
+
+    #[test]
+    fn score_shift_moves_scores_on_the_logit_scale() {
+        assert_eq!(shift_score(0.5, 0.0), 0.5);
+        // sigmoid(0 + 1) = 0.7310585...
+        assert_eq!(shift_score(0.5, 1.0), 0.731059);
+        // scores are rounded to 6 decimals: shifting back lands within 1e-6
+        assert!((shift_score(0.731059, -1.0) - 0.5).abs() <= 1.000_001e-6);
+        assert_eq!(shift_score(0.0, 3.0), 0.0);
+        assert_eq!(shift_score(1.0, -3.0), 1.0);
+        let body = json!({"inputs": [{"data": [1.0, 2.0, 3.0, 4.0]}]});
+        assert_eq!(predict(&body, b"", 0.0, 0.0, 0.0).0, 0.731059);
+        let (p, _) = predict(&body, b"", 0.0, 2.0, 0.0);
+        assert!(p > 0.95 && p < 1.0, "{p}");
     }
 
     #[test]

@@ -163,6 +163,19 @@ async fn error_rate_one_answers_500() {
 }
 
 #[tokio::test]
+async fn score_shift_moves_every_score_on_the_logit_scale() {
+    let app = app(state_with("canary", Faults::default()));
+    // data [0] -> S = 0 -> 0.5; shifted by +1 -> sigmoid(1) = 0.731059
+    let (_, _, bytes) = send(&app, post(INFER, oip_body(&[0.0]))).await;
+    assert_eq!(parse(&bytes)["outputs"][0]["data"][0], 0.5);
+    let (status, faults) = post_faults(&app, json!({"score_shift": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(faults["score_shift"], 1.0);
+    let (_, _, bytes) = send(&app, post(INFER, oip_body(&[0.0]))).await;
+    assert_eq!(parse(&bytes)["outputs"][0]["data"][0], 0.731059);
+}
+
+#[tokio::test]
 async fn nan_and_null_outputs() {
     let app = app(state_with(
         "canary",
@@ -239,7 +252,8 @@ async fn faults_api_validates_and_applies() {
     assert_eq!(
         parse(&bytes),
         json!({"latency_ms": 0, "latency_jitter_ms": 0, "error_rate": 0.0, "nan_rate": 0.0,
-               "null_rate": 0.0, "disagree_rate": 0.0, "bias": 0.0, "hang": false, "status": null})
+               "null_rate": 0.0, "disagree_rate": 0.0, "bias": 0.0, "score_shift": 0.0,
+               "hang": false, "status": null})
     );
 
     for (patch, field) in [
@@ -250,6 +264,7 @@ async fn faults_api_validates_and_applies() {
         (json!({"latency_ms": -3}), "latency_ms"),
         (json!({"latency_jitter_ms": "x"}), "latency_jitter_ms"),
         (json!({"bias": true}), "bias"),
+        (json!({"score_shift": 25}), "score_shift"),
         (json!({"hang": "yes"}), "hang"),
         (json!({"status": 99}), "status"),
         (json!({"error_rate": 0.1, "colour": "red"}), "colour"),

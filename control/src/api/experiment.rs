@@ -1,7 +1,10 @@
 //! A/B experiments: the feedback body and answer, the reset answer and the report of
 //! `GET /v1/experiments/{rollout}`. (Assignments are `rollout_core::wire::Assignment`.)
 
-use rollout_core::experiment::ExperimentMetric;
+use std::collections::BTreeMap;
+
+use rollout_core::experiment::{ExperimentMetric, Stopping};
+use rollout_core::model::ModelSpec;
 use serde::{Deserialize, Serialize};
 
 /// One outcome: the reward observed for a correlation id (higher is better).
@@ -46,11 +49,20 @@ pub struct ResetResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VerdictStatus {
-    /// Some variant has fewer than `samples_per_variant` outcomes: no significance yet.
+    /// Fixed horizon: some variant has fewer than `samples_per_variant` outcomes, no
+    /// significance yet. Sequential: not decided and below the horizon.
     Collecting,
-    /// Every variant reached the horizon; the verdict is final (later outcomes do
-    /// not enter the analysis).
+    /// Fixed horizon: every variant reached the horizon. Sequential: the candidate's
+    /// comparison decided (or every variant reached the horizon undecided). The
+    /// verdict is final (later outcomes do not enter the analysis).
     Complete,
+}
+
+/// Where a sequential comparison decided: the outcomes of each arm then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppedAt {
+    pub control: u64,
+    pub variant: u64,
 }
 
 /// One variant in a report.
@@ -89,11 +101,17 @@ pub struct Comparison {
     /// `diff / control` (relative lift); null when the control's estimate is 0.
     pub lift: Option<f64>,
     /// Only once complete (fixed horizon): null while collecting, and for an
-    /// infinite z (no variance at all).
+    /// infinite z (no variance at all); always null for a sequential test.
     pub z: Option<f64>,
+    /// Fixed horizon: the z-test's two-sided p-value, once complete. Sequential: the
+    /// always-valid p-value so far (it never rises; at the decision once decided).
     pub p_value: Option<f64>,
-    /// `p_value < alpha`, and only ever true once complete.
+    /// Fixed horizon: `p_value < alpha`, and only ever true once complete.
+    /// Sequential: the mSPRT decided (`p_value <= alpha`); final.
     pub significant: bool,
+    /// Sequential: the outcomes of each arm when it decided (`diff` is then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<StoppedAt>,
     /// The better of the two when significant (higher reward is better).
     pub winner: Option<String>,
 }
@@ -105,8 +123,14 @@ pub struct ExperimentReport {
     pub metric: ExperimentMetric,
     pub alpha: f64,
     pub samples_per_variant: u64,
+    /// `fixed` (horizon) or `sequential` (mSPRT, always valid).
+    pub stopping: Stopping,
+    /// Sequential: the configured tau^2 (`null`: the default share of the variance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixture_variance: Option<f64>,
     pub status: VerdictStatus,
-    /// `two_proportion_z_pooled` (conversion) or `welch_z` (mean).
+    /// `two_proportion_z_pooled` (conversion) or `welch_z` (mean) at a fixed horizon;
+    /// `msprt` (sequential).
     pub test: String,
     /// `wilson` (conversion) or `normal` (mean).
     pub interval: String,
@@ -122,4 +146,7 @@ pub struct ExperimentReport {
     pub winner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The model metadata of the variants, as in the plan.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelSpec>,
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use rollout_core::model::ModelSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -51,6 +52,10 @@ pub struct ShadowReport {
     pub last_unix_ms: Option<u64>,
     /// Newest first.
     pub recent_disagreements: Vec<Disagreement>,
+    /// The model metadata of the rollout's variants (the primaries), as in the plan
+    /// in force.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelSpec>,
 }
 
 pub const SAMPLE_NOTE: &str = "records are a sample: every disagreement up to the filter's \

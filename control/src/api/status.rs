@@ -2,6 +2,7 @@
 //! engine's sources, the polling proxies.
 
 use rollout_core::analysis::{CheckOutcome, IntervalVerdict, NextAction};
+use rollout_core::model::ModelSpec;
 use rollout_core::policy::ProgressState;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,9 @@ pub struct StatusRollout {
 pub struct StatusVariant {
     pub name: String,
     pub weight: f64,
+    /// The variant's model metadata, as in the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use rollout_core::analysis::{self, CheckOutcome};
+use rollout_core::analysis::{self, CheckOutcome, DriftDetail};
 use rollout_core::policy::{CheckMetric, ProgressState};
 
 use crate::cli::table::indented_table;
@@ -52,6 +52,56 @@ pub fn checks_table(out: &mut impl Write, checks: &[CheckOutcome]) -> std::io::R
             "SAMPLES",
             "DETAIL",
         ],
+        &rows,
+    )?;
+    for c in checks {
+        if let Some(d) = &c.drift {
+            drift_bins(out, &c.name, d)?;
+        }
+    }
+    Ok(())
+}
+
+/// A drift check's bins: each bin's share of predictions in both arms.
+fn drift_bins(out: &mut impl Write, name: &str, d: &DriftDetail) -> std::io::Result<()> {
+    let total = |b: &[f64]| b.iter().sum::<f64>();
+    let (ct, st) = (total(&d.candidate_bins), total(&d.stable_bins));
+    if ct <= 0.0 && st <= 0.0 {
+        return Ok(());
+    }
+    let n = d.candidate_bins.len().max(d.stable_bins.len());
+    let share = |b: &[f64], i: usize, t: f64| {
+        let c = b.get(i).copied().unwrap_or(0.0);
+        if t > 0.0 {
+            format!("{c:.0} ({:.1} %)", 100.0 * c / t)
+        } else {
+            format!("{c:.0}")
+        }
+    };
+    let rows: Vec<Vec<String>> = (0..n)
+        .filter(|i| {
+            d.candidate_bins.get(*i).copied().unwrap_or(0.0) > 0.0
+                || d.stable_bins.get(*i).copied().unwrap_or(0.0) > 0.0
+        })
+        .map(|i| {
+            vec![
+                d.bin_names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("bin {i}")),
+                share(&d.candidate_bins, i, ct),
+                share(&d.stable_bins, i, st),
+            ]
+        })
+        .collect();
+    writeln!(
+        out,
+        "  {name}: {} vs {} predictions by bin",
+        d.arm, d.reference
+    )?;
+    indented_table(
+        out,
+        &["BIN", &d.arm.to_uppercase(), &d.reference.to_uppercase()],
         &rows,
     )
 }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use rollout_core::experiment::ExperimentMetric;
+use rollout_core::experiment::{ExperimentMetric, Stopping};
 
 use crate::api::experiment::{ExperimentReport, ResetResult, VerdictStatus};
 use crate::cli::client::Client;
@@ -20,14 +20,30 @@ pub fn print_report(out: &mut impl Write, r: &ExperimentReport) -> std::io::Resu
         VerdictStatus::Collecting => "collecting",
         VerdictStatus::Complete => "complete",
     };
+    let sequential = r.stopping == Stopping::Sequential;
+    let how = if sequential {
+        format!(
+            "sequential (mSPRT, always-valid p-values, tau^2 {}), at most {} outcomes per variant",
+            r.mixture_variance
+                .map_or("default".to_string(), |t| t.to_string()),
+            r.samples_per_variant
+        )
+    } else {
+        format!(
+            "fixed horizon {} outcomes per variant",
+            r.samples_per_variant
+        )
+    };
     writeln!(
         out,
-        "experiment {}: {} metric, alpha {}, fixed horizon {} outcomes per variant: {status}",
+        "experiment {}: {} metric, alpha {}, {how}: {status}",
         r.rollout,
         if conversion { "conversion" } else { "mean" },
         r.alpha,
-        r.samples_per_variant
     )?;
+    for (v, m) in &r.models {
+        writeln!(out, "  {v}: model {}:{}", m.name, m.version)?;
+    }
     if let Some(n) = &r.note {
         writeln!(out, "note: {n}")?;
     }
@@ -82,7 +98,11 @@ pub fn print_report(out: &mut impl Write, r: &ExperimentReport) -> std::io::Resu
                         Some(p) => format!("{p:.4}"),
                         None => "-".to_string(),
                     },
-                    if c.significant { "yes" } else { "no" }.to_string(),
+                    match (c.significant, c.stopped_at) {
+                        (true, Some(at)) => format!("yes (at {}/{})", at.variant, at.control),
+                        (true, None) => "yes".to_string(),
+                        (false, _) => "no".to_string(),
+                    },
                     c.winner.clone().unwrap_or_else(|| "-".to_string()),
                 ]
             })
@@ -94,7 +114,11 @@ pub fn print_report(out: &mut impl Write, r: &ExperimentReport) -> std::io::Resu
                 "DIFF",
                 "LIFT",
                 "Z",
-                "P-VALUE",
+                if sequential {
+                    "ALWAYS-VALID P"
+                } else {
+                    "P-VALUE"
+                },
                 "SIGNIFICANT",
                 "WINNER",
             ],
@@ -103,6 +127,11 @@ pub fn print_report(out: &mut impl Write, r: &ExperimentReport) -> std::io::Resu
     }
     writeln!(out)?;
     let verdict = match (r.status, r.significant, r.candidate_better) {
+        (VerdictStatus::Collecting, _, _) if sequential => format!(
+            "collecting: not decided yet (the verdict may be read at any time; it stops at the \
+             first always-valid p-value <= {} or at {} outcomes per variant)",
+            r.alpha, r.samples_per_variant
+        ),
         (VerdictStatus::Collecting, _, _) => {
             let missing: Vec<String> = r
                 .variants

@@ -38,6 +38,14 @@ pub fn print_report(out: &mut impl Write, r: &ShadowReport) -> std::io::Result<(
             .unwrap_or_default()
     )?;
     writeln!(out, "  ({SAMPLE_NOTE})")?;
+    if !r.models.is_empty() {
+        let models: Vec<String> = r
+            .models
+            .iter()
+            .map(|(v, m)| format!("{v} = {}:{}", m.name, m.version))
+            .collect();
+        writeln!(out, "models: {}", models.join(", "))?;
+    }
     if r.records == 0 {
         return Ok(());
     }

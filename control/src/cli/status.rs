@@ -44,6 +44,31 @@ pub fn print_status(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             })
             .collect();
         table(out, &["ROLLOUT", "PAUSED", "WEIGHTS"], &rows)?;
+        let models: Vec<Vec<String>> = s
+            .rollouts
+            .iter()
+            .flat_map(|r| {
+                r.variants.iter().filter_map(move |v| {
+                    let m = v.model.as_ref()?;
+                    let artifact = m.image_digest.as_ref().or(m.uri.as_ref());
+                    Some(vec![
+                        r.name.clone(),
+                        v.name.clone(),
+                        format!("{}:{}", m.name, m.version),
+                        artifact.cloned().unwrap_or_else(|| "-".to_string()),
+                        m.created.clone().unwrap_or_else(|| "-".to_string()),
+                    ])
+                })
+            })
+            .collect();
+        if !models.is_empty() {
+            writeln!(out)?;
+            table(
+                out,
+                &["ROLLOUT", "VARIANT", "MODEL", "ARTIFACT", "CREATED"],
+                &models,
+            )?;
+        }
         print_policies(out, &s.rollouts, s.policy_engine.as_ref())?;
     }
     writeln!(out)?;

@@ -2,6 +2,7 @@
 //! [`ExperimentsAb`], the sidecar's own A/B report (`report::experiment`).
 
 use rollout_core::analysis::{AbOutcome, AbState};
+use rollout_core::experiment::Stopping;
 use rollout_core::PlanSpec;
 
 use crate::api::experiment::VerdictStatus;
@@ -43,15 +44,31 @@ impl AbSource for ExperimentsAb {
             (_, true, Some(false)) => AbState::Worse,
             _ => AbState::NoDifference,
         };
-        let mut detail = format!(
-            "outcomes {counts} (horizon {} per variant)",
-            v.samples_per_variant
-        );
+        let mut detail = match v.stopping {
+            Stopping::Fixed => format!(
+                "outcomes {counts} (horizon {} per variant)",
+                v.samples_per_variant
+            ),
+            Stopping::Sequential => format!(
+                "sequential (mSPRT): outcomes {counts} (at most {} per variant)",
+                v.samples_per_variant
+            ),
+        };
+        if let Some(at) = v.stopped_at {
+            detail.push_str(&format!(
+                ", decided at {} {} / {} {}",
+                v.candidate, at.variant, v.control, at.control
+            ));
+        }
         if let Some(d) = v.diff {
             detail.push_str(&format!(", diff {d:.4}"));
         }
         if let Some(p) = v.p_value {
-            detail.push_str(&format!(", p = {p:.4} (alpha {})", v.alpha));
+            let what = match v.stopping {
+                Stopping::Fixed => "p",
+                Stopping::Sequential => "always-valid p",
+            };
+            detail.push_str(&format!(", {what} = {p:.4} (alpha {})", v.alpha));
         }
         Some(AbOutcome { state, detail })
     }

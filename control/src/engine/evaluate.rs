@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use rollout_core::analysis::{
-    self, evaluate_checks, interval_verdict, update_baselines, AbOutcome, Action, EvalContext,
-    StepFacts,
+    self, evaluate_checks, interval_verdict, update_baselines, AbOutcome, Action, CheckOutcome,
+    EvalContext, StepFacts,
 };
 use rollout_core::plan::RolloutSpec;
 use rollout_core::policy::{step_label, PolicySpec};
@@ -21,6 +21,32 @@ use crate::util::timefmt::rfc3339_ms;
 
 /// Points of the window series stored with each decision.
 const DECISION_POINTS: usize = 30;
+
+/// Names the bins of every drift check's detail (`[0, 0.1)`, `fraud`, `other`) from
+/// the rollout's `output.distribution` (and lists every bin, empty ones too), so
+/// status and the analysis show what each count is.
+fn name_bins(r: &RolloutSpec, checks: &mut [CheckOutcome]) {
+    let Some(d) = r
+        .output
+        .as_ref()
+        .and_then(|o| o.distribution.as_ref())
+        .and_then(|d| d.compile().ok())
+    else {
+        return;
+    };
+    let names = d.bin_names();
+    for c in checks.iter_mut() {
+        if let Some(drift) = c.drift.as_mut() {
+            // every bin of the plan, empty ones included
+            for bins in [&mut drift.candidate_bins, &mut drift.stable_bins] {
+                if bins.len() < names.len() {
+                    bins.resize(names.len(), 0.0);
+                }
+            }
+            drift.bin_names = names.clone();
+        }
+    }
+}
 
 /// Evaluates `r` (of plan `version`) now: `ab` is its experiment's verdict (when it
 /// has an `ab` check), `behind` why advancing must wait (proxies not on the latest
@@ -73,7 +99,8 @@ pub fn evaluate(
         checks: analysis::effective_checks(name, policy),
         ..policy.clone()
     };
-    let checks = evaluate_checks(&judged, &ctx, &w);
+    let mut checks = evaluate_checks(&judged, &ctx, &w);
+    name_bins(r, &mut checks);
     let verdict = interval_verdict(&checks, &ctx, &w);
     update_baselines(&mut bl.checks, &checks, now);
     let rt = st.rollouts.get_mut(name)?;

@@ -1,11 +1,16 @@
 //! The filter's per-rollout metrics in one tick, as the windows count them: per
 //! variant (requests, responses by class, latency histogram, outputs checked,
-//! invalid outputs), the rollout's shadow comparisons, the stats of `stat` checks,
-//! and the candidate traffic a step's `min_requests` counts.
+//! invalid outputs, prediction bins), the rollout's shadow comparisons and the
+//! shadow's prediction bins, the stats of `stat` checks, and the candidate traffic a
+//! step's `min_requests` counts.
+//!
+//! Any source that yields these series (`model_rollout_predictions_total{rollout,
+//! variant, bin}`, `model_rollout_shadow_predictions_total{rollout, bin}` for the
+//! bins) fills the windows; the Envoy admin reader does.
 
 use std::collections::HashMap;
 
-use rollout_core::analysis::{ShadowWindow, StatKind, VariantWindow};
+use rollout_core::analysis::{ShadowWindow, StatKind, VariantWindow, WindowData};
 use rollout_core::stats::CLASSES;
 
 use crate::engine::source::series::{Increment, Selector, SeriesKey, TickData};
@@ -20,6 +25,8 @@ const M_INVALID: &str = "model_rollout_invalid_outputs_total";
 const M_COMPARED: &str = "model_rollout_shadow_compared_total";
 const M_AGREE: &str = "model_rollout_shadow_agree_total";
 const M_DISAGREE: &str = "model_rollout_shadow_disagree_total";
+const M_BINS: &str = "model_rollout_predictions_total";
+const M_SHADOW_BINS: &str = "model_rollout_shadow_predictions_total";
 
 /// A stat of a `stat` check in one sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,18 +38,42 @@ pub struct StatTick {
     pub value: Option<f64>,
 }
 
-/// One rollout's part of a tick: per variant (by name) and shadow.
-pub fn rollout_part(
-    series: &[(&SeriesKey, &Increment)],
-) -> (HashMap<String, VariantWindow>, ShadowWindow) {
+/// One rollout's part of a tick.
+#[derive(Debug, Default)]
+pub struct RolloutPart {
+    /// Per variant, by name.
+    pub variants: HashMap<String, VariantWindow>,
+    pub shadow: ShadowWindow,
+    /// The prediction bins (`WindowData::bins` and `shadow_bins`; nothing else set).
+    pub bins: WindowData,
+}
+
+/// The bin number of a series (`bin` label).
+fn bin_of(k: &SeriesKey) -> Option<usize> {
+    k.label("bin")?.parse().ok()
+}
+
+/// One rollout's part of a tick: per variant (by name), shadow, prediction bins.
+pub fn rollout_part(series: &[(&SeriesKey, &Increment)]) -> RolloutPart {
     let mut variants: HashMap<String, VariantWindow> = HashMap::new();
     let mut shadow = ShadowWindow::default();
+    let mut bins = WindowData::default();
     for (k, inc) in series {
         let counter = match inc {
             Increment::Counter(c) => Some(*c),
             _ => None,
         };
         match (k.metric.as_str(), k.label("variant")) {
+            (M_SHADOW_BINS, None) => {
+                if let (Some(b), Some(c)) = (bin_of(k), counter) {
+                    bins.add_bin(None, b, c);
+                }
+            }
+            (M_BINS, Some(v)) => {
+                if let (Some(b), Some(c)) = (bin_of(k), counter) {
+                    bins.add_bin(Some(v), b, c);
+                }
+            }
             (M_COMPARED, None) => shadow.compared += counter.unwrap_or(0.0),
             (M_AGREE, None) => shadow.agree += counter.unwrap_or(0.0),
             (M_DISAGREE, None) => shadow.disagree += counter.unwrap_or(0.0),
@@ -66,7 +97,11 @@ pub fn rollout_part(
             _ => {}
         }
     }
-    (variants, shadow)
+    RolloutPart {
+        variants,
+        shadow,
+        bins,
+    }
 }
 
 /// The sum of a selector's series in a tick; `None` when no series matches.
@@ -139,9 +174,35 @@ mod tests {
                 stats::rollout_reason_metric("r", "prediction", "shadow_disagree_total"),
                 M_DISAGREE,
             ),
+            (stats::variant_bin("r", "v", 3), M_BINS),
+            (stats::shadow_bin("r", 3), M_SHADOW_BINS),
         ];
         for (name, metric) in cases {
             assert_eq!(key(&name).metric, metric, "{name}");
         }
+    }
+
+    #[test]
+    fn bins_are_read_per_variant_and_for_the_shadow() {
+        let series = [
+            (
+                key(&stats::variant_bin("r", "canary", 2)),
+                Increment::Counter(5.0),
+            ),
+            (
+                key(&stats::variant_bin("r", "canary", 0)),
+                Increment::Counter(1.0),
+            ),
+            (
+                key(&stats::variant_bin("r", "stable", 1)),
+                Increment::Counter(7.0),
+            ),
+            (key(&stats::shadow_bin("r", 4)), Increment::Counter(3.0)),
+        ];
+        let refs: Vec<(&SeriesKey, &Increment)> = series.iter().map(|(k, i)| (k, i)).collect();
+        let part = rollout_part(&refs);
+        assert_eq!(part.bins.bins["canary"], vec![1.0, 0.0, 5.0]);
+        assert_eq!(part.bins.bins["stable"], vec![0.0, 7.0]);
+        assert_eq!(part.bins.shadow_bins, vec![0.0, 0.0, 0.0, 0.0, 3.0]);
     }
 }

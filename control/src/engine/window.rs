@@ -3,9 +3,9 @@
 //! Every analysis tick adds one [`Sample`] per rollout of the plan in force: the
 //! increases since the previous tick, summed over every Envoy (see `source`), for
 //! each variant (requests, responses by class, latency histogram bins, outputs
-//! checked, invalid outputs), the rollout's shadow comparisons (compared, agree,
-//! disagree over every reason) and each stat named by a `stat` check (a counter's
-//! increase or a gauge's value).
+//! checked, invalid outputs, prediction bins), the rollout's shadow comparisons
+//! (compared, agree, disagree over every reason) and the shadow's prediction bins, and
+//! each stat named by a `stat` check (a counter's increase or a gauge's value).
 //!
 //! Storing increases (not cumulative readings) makes a window a plain sum: the
 //! window `(from, to]` adds up the samples that ended in it, rates are ratios of
@@ -56,6 +56,9 @@ pub struct Sample {
     pub shadow: ShadowWindow,
     /// Indexed like the rollout's interned stat names.
     pub stats: Vec<Option<StatTick>>,
+    /// Prediction bins, indexed like the variants (empty without `output.distribution`).
+    pub bins: Vec<Vec<f64>>,
+    pub shadow_bins: Vec<f64>,
 }
 
 impl Sample {
@@ -70,6 +73,13 @@ impl Sample {
             a.add(b);
         }
         self.shadow.add(&o.shadow);
+        add_counts(&mut self.shadow_bins, &o.shadow_bins);
+        if self.bins.len() < o.bins.len() {
+            self.bins.resize_with(o.bins.len(), Vec::new);
+        }
+        for (a, b) in self.bins.iter_mut().zip(o.bins.iter()) {
+            add_counts(a, b);
+        }
         if self.stats.len() < o.stats.len() {
             self.stats.resize(o.stats.len(), None);
         }
@@ -84,6 +94,16 @@ impl Sample {
                 (None, y) => y,
             };
         }
+    }
+}
+
+/// Adds bin counts (`b` may be longer than `a`).
+fn add_counts(a: &mut Vec<f64>, b: &[f64]) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0.0);
+    }
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
     }
 }
 
@@ -180,7 +200,8 @@ impl SeriesStore {
                 .get(r.name.as_str())
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
-            let (mut variants, shadow) = rollout_part(part);
+            let part = rollout_part(part);
+            let (mut variants, shadow, mut bins) = (part.variants, part.shadow, part.bins);
             let stats: Vec<(String, Option<StatTick>)> = stat_keys(r)
                 .into_iter()
                 .map(|(key, sel)| {
@@ -201,6 +222,8 @@ impl SeriesStore {
                 variants: Vec::new(),
                 shadow,
                 stats: Vec::new(),
+                bins: Vec::new(),
+                shadow_bins: std::mem::take(&mut bins.shadow_bins),
             };
             let mut overflow = false;
             for v in &r.variants {
@@ -212,6 +235,14 @@ impl SeriesStore {
                         }
                         if let Some(slot) = sample.variants.get_mut(i) {
                             *slot = vw;
+                        }
+                        if let Some(b) = bins.bins.remove(&v.name) {
+                            if sample.bins.len() <= i {
+                                sample.bins.resize_with(i + 1, Vec::new);
+                            }
+                            if let Some(slot) = sample.bins.get_mut(i) {
+                                *slot = b;
+                            }
                         }
                     }
                     None => overflow = true,
@@ -352,6 +383,14 @@ fn sum_samples(series: &RolloutSeries, samples: &[&Sample]) -> WindowData {
             w.variants.entry(name.clone()).or_default().add(v);
         }
         w.shadow.add(&s.shadow);
+        for (name, b) in series.variants.iter().zip(s.bins.iter()) {
+            for (i, c) in b.iter().enumerate() {
+                w.add_bin(Some(name), i, *c);
+            }
+        }
+        for (i, c) in s.shadow_bins.iter().enumerate() {
+            w.add_bin(None, i, *c);
+        }
         for (name, t) in series.stats.iter().zip(s.stats.iter()) {
             let e: &mut StatWindow = w.stats.entry(name.clone()).or_default();
             if let Some(t) = t {
@@ -434,6 +473,12 @@ mod tests {
             SeriesKey::new("cluster.model_canary.upstream_rq_retry", vec![]),
             c(retries),
         );
+        t.series.insert(
+            key(&stats::variant_bin("fraud", "canary", 1)),
+            c(canary_req),
+        );
+        t.series
+            .insert(key(&stats::shadow_bin("fraud", 2)), c(canary_5xx));
         t
     }
 
@@ -461,6 +506,10 @@ mod tests {
         assert_eq!(r.value(w.span_s), Some(3.0));
         // stable exists with zeros
         assert_eq!(w.variant("stable").unwrap().requests, 0.0);
+        // prediction bins add up like every counter
+        assert_eq!(w.bins["canary"], vec![0.0, 200.0]);
+        assert_eq!(w.shadow_bins, vec![0.0, 0.0, 30.0]);
+        assert!(!w.bins.contains_key("stable"));
         let pts = s.points("fraud", 0, 3000, 2);
         assert_eq!(pts.len(), 2);
         assert_eq!(pts[0].variants["canary"].requests, 200.0);
@@ -490,6 +539,8 @@ mod tests {
         s.ingest(400, 500, &tick(4.0, 0.0, 1.0, 0.0), &p);
         s.ingest(500, 600, &tick(4.0, 0.0, 1.0, 0.0), &p);
         assert_eq!(s.len("fraud"), 4);
+        // merged samples add their bins too
+        assert_eq!(s.window("fraud", 0, 600).bins["canary"], vec![0.0, 13.0]);
         // the step's window leaves out the straddling tick (300, 400]
         let w = s.window_since("fraud", 0, 600, 300);
         assert_eq!(w.variant("canary").unwrap().requests, 8.0);

@@ -7,7 +7,7 @@
 //! | GET  | `/v1/experiments/{rollout}` | the report (`report::experiment`): per-variant counts, rates or means with confidence intervals, comparisons against the first variant, status `collecting` / `complete` |
 //! | POST | `/v1/experiments/{rollout}/reset` | deletes the rollout's assignments and outcomes: 200 `{"assignments_deleted", "outcomes_deleted"}` |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -16,6 +16,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rollout_core::experiment::ExperimentMetric;
+use rollout_core::model::ModelSpec;
 use rollout_core::wire::{self, AssignmentBatch};
 use rollout_core::{fields, Rollout};
 
@@ -161,6 +162,20 @@ fn current_rollout(state: &AppState, name: &str) -> Result<Rollout, ApiError> {
     Ok(plan.rollout_named(name)?.clone())
 }
 
+/// The model metadata of a rollout's variants in the current plan.
+fn variant_models(state: &AppState, name: &str) -> BTreeMap<String, ModelSpec> {
+    let Some(cur) = state.store().current() else {
+        return BTreeMap::new();
+    };
+    let Ok(r) = cur.record.plan.rollout_named(name) else {
+        return BTreeMap::new();
+    };
+    r.variants
+        .iter()
+        .filter_map(|v| Some((v.name.clone(), v.model.clone()?)))
+        .collect()
+}
+
 /// `GET /v1/experiments/{rollout}`.
 async fn get_experiment(
     State(state): State<AppState>,
@@ -173,10 +188,12 @@ async fn get_experiment(
             format!("rollout {name:?} has no experiment section"),
         ));
     }
+    let models = variant_models(&state, &name);
     let store = Arc::clone(state.store());
-    let report = blocking(move || report(&store, &rollout))
+    let mut report = blocking(move || report(&store, &rollout))
         .await?
         .ok_or_else(|| ApiError::not_found("experiment", "no experiment section"))?;
+    report.models = models;
     Ok(Json(report))
 }
 

@@ -4,6 +4,7 @@
 //! `GET /v1/shadow-report?rollout=R[&since_ms=T][&limit=N]` (agreement, verdicts,
 //! latency percentiles, recent disagreements: `report::shadow`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -12,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rollout_core::fields;
+use rollout_core::model::ModelSpec;
 use rollout_core::wire::ShadowRecordBatch;
 use serde::Deserialize;
 
@@ -63,11 +65,21 @@ struct ReportQuery {
     limit: Option<String>,
 }
 
-/// `shadow.records.sample_percent` of a rollout in the current plan.
-fn sample_percent(state: &AppState, rollout: &str) -> Option<f64> {
-    let cur = state.store().current()?;
-    let r = cur.record.plan.rollout_named(rollout).ok()?;
-    r.shadow.as_ref().map(|s| s.records.sample_percent)
+/// `shadow.records.sample_percent` of a rollout in the current plan, and its
+/// variants' model metadata.
+fn plan_facts(state: &AppState, rollout: &str) -> (Option<f64>, BTreeMap<String, ModelSpec>) {
+    let Some(cur) = state.store().current() else {
+        return (None, BTreeMap::new());
+    };
+    let Ok(r) = cur.record.plan.rollout_named(rollout) else {
+        return (None, BTreeMap::new());
+    };
+    let models = r
+        .variants
+        .iter()
+        .filter_map(|v| Some((v.name.clone(), v.model.clone()?)))
+        .collect();
+    (r.shadow.as_ref().map(|s| s.records.sample_percent), models)
 }
 
 /// `GET /v1/shadow-report`.
@@ -91,8 +103,9 @@ async fn report(
             ))
         }
     };
-    let sp = sample_percent(&state, &rollout);
+    let (sp, models) = plan_facts(&state, &rollout);
     let store = Arc::clone(state.store());
-    let report = blocking(move || shadow_report(&store, &rollout, since_ms, limit, sp)).await?;
+    let mut report = blocking(move || shadow_report(&store, &rollout, since_ms, limit, sp)).await?;
+    report.models = models;
     Ok(Json(report))
 }

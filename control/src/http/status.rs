@@ -60,6 +60,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
                         .map(|v| StatusVariant {
                             name: v.name.clone(),
                             weight: v.weight,
+                            model: v.model.clone(),
                         })
                         .collect(),
                 })

@@ -2,18 +2,31 @@
 //! the verdict the policy engine's `ab` check reads, computed from the stored
 //! outcomes (`store::outcomes`) with the statistics of `rollout_core::abtest`.
 //!
-//! The analysis is fixed-horizon: a variant's verdict uses exactly its first
-//! `samples_per_variant` outcomes in arrival order, and nothing is significant before
-//! every variant has that many.
+//! Two ways to stop (`experiment.stopping`):
+//!
+//! - **fixed** (default): a variant's verdict uses exactly its first
+//!   `samples_per_variant` outcomes in arrival order, and nothing is significant
+//!   before every variant has that many.
+//! - **sequential**: each variant's outcomes and the control's are replayed in
+//!   arrival order into an mSPRT (`rollout_core::msprt`), looking after every
+//!   outcome; the comparison decides the first time its always-valid p-value is at
+//!   or below alpha, and keeps the figures of that moment. `samples_per_variant`
+//!   is the most either arm reads: undecided there, no difference. Replayed on every
+//!   report from the stored outcomes (a corrected reward changes the replay).
+
+use std::collections::BTreeMap;
 
 use rollout_core::abtest::{self, Summary, ZTest};
-use rollout_core::experiment::ExperimentMetric;
+use rollout_core::experiment::{Experiment, ExperimentMetric, Stopping};
+use rollout_core::msprt::SequentialTest;
 use rollout_core::policy::AbRequirement;
 use rollout_core::Rollout;
 
-use crate::api::experiment::{Comparison, ExperimentReport, VariantStats, VerdictStatus};
+use crate::api::experiment::{
+    Comparison, ExperimentReport, StoppedAt, VariantStats, VerdictStatus,
+};
 use crate::store::error::StoreError;
-use crate::store::outcomes::{variant_outcomes, MAX_OUTCOMES_PER_VARIANT};
+use crate::store::outcomes::{replay_pair, variant_outcomes, Arm, MAX_OUTCOMES_PER_VARIANT};
 use crate::store::Store;
 
 /// The verdict of a rollout's experiment, for the policy engine.
@@ -35,6 +48,9 @@ pub struct Verdict {
     pub samples_per_variant: u64,
     /// Outcomes joined per variant, in plan order.
     pub counts: Vec<(String, u64)>,
+    pub stopping: Stopping,
+    /// Sequential: where the candidate's comparison decided.
+    pub stopped_at: Option<StoppedAt>,
 }
 
 impl Verdict {
@@ -103,10 +119,22 @@ pub fn report(store: &Store, rollout: &Rollout) -> Result<Option<ExperimentRepor
             abtest::welch_z(a, b)
         }
     };
+    let sequential = x.stopping == Stopping::Sequential;
     let mut comparisons = Vec::new();
     if let Some((control_name, _, control)) = data.first() {
         let control_estimate = variants.first().and_then(VariantStats::estimate);
         for ((name, _, s), stats) in data.iter().zip(&variants).skip(1) {
+            if sequential {
+                comparisons.push(sequential_comparison(
+                    store,
+                    &rollout.name,
+                    control_name,
+                    name,
+                    x,
+                    control_estimate,
+                )?);
+                continue;
+            }
             let t = test(control, s);
             let diff = match (stats.estimate(), control_estimate) {
                 (Some(b), Some(a)) => Some(b - a),
@@ -129,6 +157,7 @@ pub fn report(store: &Store, rollout: &Rollout) -> Result<Option<ExperimentRepor
                     (true, Some(_)) => Some(control_name.clone()),
                     _ => None,
                 },
+                stopped_at: None,
             });
         }
     }
@@ -137,6 +166,8 @@ pub fn report(store: &Store, rollout: &Rollout) -> Result<Option<ExperimentRepor
     let headline = (rollout.candidate > 0)
         .then(|| comparisons.iter().find(|c| c.variant == candidate))
         .flatten();
+    // Sequential: final as soon as the candidate's comparison decided.
+    let complete = complete || (sequential && headline.is_some_and(|c| c.significant));
     let note = if horizon > MAX_OUTCOMES_PER_VARIANT {
         Some(format!(
             "samples_per_variant {horizon} is more than the {MAX_OUTCOMES_PER_VARIANT} outcomes \
@@ -150,15 +181,17 @@ pub fn report(store: &Store, rollout: &Rollout) -> Result<Option<ExperimentRepor
         metric: x.metric,
         alpha: x.alpha,
         samples_per_variant: horizon,
+        stopping: x.stopping,
+        mixture_variance: x.mixture_variance,
         status: if complete {
             VerdictStatus::Complete
         } else {
             VerdictStatus::Collecting
         },
-        test: if conversion {
-            "two_proportion_z_pooled"
-        } else {
-            "welch_z"
+        test: match (sequential, conversion) {
+            (true, _) => "msprt",
+            (false, true) => "two_proportion_z_pooled",
+            (false, false) => "welch_z",
         }
         .to_string(),
         interval: if conversion { "wilson" } else { "normal" }.to_string(),
@@ -173,7 +206,69 @@ pub fn report(store: &Store, rollout: &Rollout) -> Result<Option<ExperimentRepor
         variants,
         comparisons,
         note,
+        models: BTreeMap::new(),
     }))
+}
+
+/// One variant against the control by the mSPRT: both arms' outcomes replayed in
+/// arrival order, a look after every outcome (up to the horizon each).
+fn sequential_comparison(
+    store: &Store,
+    rollout: &str,
+    control: &str,
+    variant: &str,
+    x: &Experiment,
+    control_estimate: Option<f64>,
+) -> Result<Comparison, StoreError> {
+    let mut test = SequentialTest::new(x.alpha, x.mixture_variance);
+    let (mut c, mut t) = (Summary::new(), Summary::new());
+    replay_pair(
+        store,
+        rollout,
+        control,
+        variant,
+        x.samples_per_variant,
+        &mut |arm, reward| {
+            if test.stopped().is_some() {
+                return;
+            }
+            match arm {
+                Arm::Control => c.add(reward),
+                Arm::Treatment => t.add(reward),
+            }
+            test.look(&c, &t);
+        },
+    )?;
+    let stopped = test.stopped().copied();
+    let diff = match stopped {
+        Some(s) => Some(s.diff),
+        None => match (t.mean(), c.mean()) {
+            (Some(b), Some(a)) => Some(b - a),
+            _ => None,
+        },
+    };
+    let significant = stopped.is_some();
+    Ok(Comparison {
+        variant: variant.to_string(),
+        against: control.to_string(),
+        diff,
+        lift: match (diff, control_estimate) {
+            (Some(d), Some(a)) if a != 0.0 => Some(d / a),
+            _ => None,
+        },
+        z: None,
+        p_value: Some(test.p_value()),
+        significant,
+        winner: match (significant, diff) {
+            (true, Some(d)) if d > 0.0 => Some(variant.to_string()),
+            (true, Some(_)) => Some(control.to_string()),
+            _ => None,
+        },
+        stopped_at: stopped.map(|s| StoppedAt {
+            control: s.n_control,
+            variant: s.n_treatment,
+        }),
+    })
 }
 
 /// The verdict of a rollout's experiment: `Ok(None)` when the rollout (as compiled
@@ -198,6 +293,8 @@ pub fn verdict(store: &Store, rollout: &Rollout) -> Result<Option<Verdict>, Stor
             .iter()
             .map(|v| (v.name.clone(), v.count))
             .collect(),
+        stopping: r.stopping,
+        stopped_at: headline.and_then(|c| c.stopped_at),
         control: r.control,
         candidate: r.candidate,
     }))

@@ -109,6 +109,7 @@ pub fn shadow_report(
         first_unix_ms: first,
         last_unix_ms: last,
         recent_disagreements: recent.into_iter().rev().collect(),
+        models: BTreeMap::new(),
     })
 }
 

@@ -166,6 +166,75 @@ fn variant_data(
     Ok((count, s))
 }
 
+/// One entry of `outcome_order`, as a range yields it.
+type OrderEntry<'a> = redb::Result<(
+    redb::AccessGuard<'a, (&'static str, &'static str, u64)>,
+    redb::AccessGuard<'a, (&'static str, f64)>,
+)>;
+
+/// The next `(seq, reward)` of an `outcome_order` range.
+fn next_entry<'a>(
+    it: &mut impl Iterator<Item = OrderEntry<'a>>,
+) -> Result<Option<(u64, f64)>, StoreError> {
+    match it.next() {
+        None => Ok(None),
+        Some(e) => {
+            let (k, v) = e.map_err(db_err)?;
+            Ok(Some((k.value().2, v.value().1)))
+        }
+    }
+}
+
+/// Which arm of a pair an outcome belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    Control,
+    Treatment,
+}
+
+/// The first `limit` rewards of `control` and of `treatment` (of `rollout`), merged in
+/// arrival order: `f` sees every outcome of either arm as it arrived (what a
+/// sequential test reads). One read transaction; nothing is held in memory.
+/// Blocking.
+pub fn replay_pair(
+    store: &Store,
+    rollout: &str,
+    control: &str,
+    treatment: &str,
+    limit: u64,
+    f: &mut dyn FnMut(Arm, f64),
+) -> Result<(), StoreError> {
+    let tx = store.begin_read()?;
+    let Some(t) = read_table(&tx, OUTCOME_ORDER)? else {
+        return Ok(());
+    };
+    let take = usize::try_from(limit).unwrap_or(usize::MAX);
+    let arm = |v: &str| {
+        t.range((rollout, v, 0u64)..=(rollout, v, u64::MAX))
+            .map(|r| r.take(take))
+    };
+    let mut a = arm(control).map_err(db_err)?;
+    let mut b = arm(treatment).map_err(db_err)?;
+    let (mut ha, mut hb) = (next_entry(&mut a)?, next_entry(&mut b)?);
+    loop {
+        match (ha, hb) {
+            (Some((sa, ra)), Some((sb, _))) if sa <= sb => {
+                f(Arm::Control, ra);
+                ha = next_entry(&mut a)?;
+            }
+            (_, Some((_, rb))) => {
+                f(Arm::Treatment, rb);
+                hb = next_entry(&mut b)?;
+            }
+            (Some((_, ra)), None) => {
+                f(Arm::Control, ra);
+                ha = next_entry(&mut a)?;
+            }
+            (None, None) => return Ok(()),
+        }
+    }
+}
+
 /// Deletes every outcome of a rollout in `tx`; returns how many. Blocking.
 pub(crate) fn delete_rollout(tx: &WriteTransaction, rollout: &str) -> Result<u64, StoreError> {
     let mut deleted = 0;

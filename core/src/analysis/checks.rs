@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{AbRequirement, CheckMetric, CheckSpec, PolicySpec};
 
+use super::drift::{self, DriftDetail, PsiBand, DRIFT_MIN_SAMPLES};
 use super::histogram::EPSILON;
 use super::window::{stat_key, VariantWindow, WindowData};
 
@@ -87,6 +88,9 @@ pub struct CheckOutcome {
     /// stable variant gets no traffic at this step): that window's end, unix ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_baseline_ms: Option<u64>,
+    /// A `prediction_drift` check: the method and both arms' bins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftDetail>,
 }
 
 /// A relative check's stable value from the latest window where the stable
@@ -123,6 +127,7 @@ pub fn metric_str(m: CheckMetric) -> &'static str {
         CheckMetric::ShadowDisagreementRate => "shadow_disagreement_rate",
         CheckMetric::Stat => "stat",
         CheckMetric::Ab => "ab",
+        CheckMetric::PredictionDrift => "prediction_drift",
     }
 }
 
@@ -189,6 +194,7 @@ fn sample_noun(metric: CheckMetric) -> &'static str {
         CheckMetric::ShadowDisagreementRate => "shadow comparisons",
         CheckMetric::Stat => "requests",
         CheckMetric::Ab => "outcomes",
+        CheckMetric::PredictionDrift => "predictions",
     }
 }
 
@@ -223,6 +229,7 @@ struct Judged {
     stable: Option<f64>,
     threshold: Option<f64>,
     detail: String,
+    drift: Option<DriftDetail>,
 }
 
 /// Judges `candidate` against the bound (the stable value is only read for relative bounds).
@@ -266,6 +273,7 @@ fn judge(
             f(candidate),
             if pass { "<=" } else { ">" }
         ),
+        drift: None,
     })
 }
 
@@ -276,6 +284,7 @@ fn inconclusive(detail: String) -> Judged {
         stable: None,
         threshold: None,
         detail,
+        drift: None,
     }
 }
 
@@ -286,6 +295,7 @@ fn skipped(detail: &str) -> Judged {
         stable: None,
         threshold: None,
         detail: detail.to_string(),
+        drift: None,
     }
 }
 
@@ -310,6 +320,7 @@ pub fn effective_checks(rollout: &str, policy: &PolicySpec) -> Vec<CheckSpec> {
             max_ratio: None,
             min_samples: Some(0),
             require: None,
+            method: None,
         });
     }
     checks
@@ -372,8 +383,14 @@ pub fn evaluate_check_with(
     w: &WindowData,
     baseline: Option<&Baseline>,
 ) -> CheckOutcome {
-    let min = c.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES);
     let metric = c.metric;
+    let min = c
+        .min_samples
+        .unwrap_or(if metric == CheckMetric::PredictionDrift {
+            DRIFT_MIN_SAMPLES
+        } else {
+            DEFAULT_MIN_SAMPLES
+        });
     let bound = bound_of(c);
     let condition = match (&bound, metric) {
         (_, CheckMetric::Ab) => match c.require.unwrap_or(AbRequirement::NotWorse) {
@@ -395,6 +412,7 @@ pub fn evaluate_check_with(
         CheckMetric::ShadowDisagreementRate => judge_shadow(&rule, w),
         CheckMetric::Stat => judge_stat(&rule, ctx, w, baseline),
         CheckMetric::Ab => (judge_ab(c, ctx), Samples::default()),
+        CheckMetric::PredictionDrift => judge_drift(&rule, ctx, w),
     };
     CheckOutcome {
         name: check_name(c),
@@ -414,6 +432,7 @@ pub fn evaluate_check_with(
             _ => judged.detail,
         },
         stable_baseline_ms: samples.baseline_ms.filter(|_| judged.stable.is_some()),
+        drift: judged.drift,
     }
 }
 
@@ -588,6 +607,92 @@ fn judge_stat(
     (judged, samples)
 }
 
+/// `prediction_drift`: the drift of the candidate's predictions from the stable's
+/// (at a shadow-only step: the shadow's from the primary's, every variant's bins
+/// added up) by the check's method, against `max`. Both arms need `min_samples`
+/// predictions. At a step where the stable variant gets no traffic (100 %) there is
+/// nothing to compare with: skipped (earlier steps judged it).
+fn judge_drift(rule: &Rule<'_>, ctx: &EvalContext<'_>, w: &WindowData) -> (Judged, Samples) {
+    let method = rule.check.method.unwrap_or_default();
+    let (arm, reference, cand, stab): (&str, &str, Vec<f64>, Vec<f64>) = if ctx.shadow_only {
+        let mut primary: Vec<f64> = Vec::new();
+        for bins in w.bins.values() {
+            if primary.len() < bins.len() {
+                primary.resize(bins.len(), 0.0);
+            }
+            for (p, c) in primary.iter_mut().zip(bins) {
+                *p += c;
+            }
+        }
+        ("shadow", "primary", w.shadow_bins.clone(), primary)
+    } else {
+        let get = |v: &str| w.bins.get(v).cloned().unwrap_or_default();
+        ("candidate", "stable", get(ctx.candidate), get(ctx.stable))
+    };
+    let count = |b: &[f64]| b.iter().filter(|c| c.is_finite()).fold(0.0, |a, c| a + c);
+    let (cn, sn) = (count(&cand), count(&stab));
+    let samples = Samples {
+        candidate: cn,
+        stable: Some(sn),
+        baseline_ms: None,
+    };
+    if !ctx.shadow_only && ctx.stable_idle && rule.short(sn) {
+        return (
+            skipped(
+                "the stable variant gets no traffic at this step: no distribution to compare with",
+            ),
+            samples,
+        );
+    }
+    let noun = "predictions";
+    let detail = DriftDetail {
+        method,
+        arm: arm.to_string(),
+        reference: reference.to_string(),
+        candidate_bins: cand,
+        stable_bins: stab,
+        band: None,
+        bin_names: Vec::new(),
+    };
+    let value = drift::drift(method, &detail.candidate_bins, &detail.stable_bins);
+    let judged = match (rule.bound, value) {
+        (Some(Bound::Max(max)), Some(v)) if !rule.short(cn) && !rule.short(sn) => {
+            let pass = v <= max + EPSILON;
+            let band = (method == crate::policy::DriftMethod::Psi).then(|| PsiBand::of(v));
+            let label = drift::method_label(method);
+            let reading = band
+                .map(|b| format!(" ({})", b.as_str()))
+                .unwrap_or_default();
+            Judged {
+                verdict: if pass {
+                    CheckVerdict::Passed
+                } else {
+                    CheckVerdict::Failed
+                },
+                candidate: Some(v),
+                stable: None,
+                threshold: Some(*max),
+                detail: format!(
+                    "{label} {} {} max {max}{reading}: {arm} {cn:.0} vs {reference} {sn:.0} predictions",
+                    fmt_num(v),
+                    if pass { "<=" } else { ">" },
+                ),
+                drift: Some(DriftDetail { band, ..detail }),
+            }
+        }
+        (Some(Bound::Max(_)), _) if rule.short(cn) || cn <= 0.0 => Judged {
+            drift: Some(detail),
+            ..inconclusive(few(arm, cn, rule.min, noun))
+        },
+        (Some(Bound::Max(_)), _) => Judged {
+            drift: Some(detail),
+            ..inconclusive(few(reference, sn, rule.min, noun))
+        },
+        _ => inconclusive("prediction_drift takes max only".to_string()),
+    };
+    (judged, samples)
+}
+
 /// `ab`: the experiment's verdict against the requirement.
 fn judge_ab(c: &CheckSpec, ctx: &EvalContext<'_>) -> Judged {
     if ctx.shadow_only {
@@ -615,6 +720,7 @@ fn judge_ab(c: &CheckSpec, ctx: &EvalContext<'_>) -> Judged {
         candidate: None,
         stable: None,
         threshold: None,
+        drift: None,
         detail: if ab.detail.is_empty() {
             format!("A/B: {state}")
         } else {
@@ -795,6 +901,91 @@ mod tests {
         );
         let g = check(r#"{"metric":"stat","stat":"server.memory_allocated","max":8}"#);
         assert_eq!(evaluate_check(&g, &ctx(), &w).verdict, CheckVerdict::Passed);
+    }
+
+    #[test]
+    fn prediction_drift_checks() {
+        let mut w = window(vw(1000.0, 0.0, 50.0, 0.0), vw(1000.0, 0.0, 50.0, 0.0));
+        let uniform = vec![0.0, 300.0, 300.0, 300.0, 300.0, 0.0, 0.0];
+        let shifted = vec![0.0, 0.0, 200.0, 400.0, 600.0, 0.0, 0.0];
+        w.bins.insert("stable".into(), uniform.clone());
+        w.bins.insert("canary".into(), uniform.clone());
+        let c = check(r#"{"metric":"prediction_drift","method":"psi","max":0.25}"#);
+        let o = evaluate_check(&c, &ctx(), &w);
+        assert_eq!(o.verdict, CheckVerdict::Passed);
+        assert_eq!(o.candidate, Some(0.0));
+        assert_eq!(o.min_samples, DRIFT_MIN_SAMPLES);
+        assert_eq!(
+            o.detail,
+            "PSI 0.000 <= max 0.25 (no shift): candidate 1200 vs stable 1200 predictions"
+        );
+        let d = o.drift.unwrap();
+        assert_eq!(d.band, Some(PsiBand::None));
+        assert_eq!(d.candidate_bins, uniform);
+        // shifted
+        w.bins.insert("canary".into(), shifted.clone());
+        let o = evaluate_check(&c, &ctx(), &w);
+        assert_eq!(o.verdict, CheckVerdict::Failed);
+        let want = drift::psi(&shifted, &uniform).unwrap();
+        assert_eq!(o.candidate, Some(want));
+        assert!(
+            o.detail
+                .starts_with(&format!("PSI {want:.3} > max 0.25 (major shift)")),
+            "{}",
+            o.detail
+        );
+        // JS names its method
+        let js = check(r#"{"metric":"prediction_drift","method":"js","max":0.1}"#);
+        let o = evaluate_check(&js, &ctx(), &w);
+        assert_eq!(o.verdict, CheckVerdict::Failed);
+        assert!(o.detail.starts_with("JS distance "), "{}", o.detail);
+        assert_eq!(o.drift.unwrap().band, None);
+        // too few predictions in either arm: inconclusive, never healthy
+        let few = check(r#"{"metric":"prediction_drift","max":0.25,"min_samples":1500}"#);
+        let o = evaluate_check(&few, &ctx(), &w);
+        assert_eq!(o.verdict, CheckVerdict::Inconclusive);
+        assert_eq!(
+            o.detail,
+            "candidate has 1200 of 1500 predictions in the window"
+        );
+        w.bins.insert("stable".into(), vec![0.0, 10.0]);
+        let o = evaluate_check(&c, &ctx(), &w);
+        assert_eq!(o.verdict, CheckVerdict::Inconclusive);
+        assert_eq!(o.detail, "stable has 10 of 1000 predictions in the window");
+        // no stable traffic at a 100 % step: skipped
+        let idle = EvalContext {
+            stable_idle: true,
+            ..ctx()
+        };
+        assert_eq!(evaluate_check(&c, &idle, &w).verdict, CheckVerdict::Skipped);
+    }
+
+    #[test]
+    fn shadow_drift_compares_the_shadow_with_every_primary_answer() {
+        let mut w = window(vw(1000.0, 0.0, 50.0, 0.0), VariantWindow::default());
+        w.bins.insert("stable".into(), vec![0.0, 500.0, 500.0]);
+        w.bins.insert("canary".into(), vec![0.0, 100.0, 100.0]);
+        w.shadow_bins = vec![0.0, 600.0, 600.0];
+        let sctx = EvalContext {
+            shadow_only: true,
+            ..ctx()
+        };
+        let c = check(r#"{"metric":"prediction_drift","max":0.1}"#);
+        let o = evaluate_check(&c, &sctx, &w);
+        assert_eq!(o.verdict, CheckVerdict::Passed, "{}", o.detail);
+        assert_eq!(
+            o.detail,
+            "PSI 0.000 <= max 0.1 (no shift): shadow 1200 vs primary 1200 predictions"
+        );
+        w.shadow_bins = vec![0.0, 1100.0, 100.0];
+        let o = evaluate_check(&c, &sctx, &w);
+        assert_eq!(o.verdict, CheckVerdict::Failed);
+        let d = o.drift.unwrap();
+        assert_eq!(
+            (d.arm.as_str(), d.reference.as_str()),
+            ("shadow", "primary")
+        );
+        assert_eq!(d.stable_bins, vec![0.0, 600.0, 600.0]);
     }
 
     #[test]

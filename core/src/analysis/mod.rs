@@ -7,6 +7,7 @@
 //! - [`histogram`]: counter and histogram arithmetic (increases across resets,
 //!   percentiles by interpolation within a bin).
 //! - [`window`]: what one rollout's stats added up to over an analysis window.
+//! - [`drift`]: PSI and Jensen-Shannon distance between two arms' prediction bins.
 //! - [`checks`]: every `policy.checks[]` entry judged over a window as passed /
 //!   failed / inconclusive / skipped.
 //! - [`verdict`]: the interval's verdict and the streaks of failed and inconclusive
@@ -19,6 +20,7 @@
 //! path the sidecar uses.
 
 pub mod checks;
+pub mod drift;
 pub mod histogram;
 pub mod reasons;
 pub mod steps;
@@ -33,6 +35,9 @@ pub use checks::{
     metric_str, update_baselines, AbOutcome, AbState, Baseline, CheckOutcome, CheckVerdict,
     EvalContext, DEFAULT_MIN_SAMPLES, DEFAULT_PERCENTILE,
 };
+pub use drift::{
+    js_distance, method_label, psi, DriftDetail, PsiBand, DRIFT_MIN_SAMPLES, PSEUDO_COUNT,
+};
 pub use histogram::{counter_increase, Bin, Histogram};
 pub use reasons::{
     advance_reason, complete_reason, hold_reason, next_action, rollback_reason, start_reason,
@@ -42,4 +47,5 @@ pub use steps::{decide, traffic_noun, Action, StepFacts};
 pub use verdict::{interval_verdict, step_traffic, IntervalVerdict, Streak};
 pub use window::{
     stat_key, ShadowWindow, StatKind, StatWindow, VariantWindow, WindowData, CLASS_5XX,
+    MAX_BIN_INDEX,
 };

@@ -326,6 +326,25 @@ mod tests {
              candidate 0.201 > stable 0.000 + 0.005"
         );
         assert_eq!(start_reason(&p), "policy: start at step 0 (1 %)");
+        // a drift rollback names the method and its value
+        let mut w = window(vw(1000.0, 0.0, 50.0, 0.0), vw(1000.0, 0.0, 50.0, 0.0));
+        w.bins
+            .insert("stable".into(), vec![0.0, 600.0, 600.0, 0.0, 0.0]);
+        w.bins
+            .insert("canary".into(), vec![0.0, 100.0, 1100.0, 0.0, 0.0]);
+        let out = vec![evaluate_check(
+            &check(r#"{"metric":"prediction_drift","max":0.25}"#),
+            &ctx(),
+            &w,
+        )];
+        let psi = crate::analysis::drift::psi(&[100.0, 1100.0], &[600.0, 600.0]).unwrap();
+        assert_eq!(
+            rollback_reason(&p, 1, s, &out),
+            format!(
+                "policy: rollback at step 1 (5 %): check prediction_drift failed 2 intervals: \
+                 PSI {psi:.3} > max 0.25 (major shift): candidate 1200 vs stable 1200 predictions"
+            )
+        );
         let hold = hold_reason(
             &p,
             0,

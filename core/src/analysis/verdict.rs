@@ -110,6 +110,7 @@ mod tests {
             min_samples: 50,
             detail: String::new(),
             stable_baseline_ms: None,
+            drift: None,
         };
         let w = WindowData::default();
         use CheckVerdict::*;

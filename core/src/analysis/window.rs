@@ -1,7 +1,8 @@
 //! What one rollout's stats added up to over an analysis window: per variant
 //! (requests, responses by class, checked and invalid outputs, latency), the shadow
-//! comparisons, and the stats named by `stat` checks. The engine fills them from its
-//! time series; the checks read them.
+//! comparisons, the stats named by `stat` checks, and the prediction bins of a
+//! rollout with `output.distribution` (per variant and the shadow's). The engine
+//! fills them from its metrics source; the checks read them.
 
 use std::collections::BTreeMap;
 
@@ -102,13 +103,52 @@ pub struct WindowData {
     pub shadow: ShadowWindow,
     /// Keyed by the `stat` of a check with `{variant}` already replaced.
     pub stats: BTreeMap<String, StatWindow>,
+    /// Prediction counts per bin (`model_rollout_predictions_total{bin}`), by
+    /// variant; indexed by the bin number (`crate::distribution`).
+    pub bins: BTreeMap<String, Vec<f64>>,
+    /// The shadow's prediction counts per bin (`model_rollout_shadow_predictions_total`).
+    pub shadow_bins: Vec<f64>,
 }
 
 impl WindowData {
     pub fn variant(&self, name: &str) -> Option<&VariantWindow> {
         self.variants.get(name)
     }
+
+    /// Adds `count` predictions to `bin` of `variant` (or of the shadow, `None`).
+    /// Bins beyond [`MAX_BIN_INDEX`] are ignored (a bounded vector per arm).
+    pub fn add_bin(&mut self, variant: Option<&str>, bin: usize, count: f64) {
+        if bin > MAX_BIN_INDEX || !(count.is_finite() && count > 0.0) {
+            return;
+        }
+        let v = match variant {
+            Some(name) => self.bins.entry(name.to_string()).or_default(),
+            None => &mut self.shadow_bins,
+        };
+        if v.len() <= bin {
+            v.resize(bin + 1, 0.0);
+        }
+        if let Some(c) = v.get_mut(bin) {
+            *c += count;
+        }
+    }
+
+    /// Adds another window's bins to this one's.
+    pub fn add_bins(&mut self, other: &WindowData) {
+        for (name, counts) in &other.bins {
+            for (i, c) in counts.iter().enumerate() {
+                self.add_bin(Some(name), i, *c);
+            }
+        }
+        for (i, c) in other.shadow_bins.iter().enumerate() {
+            self.add_bin(None, i, *c);
+        }
+    }
 }
+
+/// The highest bin number a window keeps: `distribution::MAX_BINS` intervals plus
+/// underflow, overflow and other.
+pub const MAX_BIN_INDEX: usize = crate::distribution::MAX_BINS + 2;
 
 /// The stat a `stat` check reads for `variant` (`{variant}` replaced).
 pub fn stat_key(stat: &str, variant: &str) -> String {
