@@ -11,7 +11,8 @@
 //! 2. [`fields`]: the validators every section shares.
 //! 3. The plan's sections, each with its schema, validation and compiled form:
 //!    [`shadow`], [`output`] (with its prediction bins, [`distribution`]),
-//!    [`policy`], [`experiment`], a variant's [`model`] metadata.
+//!    [`policy`], [`experiment`], a variant's [`model`] metadata, [`notify`] (webhooks
+//!    and gate webhooks, read by the sidecar only).
 //! 4. [`plan`]: the plan document, compiled from the sections; lookups.
 //! 5. [`decide`](mod@decide) (the variant of a request) and [`wire`] (what the filter and the
 //!    sidecar send each other).
@@ -33,6 +34,7 @@ pub mod fields;
 pub mod hash;
 pub mod model;
 pub mod msprt;
+pub mod notify;
 pub mod output;
 pub mod plan;
 pub mod policy;

@@ -69,6 +69,10 @@ pub struct RolloutSpec {
     /// Routing is unaffected (the weights in force keep applying).
     #[serde(default, skip_serializing_if = "is_false")]
     pub paused: bool,
+    /// Webhooks told about the rollout's events, gate webhooks that confirm its
+    /// steps (read by the sidecar only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::notify::NotifySpec>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -265,6 +269,9 @@ impl RolloutSpec {
         check_name("name", &self.name)?;
         check_salt("salt", &self.salt)?;
         let matcher = self.matcher.compile().map_err(|e| e.within("match"))?;
+        if let Some(n) = &self.notify {
+            n.validate().map_err(|e| e.within("notify"))?;
+        }
         if self.variants.is_empty() || self.variants.len() > MAX_VARIANTS {
             return Err(ConfigError::new(
                 "variants",
