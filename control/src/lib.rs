@@ -12,7 +12,9 @@
 //!  serve.rs    process wiring: store, initial plan, engine, listener      |
 //!    |                                                                    |
 //!  http/       router, state, auth, error mapping, /metrics,              |
-//!    |         one file per resource                                      |
+//!    |         one file per resource, the status page (/ui)               |
+//!  notify/     rollout events to webhooks, gate webhooks                  |
+//!    |                                                                    |
 //!  engine/     policy loop, metrics sources, windows, policy status       |
 //!    |                                                                    |
 //!  report/     shadow and A/B reports computed from stored data           |
@@ -48,6 +50,7 @@ pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod http;
+pub mod notify;
 pub mod report;
 pub mod serve;
 pub mod store;

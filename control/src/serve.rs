@@ -9,6 +9,8 @@ use anyhow::Context;
 
 use crate::api::plan::parse_plan_document;
 use crate::http::{app, state::AppState};
+use crate::notify::options::NotifyOptions;
+use crate::notify::Notifier;
 use crate::store::{Change, Op, Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -19,6 +21,8 @@ pub struct ServeOptions {
     pub initial_plan: Option<PathBuf>,
     /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
+    /// Webhooks and gate webhooks of the engine's events (with the engine only).
+    pub notify: NotifyOptions,
 }
 
 /// Stores `file` as version 1 when the store is empty. Returns the stored version, or
@@ -93,6 +97,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let store = Arc::new(store);
     let state = AppState::new(Arc::clone(&store), token);
+    let notifier = match &opts.policy {
+        Some(_) => {
+            let n = Notifier::start(Arc::clone(&store), opts.notify.clone())?;
+            state.set_notifier(Arc::clone(&n));
+            Some(n)
+        }
+        None => None,
+    };
     let engine = match &opts.policy {
         Some(p) => {
             let handle = state.start_engine(p.clone(), None)?;
@@ -118,6 +130,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     eprintln!("rollout-control: shutting down");
     if let Some(handle) = engine {
         handle.shutdown().await;
+    }
+    if let Some(n) = notifier {
+        n.stop();
     }
     // Every handler has finished; the router and its state are gone, so this is the
     // last reference. Close explicitly to report errors.

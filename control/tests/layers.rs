@@ -27,9 +27,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("store", &["api", "util"]),
     ("report", &["store", "api", "util"]),
     ("engine", &["report", "store", "api", "util"]),
-    ("http", &["engine", "report", "store", "api", "util"]),
+    ("notify", &["engine", "store", "api", "util"]),
+    (
+        "http",
+        &["notify", "engine", "report", "store", "api", "util"],
+    ),
     ("cli", &["api", "util", "validate"]),
-    ("serve", &["http", "engine", "store", "api", "util"]),
+    (
+        "serve",
+        &["http", "notify", "engine", "store", "api", "util"],
+    ),
 ];
 
 /// Top-level module -> external crates it must not name.
@@ -40,6 +47,7 @@ const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
     ("store", &["axum", "ureq", "clap"]),
     ("report", &["axum", "redb", "ureq", "clap"]),
     ("engine", &["axum", "redb", "clap"]),
+    ("notify", &["axum", "redb", "clap"]),
     ("http", &["redb", "ureq", "clap"]),
     ("cli", &["axum", "redb", "tokio"]),
 ];

@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod change;
 pub mod error;
+pub mod events;
 pub mod experiment;
 pub mod history;
 pub mod ingest;

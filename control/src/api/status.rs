@@ -87,6 +87,11 @@ pub struct PolicyStatus {
     pub next_action: NextAction,
     /// `next_action.at_ms` as RFC 3339.
     pub next_at: Option<String>,
+    /// Why the rollout does not move on although its checks passed: proxies behind
+    /// the latest plan, or a gate webhook that has not answered 200 (`gate webhook qa
+    /// answered 403 ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
     /// The last transition the engine could not commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

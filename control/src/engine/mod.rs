@@ -14,6 +14,8 @@
 //! | [`evaluate`] | judging a due rollout: checks, streaks, baselines, `analysis::decide` |
 //! | [`decision`] | the decision records and their reasons |
 //! | [`commit`] | committing a transition, only if the rollout did not change meanwhile |
+//! | [`events`] | the decisions as rollout events (started, step advanced, rolled back, ...) |
+//! | [`hooks`] | what the engine tells and asks outside itself: an event sink, a gate check (the notify layer's) |
 //! | [`proxies_behind`] | no advance while a polling proxy runs an older plan |
 //! | [`ab`] | where the `ab` check gets the experiment's verdict |
 //! | [`state`] | what the engine keeps in memory (shared with status and analysis) |
@@ -30,6 +32,8 @@ pub mod ab;
 pub mod commit;
 pub mod decision;
 pub mod evaluate;
+pub mod events;
+pub mod hooks;
 pub mod options;
 pub mod proxies_behind;
 pub mod rollout_metrics;

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::engine::ab::{AbSource, ExperimentsAb};
+use crate::engine::hooks::Hooks;
 use crate::engine::options::EngineOptions;
 use crate::engine::proxies_behind::proxies_behind;
 use crate::engine::source::factory;
@@ -38,19 +39,21 @@ impl EngineHandle {
 
 /// Starts the engine on the current tokio runtime, against `store`; `proxies` tells
 /// whether the proxies run the latest plan; `ab` judges `ab` checks (default: the
-/// sidecar's own experiments).
+/// sidecar's own experiments); `hooks` take its events and hold steps for gates.
 pub fn start(
     store: Arc<Store>,
     proxies: Arc<ProxyTable>,
     opts: EngineOptions,
     ab: Option<Arc<dyn AbSource>>,
+    hooks: Hooks,
 ) -> anyhow::Result<EngineHandle> {
     let tick = opts.tick.max(Duration::from_millis(10));
     let tick_ms = u64::try_from(tick.as_millis()).unwrap_or(u64::MAX);
     // A read never takes longer than a tick, but at least 500 ms (at most 5 s).
     let timeout = tick.clamp(Duration::from_millis(500), Duration::from_secs(5));
     let source = factory::open(&opts, timeout)?;
-    let engine = Arc::new(Engine::new(tick_ms, opts.stats_format, source.statuses()));
+    let engine =
+        Arc::new(Engine::new(tick_ms, opts.stats_format, source.statuses()).with_hooks(hooks));
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run(
         Arc::clone(&engine),

@@ -11,11 +11,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rollout_core::analysis::{Baseline, CheckOutcome, IntervalVerdict, Streak};
+use rollout_core::notify::EventKind;
 use rollout_core::plan::RolloutSpec;
 use rollout_core::policy::ProgressState;
 
 use crate::api::analysis::{SeriesPoint, WindowSummary};
 use crate::api::status::{EngineView, EnvoyStatus, StatsFormat};
+use crate::engine::hooks::Hooks;
 use crate::engine::window::SeriesStore;
 use crate::util::timefmt::rfc3339_ms;
 
@@ -57,8 +59,11 @@ pub struct Runtime {
     pub step_traffic: f64,
     pub last: Option<Evaluation>,
     pub error: Option<String>,
-    /// Why the last evaluation could not move forward (proxies behind).
+    /// Why the last evaluation could not move forward (proxies behind, a gate
+    /// webhook).
     pub blocked: Option<String>,
+    /// The once-per-step events already sent (`local_trip`, `gate_holding`).
+    pub announced: Vec<EventKind>,
 }
 
 impl Runtime {
@@ -73,6 +78,7 @@ impl Runtime {
             last,
             error: None,
             blocked: None,
+            announced: Vec::new(),
         }
     }
 }
@@ -99,6 +105,7 @@ pub struct Engine {
     tick_ms: u64,
     format: StatsFormat,
     state: Mutex<EngineState>,
+    hooks: Hooks,
 }
 
 impl Engine {
@@ -110,7 +117,17 @@ impl Engine {
                 envoys,
                 ..EngineState::default()
             }),
+            hooks: Hooks::default(),
         }
+    }
+
+    /// The engine with its event sink and gate check.
+    pub fn with_hooks(self, hooks: Hooks) -> Engine {
+        Engine { hooks, ..self }
+    }
+
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
     }
 
     pub fn tick_ms(&self) -> u64 {

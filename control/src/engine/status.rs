@@ -120,6 +120,7 @@ pub fn rollout_status(
         checks: last.map(|l| l.checks).unwrap_or_default(),
         next_at: next.at_ms.map(rfc3339_ms),
         next_action: next,
+        held_by: rt.as_ref().and_then(|x| x.blocked.clone()),
         error: any_rt.and_then(|x| x.error),
     })
 }

@@ -9,7 +9,8 @@
 //!    never evaluated: nothing moves them but a person);
 //! 3. `ab_outcomes` and `evaluate::evaluate`: judge the due rollouts and decide;
 //! 4. `commit_transitions`: commit each transition as a new plan version
-//!    (`commit::commit_transition`);
+//!    (`commit::commit_transition`) and tell the hooks its event (`events`); a gate
+//!    webhook that holds a rollout blocks its advance like a proxy behind does;
 //! 5. `store_decisions`: store every decision in the store's decision tables.
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use crate::engine::ab::AbSource;
 use crate::engine::commit::{commit_transition, AUTHOR};
 use crate::engine::decision::{start_decision, Work};
 use crate::engine::evaluate::evaluate;
+use crate::engine::events::{evaluation_events, transition_event};
 use crate::engine::rollout_metrics::tick_traffic;
 use crate::engine::source::series::TickData;
 use crate::engine::source::MetricsSource;
@@ -78,17 +80,25 @@ pub async fn run_tick(
             let Some(r) = plan.rollouts.iter().find(|r| &r.name == name) else {
                 continue;
             };
-            works.extend(evaluate(
+            let gate = engine.hooks().gate_holds(r);
+            let blocked = behind.clone().or_else(|| gate.clone());
+            let work = evaluate(
                 &mut st,
                 r,
                 cur.version(),
                 abs.get(name),
-                behind.as_ref(),
+                blocked.as_ref(),
                 now,
-            ));
+            );
+            if let (Some(Work::Record(d)), Some(rt)) = (&work, st.rollouts.get_mut(name)) {
+                for e in evaluation_events(r, rt, d, gate.as_ref()) {
+                    engine.hooks().emit(e);
+                }
+            }
+            works.extend(work);
         }
     }
-    let (decisions, transitions) = commit_transitions(engine, store, works, now).await?;
+    let (decisions, transitions) = commit_transitions(engine, store, plan, works, now).await?;
     store_decisions(store, decisions, transitions, last_durable_ms, now).await
 }
 
@@ -215,6 +225,7 @@ async fn ab_outcomes(
 async fn commit_transitions(
     engine: &Arc<Engine>,
     store: &Arc<Store>,
+    plan: &PlanSpec,
     works: Vec<Work>,
     now: u64,
 ) -> anyhow::Result<(Vec<Decision>, bool)> {
@@ -230,14 +241,19 @@ async fn commit_transitions(
             } => {
                 let s = Arc::clone(store);
                 let (name, reason) = (decision.rollout.clone(), decision.reason.clone());
+                let act = action.clone();
                 let res = blocking(move || {
-                    Ok::<_, StoreError>(commit_transition(&s, &name, basis, &action, &reason, now))
+                    Ok::<_, StoreError>(commit_transition(&s, &name, basis, &act, &reason, now))
                 })
                 .await?;
                 match res {
                     Ok(version) => {
                         transitions = true;
                         decision.plan_version = Some(version);
+                        let r = plan.rollouts.iter().find(|r| r.name == decision.rollout);
+                        if let Some(e) = r.and_then(|r| transition_event(r, &decision, &action)) {
+                            engine.hooks().emit(e);
+                        }
                         eprintln!(
                             "rollout-control: v{version} by \"{AUTHOR}\": {:?}",
                             decision.reason

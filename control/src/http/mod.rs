@@ -26,6 +26,7 @@
 //! | POST | `/v1/feedback` | [`experiments`] | outcomes per correlation id: 200 `{"accepted", "unknown", "dropped"}` (4 MiB) |
 //! | GET  | `/v1/experiments/{rollout}` | [`experiments`] | the A/B report and verdict |
 //! | POST | `/v1/experiments/{rollout}/reset` | [`experiments`] | deletes the rollout's assignments and outcomes |
+//! | GET  | `/v1/events?rollout=R&after=ID&limit=N` | [`events`] | the engine's recent rollout events, oldest first, and `last_id` |
 //! | GET  | `/metrics` | [`metrics`] | Prometheus text: the sidecar's own metrics ([`counters`]) |
 //! | GET  | `/live` | [`health`] | 200 while the process serves |
 //! | GET  | `/ready` | [`health`] | 200 when the store is open and readable, else 503 |
@@ -47,6 +48,7 @@ pub mod auth;
 pub mod change;
 pub mod counters;
 pub mod error;
+pub mod events;
 pub mod experiments;
 pub mod extract;
 pub mod headers;
@@ -81,6 +83,7 @@ pub fn app(state: AppState) -> Router {
         .merge(shadow::routes())
         .merge(experiments::routes())
         .merge(analysis::routes())
+        .merge(events::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

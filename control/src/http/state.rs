@@ -5,10 +5,12 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::engine::ab::AbSource;
+use crate::engine::hooks::Hooks;
 use crate::engine::options::EngineOptions;
 use crate::engine::runner::{self, EngineHandle};
 use crate::engine::state::Engine;
 use crate::http::counters::Metrics;
+use crate::notify::Notifier;
 use crate::store::proxies::ProxyTable;
 use crate::store::Store;
 
@@ -24,6 +26,10 @@ struct Inner {
     metrics: Metrics,
     /// The progressive-delivery engine, when `serve` runs it (`--envoy-admin`).
     policy: OnceLock<Arc<Engine>>,
+    /// The engine's event sink and gate check (the notify layer), set before it starts.
+    hooks: OnceLock<Hooks>,
+    /// Recent events and webhook deliveries (`GET /v1/events`, `/metrics`).
+    notifier: OnceLock<Arc<Notifier>>,
 }
 
 impl AppState {
@@ -34,6 +40,8 @@ impl AppState {
             token: token.map(String::into_bytes),
             metrics: Metrics::default(),
             policy: OnceLock::new(),
+            hooks: OnceLock::new(),
+            notifier: OnceLock::new(),
         }))
     }
 
@@ -61,6 +69,7 @@ impl AppState {
             Arc::clone(&self.0.proxies),
             opts,
             ab,
+            self.0.hooks.get().cloned().unwrap_or_default(),
         )?;
         let _ = self.0.policy.set(handle.engine());
         Ok(handle)
@@ -69,6 +78,17 @@ impl AppState {
     /// The bearer token writes need; `None`: writes are open.
     pub fn token(&self) -> Option<&[u8]> {
         self.0.token.as_deref()
+    }
+
+    /// Attaches the notifier: the engine started after this tells it its events and
+    /// asks it about gates; once.
+    pub fn set_notifier(&self, n: Arc<Notifier>) {
+        let _ = self.0.hooks.set(n.hooks());
+        let _ = self.0.notifier.set(n);
+    }
+
+    pub fn notifier(&self) -> Option<&Arc<Notifier>> {
+        self.0.notifier.get()
     }
 
     pub fn policy_engine(&self) -> Option<Arc<Engine>> {
