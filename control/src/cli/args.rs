@@ -201,6 +201,18 @@ pub enum Command {
         #[arg(long)]
         rollout: String,
     },
+    /// Live view of a rollout: steps, state, checks, last events, redrawn in place.
+    Watch {
+        /// Rollout name.
+        #[arg(long)]
+        rollout: String,
+        /// Exit when the rollout is finished: 0 promoted, 1 rolled back.
+        #[arg(long)]
+        until_done: bool,
+        /// Refresh every N milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+        interval_ms: u64,
+    },
     /// Post experiment outcomes from a JSON-lines file, in batches of 1,000.
     Feedback {
         /// One `{"correlation_id": "...", "reward": 1}` per line; `-` reads stdin.
@@ -223,6 +235,40 @@ pub struct ServeArgs {
     /// The progressive-delivery engine (`--envoy-admin`, `--stats-format`, `--analysis-tick-ms`).
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Webhooks of the engine's events (`--webhook`, `--webhook-secret-file`, ...).
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+}
+
+/// `serve` flags of the notifications (with the policy engine only).
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// Webhook told every rollout event as JSON (repeatable; `http://` only). Plans
+    /// add their own per rollout (`notify.webhooks`).
+    #[arg(long = "webhook", value_name = "URL")]
+    pub webhook: Vec<String>,
+    /// Webhook told every rollout event in Slack's `{"text"}` shape (repeatable).
+    #[arg(long = "webhook-slack", value_name = "URL")]
+    pub webhook_slack: Vec<String>,
+    /// File holding the HMAC-SHA256 key that signs every webhook and gate request
+    /// (`X-Rollout-Signature: sha256=<hex>`); without it requests are unsigned.
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Deadline of each webhook or gate request, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub webhook_timeout_ms: u64,
+    /// Tries per event and webhook (the first included) before it is dropped.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub webhook_attempts: u32,
+    /// Wait before the first retry, doubled each time (at most 30 s), in milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub webhook_backoff_ms: u64,
+    /// Events waiting per webhook; more are dropped and counted.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub webhook_queue: u64,
+    /// How often a step's gate webhooks are asked until they answer 200, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub gate_interval_ms: u64,
 }
 
 /// `serve` flags of the engine.

@@ -21,6 +21,7 @@ pub mod shadow;
 pub mod status;
 pub mod table;
 pub mod validate;
+pub mod watch;
 
 use std::io::Write;
 
@@ -124,6 +125,17 @@ pub fn run_client(cli: Cli) -> anyhow::Result<()> {
             experiment::run_reset(&connect(None)?, out, json, &rollout)?
         }
         Command::Feedback { file } => feedback::run_feedback(&connect(None)?, out, json, &file)?,
+        Command::Watch {
+            rollout,
+            until_done,
+            interval_ms,
+        } => watch::run(
+            out,
+            &connect(None)?,
+            &rollout,
+            until_done,
+            std::time::Duration::from_millis(interval_ms),
+        )?,
     }
     out.flush()?;
     Ok(())
