@@ -20,13 +20,13 @@ CARGO_WASM  := cargo build --release --target wasm32-wasip1
 OCI_DIR := target/oci/model-rollout
 OCI_TAR := target/oci/model-rollout.tar
 
-.PHONY: all deps rust-deps py-deps node-deps prom-deps bench-deps build wasm native \
+.PHONY: all deps rust-deps py-deps node-deps prom-deps ui-deps bench-deps build wasm native \
         test lint unit wasm-unit integration demo bench clean oci oci-check oci-deps
 
 all: build
 
 # ---------------------------------------------------------------- dependencies
-deps: rust-deps py-deps node-deps prom-deps
+deps: rust-deps py-deps node-deps prom-deps ui-deps
 
 rust-deps:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -47,6 +47,12 @@ node-deps:
 # /usr/bin/prometheus on a free loopback port scraping the Envoys they run.
 prom-deps:
 	@test -x /usr/bin/prometheus || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
+
+# Debian's chromium and its chromedriver: tests/test_ui.py drives the status page in a
+# real headless browser (Selenium, from tests/requirements.txt).
+ui-deps:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 bench-deps:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -77,7 +83,7 @@ wasm-unit: rust-deps node-deps
 	  cargo test -p rollout-core --target wasm32-wasip1
 
 # Real Envoy running the built .wasm with the shipped configs.
-integration: py-deps prom-deps build
+integration: py-deps prom-deps ui-deps build
 	$(PY) -m pytest tests -q -rs
 
 # ---------------------------------------------------------------- demo / bench

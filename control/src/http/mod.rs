@@ -27,6 +27,7 @@
 //! | GET  | `/v1/experiments/{rollout}` | [`experiments`] | the A/B report and verdict |
 //! | POST | `/v1/experiments/{rollout}/reset` | [`experiments`] | deletes the rollout's assignments and outcomes |
 //! | GET  | `/v1/events?rollout=R&after=ID&limit=N` | [`events`] | the engine's recent rollout events, oldest first, and `last_id` |
+//! | GET  | `/ui` (`/ui/app.js`, `/ui/app.css`) | [`ui`] | the status page (offline, embedded; read-only without a credential) |
 //! | GET  | `/metrics` | [`metrics`] | Prometheus text: the sidecar's own metrics ([`counters`]) |
 //! | GET  | `/live` | [`health`] | 200 while the process serves |
 //! | GET  | `/ready` | [`health`] | 200 when the store is open and readable, else 503 |
@@ -38,7 +39,8 @@
 //! latest version) ([`change`]). Per-rollout operations answer 404 for an unknown
 //! rollout and 400 naming the field for bad input. With a token configured, every
 //! PUT / POST needs `Authorization: Bearer <token>` (401 otherwise); reads stay open
-//! ([`auth`]).
+//! ([`auth`]). A PUT / POST a browser marks as cross-site (`Sec-Fetch-Site`, `Origin`) is
+//! refused with 403 whatever it carries ([`origin`]).
 //!
 //! A new endpoint: its JSON shapes in `api/`, a handler file here with `routes()`,
 //! one `.merge` in [`app`], a row in the table above and in control/README.md.
@@ -55,11 +57,13 @@ pub mod headers;
 pub mod health;
 pub mod history;
 pub mod metrics;
+pub mod origin;
 pub mod plan;
 pub mod rollouts;
 pub mod shadow;
 pub mod state;
 pub mod status;
+pub mod ui;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
@@ -84,12 +88,14 @@ pub fn app(state: AppState) -> Router {
         .merge(experiments::routes())
         .merge(analysis::routes())
         .merge(events::routes())
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
+        .layer(middleware::from_fn(origin::same_origin_writes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
