@@ -40,6 +40,7 @@ CONTROL = ROOT / "target/native/rollout-control"
 ENVOY = ROOT / ".venv/bin/envoy"
 RUN = ROOT / ".run"
 PORTS = (8081, 8082, 8083, 9090, 9901, 10000, 10001)
+UI = "http://127.0.0.1:9090/ui"
 
 
 def port_free(port: int) -> bool:
@@ -181,14 +182,16 @@ def scenarios(rollout: dict, stop: threading.Event, fast: bool) -> None:
         return
     say("scenario 1: a good candidate. The sidecar walks it shadow -> 5 -> 25 -> 50 -> 100 %, "
         "advancing only while error rate, p99 latency, invalid outputs, shadow disagreement and the "
-        "score distribution (prediction drift against stable) pass")
+        "score distribution (prediction drift against stable) pass. Watch it on the status page: "
+        f"{UI} (the weights chart climbs step by step, each check's chart against its threshold)")
     r = follow({"complete", "rolled_back"}, stop, timeout)
     if r:
         say(f"scenario 1 result: {(r.get('progress') or {}).get('state')}: {(r.get('progress') or {}).get('note', '')[:220]}")
     if stop.is_set():
         return
     say("scenario 2: a bad candidate. The canary model now answers 25 % of requests with 500; "
-        "it is deployed as the new candidate with the same policy")
+        f"it is deployed as the new candidate with the same policy. On {UI} the error_rate chart "
+        "crosses its dashed threshold and the weight drops back to 0 with the reason in the history")
     canary_faults(error_rate=0.25)
     deploy(with_candidate(rollout, "2.5.0", "demo: 25 % errors"), stop, "demo: deploy a bad candidate")
     r = follow({"rolled_back", "complete"}, stop, timeout)
@@ -209,8 +212,8 @@ def scenarios(rollout: dict, stop: threading.Event, fast: bool) -> None:
     hist = subprocess.run([str(CONTROL), "--server", "http://127.0.0.1:9090", "history", "--limit", "20"],
                           capture_output=True, text=True)
     say("plan history (newest first):\n" + hist.stdout)
-    say("all three scenarios done; `target/native/rollout-control status` shows the checks and the models. "
-        "Ctrl-C stops the demo")
+    say(f"all three scenarios done; {UI} shows every step, check and reason (events, history); "
+        "`target/native/rollout-control status` shows the checks and the models. Ctrl-C stops the demo")
 
 
 def demo_rollout(plan: dict, fast: bool) -> dict:
@@ -296,8 +299,10 @@ def main() -> None:
         print(__doc__.strip().splitlines()[0])
         print("Envoy: http://127.0.0.1:10000   admin: http://127.0.0.1:9901/stats/prometheus   "
               "sidecar: http://127.0.0.1:9090/v1/status   logs: .run/")
+        print(f"Status page: {UI}   (live: weights, steps, checks, shadow, proxies, history)")
         print("Try:  curl -si -H 'x-user-id: alice' -d '{}' http://127.0.0.1:10000/v2/models/fraud/infer")
-        print("      target/native/rollout-control status\n", flush=True)
+        print("      target/native/rollout-control status")
+        print("      target/native/rollout-control watch --rollout fraud\n", flush=True)
         traffic = subprocess.Popen(
             [str(DEMO), "traffic", "--url", "http://127.0.0.1:10000",
              "--path", "/v2/models/fraud/infer",

@@ -26,7 +26,8 @@ fn cross_site(req: &Request) -> Option<String> {
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
         .unwrap_or("");
-    (origin_host.is_empty() || origin_host != host).then(|| format!("Origin {origin} is not {host}"))
+    (origin_host.is_empty() || origin_host != host)
+        .then(|| format!("Origin {origin} is not {host}"))
 }
 
 /// Middleware: refuses cross-site writes.

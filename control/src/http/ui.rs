@@ -38,8 +38,14 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/ui", get(|| async { asset(INDEX, "text/html; charset=utf-8") }))
-        .route("/ui/", get(|| async { asset(INDEX, "text/html; charset=utf-8") }))
+        .route(
+            "/ui",
+            get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/ui/",
+            get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
+        )
         .route(
             "/ui/app.js",
             get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
