@@ -232,6 +232,9 @@ pub struct ServeArgs {
     /// Plan stored as version 1 when the store is empty.
     #[arg(long)]
     pub initial_plan: Option<PathBuf>,
+    /// Store and HTTP limits (`--start-fresh`, ...).
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The progressive-delivery engine (`--envoy-admin`, `--stats-format`, `--analysis-tick-ms`).
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -269,6 +272,16 @@ pub struct NotifyArgs {
     /// How often a step's gate webhooks are asked until they answer 200, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub gate_interval_ms: u64,
+}
+
+/// `serve` flags of the store and its HTTP limits.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// An empty or damaged `control.redb` is refused at start; with this flag it is
+    /// moved aside (`control.redb.refused-<unix_ms>`) and a new, empty store (new
+    /// epoch) starts.
+    #[arg(long)]
+    pub start_fresh: bool,
 }
 
 /// `serve` flags of the engine.
