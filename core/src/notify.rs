@@ -281,7 +281,7 @@ mod tests {
         }
         let many = format!(
             r#"{{"webhooks":[{}]}}"#,
-            vec![r#"{"url":"http://h/"}"#; MAX_WEBHOOKS + 1].join(",")
+            [r#"{"url":"http://h/"}"#; MAX_WEBHOOKS + 1].join(",")
         );
         assert_eq!(parse(&many).validate().unwrap_err().field, "webhooks");
         assert!(serde_json::from_str::<NotifySpec>(
