@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::api::plan::parse_plan_document;
+use crate::http::roles::{CredentialFiles, Credentials};
 use crate::http::{app, state::AppState};
 use crate::store::{Change, Op, Store, StoreError};
 
@@ -15,7 +16,8 @@ use crate::store::{Change, Op, Store, StoreError};
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub data: PathBuf,
-    pub token_file: Option<PathBuf>,
+    /// One token file per role (`http::auth`).
+    pub credentials: CredentialFiles,
     pub initial_plan: Option<PathBuf>,
     /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
@@ -55,11 +57,7 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 /// Runs the sidecar until a shutdown signal.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let token = opts
-        .token_file
-        .as_deref()
-        .map(crate::util::token::read_token)
-        .transpose()?;
+    let credentials = Credentials::open(&opts.credentials)?;
     let store = Store::open(&opts.data)?;
     if let Some(file) = &opts.initial_plan {
         match seed_initial_plan(&store, file)? {
@@ -84,15 +82,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             store.path().display()
         ),
     }
-    if !is_loopback(&opts.listen) && token.is_none() {
+    if !is_loopback(&opts.listen) && credentials.is_empty() {
         eprintln!(
-            "rollout-control: warning: listening on {} without --token-file: anyone who can \
-             reach it can change the plan",
+            "rollout-control: warning: listening on {} without credentials \
+             (--operator-token-file ...): anyone who can reach it can change the plan",
             opts.listen
         );
     }
     let store = Arc::new(store);
-    let state = AppState::new(Arc::clone(&store), token);
+    let state = AppState::with_credentials(Arc::clone(&store), credentials);
     let engine = match &opts.policy {
         Some(p) => {
             let handle = state.start_engine(p.clone(), None)?;
