@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                     read: args.credentials.read_token_file,
                 },
                 initial_plan: args.initial_plan,
+                start_fresh: args.store.start_fresh,
                 policy: engine_options(&args.policy),
             };
             tokio::runtime::Builder::new_multi_thread()

@@ -10,7 +10,12 @@ use anyhow::Context;
 use crate::api::plan::parse_plan_document;
 use crate::http::roles::{CredentialFiles, Credentials};
 use crate::http::{app, state::AppState};
-use crate::store::{Change, Op, Store, StoreError};
+use crate::store::blocking::blocking;
+use crate::store::{Change, Op, OpenOptions, Store, StoreError};
+
+/// How often the store's writability is checked (and, after an I/O error, its
+/// recovery retried) when nothing writes.
+const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -19,6 +24,8 @@ pub struct ServeOptions {
     /// One token file per role (`http::auth`).
     pub credentials: CredentialFiles,
     pub initial_plan: Option<PathBuf>,
+    /// Move an empty or damaged store file aside instead of refusing to start.
+    pub start_fresh: bool,
     /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
 }
@@ -58,7 +65,13 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 /// Runs the sidecar until a shutdown signal.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let credentials = Credentials::open(&opts.credentials)?;
-    let store = Store::open(&opts.data)?;
+    let store = Store::open_with(
+        &opts.data,
+        OpenOptions {
+            start_fresh: opts.start_fresh,
+            ..OpenOptions::default()
+        },
+    )?;
     if let Some(file) = &opts.initial_plan {
         match seed_initial_plan(&store, file)? {
             Some(v) => eprintln!(
@@ -104,6 +117,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let recovery = tokio::spawn(keep_recovering(Arc::clone(&store)));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -114,6 +128,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .await
         .context("server failed")?;
     eprintln!("rollout-control: shutting down");
+    recovery.abort();
+    let _ = recovery.await;
     if let Some(handle) = engine {
         handle.shutdown().await;
     }
@@ -124,6 +140,28 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Err(_) => eprintln!("rollout-control: store still referenced at exit; dropping"),
     }
     Ok(())
+}
+
+/// After an I/O error (disk full) the store recovers on the next write or `/ready`;
+/// this also retries when neither comes, so writes work again soon after the disk does.
+async fn keep_recovering(store: Arc<Store>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(RECOVERY_INTERVAL).await;
+        let s = Arc::clone(&store);
+        match blocking(move || s.check_writable()).await {
+            Ok(()) if failing => {
+                failing = false;
+                eprintln!("rollout-control: store writes work again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                eprintln!("rollout-control: store writes fail: {e}");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {
