@@ -169,6 +169,18 @@ class EnvoyConfig:
         fn(cfg)
         return self.set_plugin(cfg)
 
+    def without_native_echo(self) -> "EnvoyConfig":
+        """Removes Envoy's own echo of the correlation id and the variant (the shipped
+        configs let Envoy echo both; the filter's `echo` does it otherwise)."""
+        for listener in self.doc["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for nf in chain["filters"]:
+                    hcm = nf["typed_config"]
+                    hcm.pop("always_set_request_id_in_response", None)
+                    if isinstance(hcm.get("route_config"), dict):
+                        hcm["route_config"].pop("response_headers_to_add", None)
+        return self
+
     def write(self, directory: str) -> Path:
         path = Path(directory) / f"envoy-{self.admin_port}.yaml"
         path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
