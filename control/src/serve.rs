@@ -8,15 +8,24 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::api::plan::parse_plan_document;
+use crate::http::roles::{CredentialFiles, Credentials};
 use crate::http::{app, state::AppState};
-use crate::store::{Change, Op, Store, StoreError};
+use crate::store::blocking::blocking;
+use crate::store::{Change, Op, OpenOptions, Store, StoreError};
+
+/// How often the store's writability is checked (and, after an I/O error, its
+/// recovery retried) when nothing writes.
+const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub data: PathBuf,
-    pub token_file: Option<PathBuf>,
+    /// One token file per role (`http::auth`).
+    pub credentials: CredentialFiles,
     pub initial_plan: Option<PathBuf>,
+    /// Move an empty or damaged store file aside instead of refusing to start.
+    pub start_fresh: bool,
     /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
 }
@@ -55,12 +64,14 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 /// Runs the sidecar until a shutdown signal.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let token = opts
-        .token_file
-        .as_deref()
-        .map(crate::util::token::read_token)
-        .transpose()?;
-    let store = Store::open(&opts.data)?;
+    let credentials = Credentials::open(&opts.credentials)?;
+    let store = Store::open_with(
+        &opts.data,
+        OpenOptions {
+            start_fresh: opts.start_fresh,
+            ..OpenOptions::default()
+        },
+    )?;
     if let Some(file) = &opts.initial_plan {
         match seed_initial_plan(&store, file)? {
             Some(v) => eprintln!(
@@ -84,15 +95,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             store.path().display()
         ),
     }
-    if !is_loopback(&opts.listen) && token.is_none() {
+    if !is_loopback(&opts.listen) && credentials.is_empty() {
         eprintln!(
-            "rollout-control: warning: listening on {} without --token-file: anyone who can \
-             reach it can change the plan",
+            "rollout-control: warning: listening on {} without credentials \
+             (--operator-token-file ...): anyone who can reach it can change the plan",
             opts.listen
         );
     }
     let store = Arc::new(store);
-    let state = AppState::new(Arc::clone(&store), token);
+    let state = AppState::with_credentials(Arc::clone(&store), credentials);
     let engine = match &opts.policy {
         Some(p) => {
             let handle = state.start_engine(p.clone(), None)?;
@@ -106,6 +117,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let recovery = tokio::spawn(keep_recovering(Arc::clone(&store)));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -116,6 +128,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .await
         .context("server failed")?;
     eprintln!("rollout-control: shutting down");
+    recovery.abort();
+    let _ = recovery.await;
     if let Some(handle) = engine {
         handle.shutdown().await;
     }
@@ -126,6 +140,28 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Err(_) => eprintln!("rollout-control: store still referenced at exit; dropping"),
     }
     Ok(())
+}
+
+/// After an I/O error (disk full) the store recovers on the next write or `/ready`;
+/// this also retries when neither comes, so writes work again soon after the disk does.
+async fn keep_recovering(store: Arc<Store>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(RECOVERY_INTERVAL).await;
+        let s = Arc::clone(&store);
+        match blocking(move || s.check_writable()).await {
+            Ok(()) if failing => {
+                failing = false;
+                eprintln!("rollout-control: store writes work again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                eprintln!("rollout-control: store writes fail: {e}");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {
