@@ -112,14 +112,16 @@ class Stack:
         secret = f"{procs.tmp.name}/webhook-secret"
         with open(secret, "w") as f:
             f.write(SECRET + "\n")
-        self.sidecar = Sidecar(procs, plan, port=port, token=token, extra=[
+        proxy_token = None if token is None else token + "-proxy"
+        self.sidecar = Sidecar(procs, plan, port=port, token=token,
+                               tokens=None if token is None else {"proxy": proxy_token}, extra=[
             "--envoy-admin", f"http://127.0.0.1:{cfg.admin_port}", "--analysis-tick-ms", "250",
             "--webhook-secret-file", secret, *extra])
         cfg.edit_plugin(lambda c: c.update(plan=plan))
         if token is not None:
             def with_token(c):
                 if "control" in c:
-                    c["control"]["token"] = token
+                    c["control"]["token"] = proxy_token
             cfg.edit_plugin(with_token)
         self.envoy = Envoy(procs, cfg, concurrency=1)
 

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 
-use rollout_control::cli::args::{Cli, Command, NotifyArgs, PolicyArgs};
+use rollout_control::cli::args::{Cli, Command, NotifyArgs, PolicyArgs, StoreArgs};
 use rollout_control::cli::run_client;
 use rollout_control::engine::options::EngineOptions;
+use rollout_control::http::roles::CredentialFiles;
+use rollout_control::http::server::HttpLimits;
 use rollout_control::notify::options::NotifyOptions;
 use rollout_control::serve::{serve, ServeOptions};
 use rollout_core::notify::{check_url, WebhookFormat};
@@ -50,6 +52,17 @@ fn notify_options(args: &NotifyArgs) -> anyhow::Result<NotifyOptions> {
     })
 }
 
+/// The HTTP limits from the `serve` flags.
+fn http_limits(args: &StoreArgs) -> HttpLimits {
+    HttpLimits {
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        heavy_reads: usize::try_from(args.heavy_reads).unwrap_or(usize::MAX),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -57,9 +70,16 @@ fn main() -> ExitCode {
             let opts = ServeOptions {
                 listen: args.listen,
                 data: args.data,
-                token_file: cli.token_file,
+                credentials: CredentialFiles {
+                    // --token-file is the operator's (the CLI in the pod sends the same file).
+                    operator: args.credentials.operator_token_file.or(cli.token_file),
+                    proxy: args.credentials.proxy_token_file,
+                    feedback: args.credentials.feedback_token_file,
+                    read: args.credentials.read_token_file,
+                },
                 initial_plan: args.initial_plan,
                 start_fresh: args.store.start_fresh,
+                limits: http_limits(&args.store),
                 policy: engine_options(&args.policy),
                 notify,
             };
@@ -67,7 +87,13 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(serve(opts)))
+                .and_then(|rt| {
+                    let result = rt.block_on(serve(opts));
+                    // A heavy read still running on a blocking thread does not hold
+                    // the exit (the store is already closed or dropped).
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                    result
+                })
         }),
         _ => run_client(cli),
     };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::api::plan::parse_plan_document;
+use crate::http::roles::{CredentialFiles, Credentials};
 use crate::http::{app, state::AppState};
 use crate::notify::options::NotifyOptions;
 use crate::notify::Notifier;
@@ -22,10 +23,13 @@ const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2)
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub data: PathBuf,
-    pub token_file: Option<PathBuf>,
+    /// One token file per role (`http::auth`).
+    pub credentials: CredentialFiles,
     pub initial_plan: Option<PathBuf>,
     /// Move an empty or damaged store file aside instead of refusing to start.
     pub start_fresh: bool,
+    /// HTTP timeouts and limits.
+    pub limits: crate::http::server::HttpLimits,
     /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
     /// Webhooks and gate webhooks of the engine's events (with the engine only).
@@ -66,11 +70,7 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 /// Runs the sidecar until a shutdown signal.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let token = opts
-        .token_file
-        .as_deref()
-        .map(crate::util::token::read_token)
-        .transpose()?;
+    let credentials = Credentials::open(&opts.credentials)?;
     let store = Store::open_with(
         &opts.data,
         OpenOptions {
@@ -101,15 +101,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             store.path().display()
         ),
     }
-    if !is_loopback(&opts.listen) && token.is_none() {
+    if !is_loopback(&opts.listen) && credentials.is_empty() {
         eprintln!(
-            "rollout-control: warning: listening on {} without --token-file: anyone who can \
-             reach it can change the plan",
+            "rollout-control: warning: listening on {} without credentials \
+             (--operator-token-file ...): anyone who can reach it can change the plan",
             opts.listen
         );
     }
     let store = Arc::new(store);
-    let state = AppState::new(Arc::clone(&store), token);
+    let state = AppState::with_limits(Arc::clone(&store), credentials, opts.limits);
     let notifier = match &opts.policy {
         Some(_) => {
             let n = Notifier::start(Arc::clone(&store), opts.notify.clone())?;
@@ -137,11 +137,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let local = listener.local_addr()?;
     eprintln!("rollout-control: listening on http://{local}");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")?;
-    eprintln!("rollout-control: shutting down");
+    let drained = crate::http::server::serve(listener, app(state), opts.limits, async {
+        shutdown_signal().await;
+        eprintln!("rollout-control: shutting down");
+    })
+    .await;
+    if !drained {
+        eprintln!(
+            "rollout-control: requests still open after {} ms; closing them",
+            opts.limits.shutdown_grace.as_millis()
+        );
+    }
     recovery.abort();
     let _ = recovery.await;
     if let Some(handle) = engine {

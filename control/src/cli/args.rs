@@ -23,8 +23,10 @@ pub struct Cli {
         default_value = "http://127.0.0.1:9090"
     )]
     pub server: String,
-    /// File holding the bearer token: `serve` requires it on writes, the other
-    /// commands send it.
+    /// File holding the bearer token the commands send (the credential of the role
+    /// the command needs: operator for changes, read for reads when reads are closed,
+    /// feedback for `feedback`). For `serve` it is the operator's credential (the same
+    /// as `--operator-token-file`).
     #[arg(long, global = true, env = "ROLLOUT_CONTROL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Print the server's JSON instead of tables.
@@ -241,6 +243,28 @@ pub struct ServeArgs {
     /// Webhooks of the engine's events (`--webhook`, `--webhook-secret-file`, ...).
     #[command(flatten)]
     pub notify: NotifyArgs,
+    /// One credential per role (README, "Security model").
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+}
+
+/// `serve` flags of the credentials: each file holds its role's tokens, one a line
+/// (several during a rotation), and is read again when it changes.
+#[derive(Debug, Clone, Args)]
+pub struct CredentialArgs {
+    /// Operator: plan changes and operations (also accepted for reads). Without it,
+    /// the global --token-file (ROLLOUT_CONTROL_TOKEN_FILE) is the operator's.
+    #[arg(long)]
+    pub operator_token_file: Option<PathBuf>,
+    /// Proxy (the filter's `control.token`): shadow records, assignments, identified polls.
+    #[arg(long)]
+    pub proxy_token_file: Option<PathBuf>,
+    /// Feedback (applications): POST /v1/feedback only.
+    #[arg(long)]
+    pub feedback_token_file: Option<PathBuf>,
+    /// Read: status, history, reports. Without it reads stay open.
+    #[arg(long)]
+    pub read_token_file: Option<PathBuf>,
 }
 
 /// `serve` flags of the notifications (with the policy engine only).
@@ -282,6 +306,21 @@ pub struct StoreArgs {
     /// epoch) starts.
     #[arg(long)]
     pub start_fresh: bool,
+    /// A request's headers must arrive within this many milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this many milliseconds (408 otherwise).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub body_timeout_ms: u64,
+    /// Open connections at most; one more is closed at accept.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_connections: u64,
+    /// On SIGTERM, wait this long for in-flight requests, then close them.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub shutdown_grace_ms: u64,
+    /// Heavy reads (shadow and experiment reports, history) running at once; more wait.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub heavy_reads: u64,
 }
 
 /// `serve` flags of the engine.

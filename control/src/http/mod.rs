@@ -6,7 +6,7 @@
 //!
 //! | method | path | file | answer |
 //! |---|---|---|---|
-//! | GET  | `/v1/plan` | [`plan`] | 200 the latest plan (a bare `PlanSpec`), `ETag: "v<N>"`, `X-Plan-Version`, `Cache-Control: no-cache`; 304 when `If-None-Match` holds the current ETag; 404 before any plan. Records the polling proxy (`x-model-rollout-proxy`, `x-model-rollout-plan-version`). |
+//! | GET  | `/v1/plan` | [`plan`] | 200 the latest plan (a bare `PlanSpec`), `ETag: "v<N>"`, `X-Plan-Version`, `Cache-Control: no-cache`; 304 when `If-None-Match` holds the current ETag; 404 before any plan. Records the polling proxy (`x-model-rollout-proxy`, `x-model-rollout-plan-version`) when the poll carries the proxy credential (or none is configured). |
 //! | PUT  | `/v1/plan` | [`plan`] | replace the plan: 200 `{"version", "plan"}`; 400 naming the field; 412 on an `If-Match` mismatch; 413 beyond 1 MiB |
 //! | GET  | `/v1/plan/versions/{v}` | [`plan`] | that version's plan; 404 if unknown |
 //! | POST | `/v1/plan/versions/{v}/restore` | [`plan`] | a new version with version v's plan |
@@ -17,7 +17,7 @@
 //! | POST | `/v1/rollouts/{name}/pause` | [`rollouts`] | sets `paused` |
 //! | POST | `/v1/rollouts/{name}/resume` | [`rollouts`] | clears `paused` (a holding policy progresses again) |
 //! | POST | `/v1/rollouts/{name}/restart` | [`rollouts`] | restart the rollout's policy at step 0 |
-//! | GET  | `/v1/history?limit=N` | [`history`] | newest first (default 100, at most 10,000) |
+//! | GET  | `/v1/history?limit=N&before=V` | [`history`] | newest first (default 100, at most 1,000 per page; `before`: versions below V, the next page) |
 //! | GET  | `/v1/status` | [`status`] | version, age, weights, policies, the engine, proxies and how far behind they are |
 //! | GET  | `/v1/rollouts/{name}/analysis?limit=N&version=V` | [`analysis`] | policy decisions, check values, window series |
 //! | POST | `/v1/shadow-records` | [`shadow`] | the filter's shadow comparison records: 200 `{"stored": n}` (4 MiB) |
@@ -37,16 +37,20 @@
 //! and accepts: the reason from `?reason=` or `X-Rollout-Reason`, the author from
 //! `X-Rollout-Author` (default `api`), and `If-Match: "v<N>"` (412 unless N is the
 //! latest version) ([`change`]). Per-rollout operations answer 404 for an unknown
-//! rollout and 400 naming the field for bad input. With a token configured, every
-//! PUT / POST needs `Authorization: Bearer <token>` (401 otherwise); reads stay open
-//! ([`auth`]). A PUT / POST a browser marks as cross-site (`Sec-Fetch-Site`, `Origin`) is
-//! refused with 403 whatever it carries ([`origin`]).
+//! rollout and 400 naming the field for bad input. Each call needs the credential of
+//! its role ([`roles`]: operator, proxy, feedback, read) once any credential is
+//! configured: 401 without a valid token, 403 naming the role for another role's
+//! ([`auth`]). `GET /v1/plan`, `/live`, `/ready`, `/metrics` stay open; other reads
+//! too unless a read credential is configured. A PUT / POST a browser marks
+//! as cross-site (`Sec-Fetch-Site`, `Origin`) is refused with 403 whatever it carries
+//! ([`origin`]).
 //!
 //! A new endpoint: its JSON shapes in `api/`, a handler file here with `routes()`,
 //! one `.merge` in [`app`], a row in the table above and in control/README.md.
 
 pub mod analysis;
 pub mod auth;
+pub mod body_timeout;
 pub mod change;
 pub mod counters;
 pub mod error;
@@ -59,7 +63,9 @@ pub mod history;
 pub mod metrics;
 pub mod origin;
 pub mod plan;
+pub mod roles;
 pub mod rollouts;
+pub mod server;
 pub mod shadow;
 pub mod state;
 pub mod status;
@@ -91,6 +97,10 @@ pub fn app(state: AppState) -> Router {
         .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn({
+            let timeout = state.limits().body_timeout;
+            move |req, next| body_timeout::read_body(timeout, req, next)
+        }))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -1,5 +1,5 @@
 //! The state every handler shares: the store, the table of polling proxies, the
-//! write token, the sidecar's own counters and, when `serve` runs it, the policy
+//! credentials of each role, the sidecar's own counters and, when `serve` runs it, the policy
 //! engine.
 
 use std::sync::{Arc, OnceLock};
@@ -10,9 +10,12 @@ use crate::engine::options::EngineOptions;
 use crate::engine::runner::{self, EngineHandle};
 use crate::engine::state::Engine;
 use crate::http::counters::Metrics;
+use crate::http::roles::{Credentials, Role};
+use crate::http::server::HttpLimits;
 use crate::notify::Notifier;
 use crate::store::proxies::ProxyTable;
 use crate::store::Store;
+use crate::util::token::TokenFile;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -20,12 +23,16 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     store: Arc<Store>,
     proxies: Arc<ProxyTable>,
-    /// Bearer token required on writes; `None`: writes are open (loopback only).
-    token: Option<Vec<u8>>,
+    /// The tokens of each role (`http::auth`); none: every call is allowed.
+    credentials: Credentials,
     /// The sidecar's own counters (`GET /metrics`).
     metrics: Metrics,
     /// The progressive-delivery engine, when `serve` runs it (`--envoy-admin`).
     policy: OnceLock<Arc<Engine>>,
+    /// Timeouts and limits of the HTTP server.
+    limits: HttpLimits,
+    /// Permits of the heavy reads (reports, history): `limits.heavy_reads`.
+    heavy: Arc<tokio::sync::Semaphore>,
     /// The engine's event sink and gate check (the notify layer), set before it starts.
     hooks: OnceLock<Hooks>,
     /// Recent events and webhook deliveries (`GET /v1/events`, `/metrics`).
@@ -33,11 +40,26 @@ struct Inner {
 }
 
 impl AppState {
+    /// With `token`, the operator's only (no other role has a credential).
     pub fn new(store: Arc<Store>, token: Option<String>) -> Self {
+        let files = token
+            .map(|t| vec![(Role::Operator, TokenFile::fixed(vec![t]))])
+            .unwrap_or_default();
+        AppState::with_credentials(store, Credentials::from_files(files))
+    }
+
+    pub fn with_credentials(store: Arc<Store>, credentials: Credentials) -> Self {
+        AppState::with_limits(store, credentials, HttpLimits::default())
+    }
+
+    /// [`AppState::with_credentials`] with other HTTP limits (`serve`'s flags).
+    pub fn with_limits(store: Arc<Store>, credentials: Credentials, limits: HttpLimits) -> Self {
         AppState(Arc::new(Inner {
+            limits,
+            heavy: Arc::new(tokio::sync::Semaphore::new(limits.heavy_reads.max(1))),
             store,
             proxies: Arc::new(ProxyTable::default()),
-            token: token.map(String::into_bytes),
+            credentials,
             metrics: Metrics::default(),
             policy: OnceLock::new(),
             hooks: OnceLock::new(),
@@ -55,6 +77,18 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    pub fn limits(&self) -> &HttpLimits {
+        &self.0.limits
+    }
+
+    /// A permit to run a heavy read (a report, the history): at most
+    /// `limits.heavy_reads` at once, so they never take every blocking thread and
+    /// core from plan polls. Waits for one (`None` only if the semaphore were closed,
+    /// which it never is).
+    pub async fn heavy_read(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.0.heavy).acquire_owned().await.ok()
     }
 
     /// Starts the policy engine against this state's store and proxy table, and
@@ -75,9 +109,8 @@ impl AppState {
         Ok(handle)
     }
 
-    /// The bearer token writes need; `None`: writes are open.
-    pub fn token(&self) -> Option<&[u8]> {
-        self.0.token.as_deref()
+    pub fn credentials(&self) -> &Credentials {
+        &self.0.credentials
     }
 
     /// Attaches the notifier: the engine started after this tells it its events and

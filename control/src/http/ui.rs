@@ -5,8 +5,10 @@
 //! (`/v1/status`, `/v1/plan`, `/v1/history`, `/v1/rollouts/{r}/analysis`,
 //! `/v1/shadow-report`, `/v1/events`) every second.
 //!
+//! The page's own files are open (`roles::need`); its reads carry the credential
+//! entered in the page, if any (needed only when the sidecar has a read credential).
 //! Read-only without credentials. The operator actions (pause, resume, promote,
-//! rollback) appear once a credential is entered in the page; it is kept in the tab's
+//! rollback; the operator role's) appear once a credential is entered in the page; it is kept in the tab's
 //! `sessionStorage` and sent as `Authorization: Bearer`, never as a cookie, so another
 //! site cannot make the browser send it (and `http::origin` refuses cross-site writes
 //! besides). Every action asks `confirm()` first. The answers carry a strict

@@ -56,7 +56,10 @@ function time(ms) {
 }
 
 async function get(path) {
-  const r = await fetch(path, { headers: { accept: "application/json" }, cache: "no-store" });
+  // with a read credential configured on the sidecar, reads need one too
+  const headers = { accept: "application/json" };
+  if (credential()) headers.authorization = `Bearer ${credential()}`;
+  const r = await fetch(path, { headers, cache: "no-store" });
   if (!r.ok) throw new Error(path + ": " + r.status);
   return r.json();
 }
@@ -298,7 +301,7 @@ async function act(op) {
       out.textContent = `${op}: plan v${body.version}`;
     } else {
       out.textContent = `${op} refused (${r.status}): ${body.error || ""}`;
-      if (r.status === 401 || r.status === 403) {
+      if (r.status === 401) { // not a valid credential: forget it
         sessionStorage.removeItem(KEY);
         showCredential();
         $("action-result").textContent = out.textContent;
