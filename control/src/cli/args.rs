@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar: plan API on --listen, store in --data.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Plan version and age, weights per rollout, proxies and their plan versions.
     Status,
     /// Print the latest plan.
