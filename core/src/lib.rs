@@ -9,7 +9,8 @@
 //!    [`json_at`] (only what JSON pointers need from a document), [`answer`]
 //!    (predictions, output health, the comparison of two answers; on [`json_at`]);
 //!    [`msprt`] (sequential A/B tests, on [`abtest`]'s summaries).
-//! 2. [`fields`]: the validators every section shares.
+//! 2. [`fields`]: the validators every section shares; [`headers`]: which headers a
+//!    configured role may name.
 //! 3. The plan's sections, each with its schema, validation and compiled form:
 //!    [`shadow`], [`output`] (with its prediction bins, [`distribution`]),
 //!    [`policy`], [`experiment`], a variant's [`model`] metadata.
@@ -32,6 +33,7 @@ pub mod error;
 pub mod experiment;
 pub mod fields;
 pub mod hash;
+pub mod headers;
 pub mod json_at;
 pub mod model;
 pub mod msprt;

@@ -55,7 +55,7 @@ async fn post_records(
     let store = Arc::clone(state.store());
     let stored = blocking(move || store_records(&store, &records)).await?;
     state.metrics().shadow_records_stored(stored);
-    Ok(Json(Stored { stored }))
+    Ok(Json(Stored { stored, refused: 0 }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +105,7 @@ async fn report(
     };
     let (sp, models) = plan_facts(&state, &rollout);
     let store = Arc::clone(state.store());
+    let _permit = state.heavy_read().await;
     let mut report = blocking(move || shadow_report(&store, &rollout, since_ms, limit, sp)).await?;
     report.models = models;
     Ok(Json(report))
