@@ -196,7 +196,12 @@ async fn put_then_get_with_etag_and_304() {
     // The same version under another epoch (another store, a restored backup) is
     // another entity.
     let r = f
-        .send("GET", "/v1/plan", &[("if-none-match", "\"v1.0000000000000000\"")], "")
+        .send(
+            "GET",
+            "/v1/plan",
+            &[("if-none-match", "\"v1.0000000000000000\"")],
+            "",
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let r = f

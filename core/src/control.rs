@@ -386,10 +386,29 @@ mod tests {
         // A static plan in force: the version rule only.
         assert!(!supersedes(3, Some("b"), 9, None, PlanSource::Static));
         let body = PLAN.replace(r#""version":5"#, r#""version":2,"epoch":"b""#);
-        let o = judge(Some(200), body.len(), Some(body.into_bytes()), 1 << 20, 9, Some("a"), c);
+        let o = judge(
+            Some(200),
+            body.len(),
+            Some(body.into_bytes()),
+            1 << 20,
+            9,
+            Some("a"),
+            c,
+        );
         assert!(matches!(o, PollOutcome::Accepted { .. }));
-        let o = judge(Some(200), PLAN.len(), Some(PLAN.into()), 1 << 20, 9, Some("a"), c);
-        assert!(matches!(o, PollOutcome::Rejected(Rejection::StaleVersion, _)));
+        let o = judge(
+            Some(200),
+            PLAN.len(),
+            Some(PLAN.into()),
+            1 << 20,
+            9,
+            Some("a"),
+            c,
+        );
+        assert!(matches!(
+            o,
+            PollOutcome::Rejected(Rejection::StaleVersion, _)
+        ));
     }
 
     #[test]
@@ -437,7 +456,15 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        let o = judge(Some(200), 10 << 20, None, 1 << 20, 1, None, PlanSource::Control);
+        let o = judge(
+            Some(200),
+            10 << 20,
+            None,
+            1 << 20,
+            1,
+            None,
+            PlanSource::Control,
+        );
         assert!(matches!(o, PollOutcome::Rejected(Rejection::Oversized, _)));
     }
 
