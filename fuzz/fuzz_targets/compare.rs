@@ -1,12 +1,15 @@
 //! The shadow-answer comparison: two answers (any bytes, NaN/Infinity tokens
 //! tolerated), JSON pointers, tolerances and statuses. Never a panic; the verdict
 //! is symmetric, and an answer always agrees with itself unless it holds a
-//! non-finite or missing prediction.
+//! non-finite or missing prediction; the pruned parse the filter uses
+//! (`parse_answer_at`) finds at every pointer what the whole parse finds.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use rollout_core::answer::{compare, extract, health, parse_answer, CompareSpec, Prediction};
+use rollout_core::answer::{
+    compare, extract, health, parse_answer, parse_answer_at, CompareSpec, Prediction,
+};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -40,6 +43,11 @@ fuzz_target!(|i: Input| {
     let b = parse_answer(&i.shadow);
     let pa = extract(a.as_ref(), &spec.pointers);
     let pb = extract(b.as_ref(), &spec.pointers);
+    // The filter parses only the subtrees at the pointers (`json_at`): it must find
+    // exactly what the whole answer holds there.
+    let wanted: Vec<&str> = spec.pointers.iter().map(String::as_str).collect();
+    let pruned = parse_answer_at(&i.primary, &wanted);
+    assert_eq!(extract(pruned.as_ref(), &spec.pointers), pa, "pruned parse differs");
     for p in pa.iter().chain(&pb).flatten() {
         // Records carry predictions as JSON: always serializable.
         assert!(serde_json::to_vec(&p.to_json()).is_ok());
