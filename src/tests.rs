@@ -794,7 +794,7 @@ fn host_calls_of_a_shadowed_request() {
     *h.request_chunk.borrow_mut() = b"{}".to_vec();
     *h.response_chunk.borrow_mut() = body.to_vec();
     let mut ctx = root.new_http(12);
-    let mut log = |f: &mut dyn FnMut()| {
+    let log = |f: &mut dyn FnMut()| {
         h.reset_calls();
         f();
         h.call_log.borrow().clone()
