@@ -8,6 +8,7 @@ use crate::decide::SubjectSource;
 use crate::error::ConfigError;
 use crate::fields::{check_cookie_name, check_header_name, expect_object};
 use crate::plan::{Plan, PlanSpec};
+use crate::trust::check_targeting_sources;
 
 fn d_correlation() -> String {
     "x-request-id".into()
@@ -42,6 +43,12 @@ pub struct PluginConfigSpec {
     /// sidecar. Required without `control`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanSpec>,
+    /// Headers a plan's targeting may read: removed from public traffic at the edge and
+    /// set only by the proxy or from a verified identity (`crate::trust`). A plan whose
+    /// targeting reads another header is refused, unless the condition is marked
+    /// `client_controlled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -112,6 +119,8 @@ pub struct FilterConfig {
     pub control: Option<ControlSpec>,
     pub plan: Plan,
     pub plan_spec: PlanSpec,
+    /// `trusted_headers`, lower-case: what every plan's targeting may read.
+    pub trusted_headers: Vec<String>,
 }
 
 /// Parses and validates the plugin configuration.
@@ -191,6 +200,11 @@ impl PluginConfigSpec {
             }
         };
         let plan = plan_spec.compile().map_err(|e| e.within("plan"))?;
+        let mut trusted_headers = Vec::with_capacity(self.trusted_headers.len());
+        for (i, h) in self.trusted_headers.iter().enumerate() {
+            trusted_headers.push(check_header_name(&format!("trusted_headers[{i}]"), h)?);
+        }
+        check_targeting_sources(&plan_spec, &trusted_headers).map_err(|e| e.within("plan"))?;
         Ok(FilterConfig {
             subject,
             correlation_header,
@@ -203,6 +217,7 @@ impl PluginConfigSpec {
             control: self.control.clone(),
             plan,
             plan_spec,
+            trusted_headers,
         })
     }
 }
