@@ -154,3 +154,75 @@ def test_an_invalid_token_is_refused_with_401(shipped, bad):
     stable_user = next(u for u in USERS if expected_bucket("fraud-v2", u) < 9000)
     rs = send_all(shipped.port(), [(FRAUD, {"x-user-id": stable_user, "authorization": f"Bearer {t}"})])
     assert rs[0].status == 401, (bad, rs[0].status)
+
+
+# ---------------------------------------------------------------- attribution
+
+CHURN = "/v2/models/churn/infer"
+SHARED_ID = "shared-id-0af7651916cd43dd"
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    """envoy/demo.yaml with the proxy credential as control.token, against rollout-control
+    with one credential per role; churn is an A/B experiment recording every request."""
+    from harness import Sidecar
+    procs = Processes()
+    try:
+        models = {"model_stable": Model(procs, "stable"), "model_canary": Model(procs, "canary"),
+                  "model_shadow": Model(procs, "shadow")}
+        cfg = EnvoyConfig()
+        plan = cfg.plugin()["plan"]
+        churn = next(r for r in plan["rollouts"] if r["name"] == "churn")
+        churn["experiment"] = {"metric": "conversion", "samples_per_variant": 1000, "record_percent": 100}
+        tokens = {"operator": "op-7f3a", "proxy": "proxy-91bc", "feedback": "fb-22de"}
+        sidecar = Sidecar(procs, plan=plan, tokens=tokens)
+        cfg.upstreams({**{k: m.port for k, m in models.items()}, "rollout_control": sidecar.port})
+        cfg.edit_plugin(lambda c: (c.update(plan=plan), c["control"].update(token=tokens["proxy"])))
+        yield sidecar, Envoy(procs, cfg, concurrency=2)
+    finally:
+        procs.stop_all()
+
+
+def test_a_reused_client_id_cannot_move_outcomes_between_arms(experiment):
+    sidecar, envoy = experiment
+    users = USERS[:300]
+    rs = send_all(envoy.port(), [(CHURN, {"x-user-id": u, "x-request-id": SHARED_ID}) for u in users])
+    served = {r.headers["x-request-id"]: r.json()["model_version"] for r in rs}
+    assert SHARED_ID not in served and len(served) == len(users), "the proxy mints every id"
+    want = {v: sum(1 for x in served.values() if x == v) for v in ("v1", "v2")}
+
+    def post(outcomes):
+        s, _, res = sidecar.call("POST", "/v1/feedback", {"outcomes": outcomes}, role="feedback")
+        assert s == 200, res
+        return res
+    outcomes = [{"correlation_id": i, "reward": 1} for i in served]
+    from harness import wait_for
+    assert wait_for(lambda: post(outcomes)["unknown"] == 0, timeout=20), "assignments did not arrive"
+    # the client's id attributes nothing: counted as unknown, not stored
+    assert post([{"correlation_id": SHARED_ID, "reward": 1}] * 1) == {"accepted": 0, "unknown": 1, "dropped": 0}
+
+    def counts():
+        s, _, rep = sidecar.call("GET", "/v1/experiments/churn")
+        assert s == 200, rep
+        return {v["name"]: v["count"] for v in rep["variants"]}
+    assert counts() == want
+    # a replayed assignment with the other variant (with the proxy's own credential) is
+    # refused and counted; the counts do not move
+    some = next(iter(served))
+    other = "v2" if served[some] == "v1" else "v1"
+    s, _, res = sidecar.call("POST", "/v1/assignments", {"assignments": [
+        {"correlation_id": some, "rollout": "churn", "variant": other, "unix_ms": 1}]}, role="proxy")
+    assert s == 200 and res == {"stored": 0, "refused": 1}, res
+    post([{"correlation_id": some, "reward": 0}])
+    assert counts() == want
+    import urllib.request
+    with urllib.request.urlopen(sidecar.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert "rollout_control_assignments_refused_total 1\n" in text
+    # nobody else may post assignments or outcomes
+    for role in ("feedback", "operator"):
+        s, _, _ = sidecar.call("POST", "/v1/assignments", {"assignments": []}, role=role)
+        assert s == 403
+    s, _, _ = sidecar.call("POST", "/v1/feedback", {"outcomes": []}, role="proxy")
+    assert s == 403
