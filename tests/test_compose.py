@@ -201,7 +201,10 @@ def test_plan_file_parses_with_the_filters_parser(tmp_path):
     if r.returncode != 0:
         pytest.skip("needs `rollout-control validate-config FILE`")
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"plan": json.loads((ROOT / "compose/plan.json").read_text())}))
+    # with the trusted headers of envoy/compose.yaml, where the plan runs
+    trusted = plugin_config(envoy_doc())["trusted_headers"]
+    cfg.write_text(json.dumps({"trusted_headers": trusted,
+                               "plan": json.loads((ROOT / "compose/plan.json").read_text())}))
     r = subprocess.run([str(CONTROL), "validate-config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     bad = json.loads(cfg.read_text())

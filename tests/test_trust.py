@@ -6,8 +6,10 @@ identified by a verified JWT claim (jwt_authn with the demo's local JWKS).
   every header and cookie any shipped plan's targeting reads, plus the variant and
   override headers, change no user's variant.
 - A JWT signed by the demo key with `"tester": true` goes to the canary; one that is
-  expired, signed by another key or from another issuer is refused with 401 (the
-  documented behaviour of `requires_any: [demo, allow_missing]`); no token: as anyone.
+  expired, signed by another key or from another issuer is ignored (the documented
+  behaviour of `requires_any: [demo, allow_missing_or_failed]`: served as anyone, its
+  claims set nothing); no token: as anyone. (Istio's RequestAuthentication refuses an
+  invalid token with 401: tests/test_istio.py.)
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def test_a_verified_tester_claim_goes_to_the_canary(shipped):
 
 
 @pytest.mark.parametrize("bad", ["expired", "other-key", "other-issuer", "garbage"])
-def test_an_invalid_token_is_refused_with_401(shipped, bad):
+def test_an_invalid_token_is_ignored(shipped, bad):
     other = ec.generate_private_key(ec.SECP256R1())
     t = {
         "expired": lambda: token({"tester": True}, exp=int(time.time()) - 3600, iat=int(time.time()) - 7200),
@@ -153,7 +155,8 @@ def test_an_invalid_token_is_refused_with_401(shipped, bad):
     }[bad]()
     stable_user = next(u for u in USERS if expected_bucket("fraud-v2", u) < 9000)
     rs = send_all(shipped.port(), [(FRAUD, {"x-user-id": stable_user, "authorization": f"Bearer {t}"})])
-    assert rs[0].status == 401, (bad, rs[0].status)
+    assert rs[0].status == 200, (bad, rs[0].status)
+    assert rs[0].headers["x-model-variant"] == rs[0].json()["model_version"] == "stable", bad
 
 
 # ---------------------------------------------------------------- attribution
@@ -188,7 +191,7 @@ def test_a_reused_client_id_cannot_move_outcomes_between_arms(experiment):
     sidecar, envoy = experiment
     users = USERS[:300]
     rs = send_all(envoy.port(), [(CHURN, {"x-user-id": u, "x-request-id": SHARED_ID}) for u in users])
-    served = {r.headers["x-request-id"]: r.json()["model_version"] for r in rs}
+    served = {r.headers["x-request-id"]: r.headers["x-model-variant"] for r in rs}
     assert SHARED_ID not in served and len(served) == len(users), "the proxy mints every id"
     want = {v: sum(1 for x in served.values() if x == v) for v in ("v1", "v2")}
 
