@@ -288,6 +288,8 @@ pub enum PollOutcome {
 /// `body_size <= max_plan_bytes` (pass `None` otherwise); for statuses other than
 /// 200 its first bytes suffice. `trusted`: the headers the plan's targeting may read
 /// (`crate::trust`); a plan reading others is invalid.
+// Each argument is one independent fact of the poll; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn judge(
     status: Option<u32>,
     body_size: usize,
