@@ -12,6 +12,7 @@ use rollout_control::http::roles::CredentialFiles;
 use rollout_control::http::server::HttpLimits;
 use rollout_control::notify::options::NotifyOptions;
 use rollout_control::serve::{serve, ServeOptions};
+use rollout_control::util::timefmt::now_unix_ms;
 use rollout_core::notify::{check_url, WebhookFormat};
 
 /// The engine's options from the `serve` flags; `None` without `--envoy-admin`.
@@ -20,6 +21,7 @@ fn engine_options(args: &PolicyArgs) -> Option<EngineOptions> {
         envoy_admin: args.envoy_admin.clone(),
         stats_format: args.stats_format,
         tick: Duration::from_millis(args.analysis_tick_ms),
+        wall_clock: now_unix_ms,
     })
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::api::status::StatsFormat;
+use crate::engine::clock::WallClock;
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -12,4 +13,6 @@ pub struct EngineOptions {
     pub stats_format: StatsFormat,
     /// How often the Envoys are read (and due evaluations run).
     pub tick: Duration,
+    /// The wall clock the engine's monotonic clock is anchored to (read once at start).
+    pub wall_clock: WallClock,
 }
