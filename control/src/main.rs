@@ -8,13 +8,21 @@ use std::time::Duration;
 use rollout_control::cli::args::{Cli, Command, PolicyArgs};
 use rollout_control::cli::run_client;
 use rollout_control::engine::options::EngineOptions;
+use rollout_control::engine::source::prometheus::PrometheusOptions;
 use rollout_control::serve::{serve, ServeOptions};
 
-/// The engine's options from the `serve` flags; `None` without `--envoy-admin`.
+/// The engine's options from the `serve` flags; `None` without `--envoy-admin` and
+/// `--prometheus-url`.
 fn engine_options(args: &PolicyArgs) -> Option<EngineOptions> {
-    (!args.envoy_admin.is_empty()).then(|| EngineOptions {
+    let prometheus = args.prometheus_url.as_ref().map(|url| PrometheusOptions {
+        url: url.clone(),
+        timeout: Duration::from_millis(args.prometheus_timeout_ms),
+        min_range_ms: args.prometheus_min_range_ms,
+    });
+    (!args.envoy_admin.is_empty() || prometheus.is_some()).then(|| EngineOptions {
         envoy_admin: args.envoy_admin.clone(),
         stats_format: args.stats_format,
+        prometheus,
         tick: Duration::from_millis(args.analysis_tick_ms),
     })
 }

@@ -17,7 +17,8 @@ pub struct ServeOptions {
     pub data: PathBuf,
     pub token_file: Option<PathBuf>,
     pub initial_plan: Option<PathBuf>,
-    /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
+    /// The policy engine (`--envoy-admin` or `--prometheus-url`); `None`: policies
+    /// are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
 }
 
@@ -96,12 +97,22 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let engine = match &opts.policy {
         Some(p) => {
             let handle = state.start_engine(p.clone(), None)?;
-            eprintln!(
-                "rollout-control: policy engine: reading {} every {} ms ({:?})",
-                p.envoy_admin.join(", "),
-                p.tick.as_millis(),
-                p.stats_format
-            );
+            match &p.prometheus {
+                Some(prom) => eprintln!(
+                    "rollout-control: policy engine: querying Prometheus {} every {} ms \
+                     (ranges of at least {} ms, timeout {} ms)",
+                    prom.url,
+                    p.tick.as_millis(),
+                    prom.min_range_ms,
+                    prom.timeout.as_millis()
+                ),
+                None => eprintln!(
+                    "rollout-control: policy engine: reading {} every {} ms ({:?})",
+                    p.envoy_admin.join(", "),
+                    p.tick.as_millis(),
+                    p.stats_format
+                ),
+            }
             Some(handle)
         }
         None => None,

@@ -220,7 +220,8 @@ pub struct ServeArgs {
     /// Plan stored as version 1 when the store is empty.
     #[arg(long)]
     pub initial_plan: Option<PathBuf>,
-    /// The progressive-delivery engine (`--envoy-admin`, `--stats-format`, `--analysis-tick-ms`).
+    /// The progressive-delivery engine (`--envoy-admin` or `--prometheus-url`,
+    /// `--stats-format`, `--analysis-tick-ms`).
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -236,7 +237,26 @@ pub struct PolicyArgs {
     /// How to read the stats: `json` (Envoy's detailed histogram bins) or `prometheus`.
     #[arg(long, value_enum, default_value_t = StatsFormat::Json)]
     pub stats_format: StatsFormat,
-    /// Read the Envoys (and run due evaluations) this often, in milliseconds.
+    /// Read the fleet's figures from this Prometheus server (which scrapes every
+    /// proxy's /stats/prometheus) instead of Envoy admin endpoints: the checks are
+    /// judged on sums over every proxy. Without it and without --envoy-admin the
+    /// policy engine does not run.
+    #[arg(
+        long = "prometheus-url",
+        value_name = "URL",
+        conflicts_with = "envoy_admin"
+    )]
+    pub prometheus_url: Option<String>,
+    /// Bound of each Prometheus request and of a whole read, in milliseconds; a read
+    /// that takes longer is inconclusive (and counted).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub prometheus_timeout_ms: u64,
+    /// Shortest range Prometheus is queried over (`increase(...[R])`), in
+    /// milliseconds: at least twice its scrape interval, so every range holds two
+    /// scrapes of each proxy. Ticks in between add nothing; the next read covers them.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub prometheus_min_range_ms: u64,
+    /// Read the metrics source (and run due evaluations) this often, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub analysis_tick_ms: u64,
 }

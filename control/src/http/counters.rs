@@ -11,6 +11,7 @@
 //! | `rollout_control_assignments_total` | counter | | experiment assignments stored since start |
 //! | `rollout_control_feedback_total` | counter | result (`accepted` `unknown` `dropped`) | outcomes received since start |
 //! | `rollout_control_proxies` | gauge | | proxies in the polling table |
+//! | `rollout_control_metrics_source_reads_total` | counter | source (`prometheus`, `envoy_admin`), result (`ok` `timeout` `unreachable` `error` `empty`) | the policy engine's reads of its metrics source (only while it runs); anything but `ok` leaves the tick without figures: inconclusive |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -78,7 +79,14 @@ impl Metrics {
     }
 
     /// The exposition text. Blocking (reads the store).
-    pub fn render(&self, store: &Store, proxies: &ProxyTable) -> Result<String, StoreError> {
+    /// `source_reads`: the engine's reads of its metrics source, `(source, result,
+    /// count)` (empty when the engine does not run).
+    pub fn render(
+        &self,
+        store: &Store,
+        proxies: &ProxyTable,
+        source_reads: &[(&'static str, &'static str, u64)],
+    ) -> Result<String, StoreError> {
         let mut out = String::with_capacity(2048);
         let version = store.current().map_or(0, |c| c.version());
         header(
@@ -178,6 +186,22 @@ impl Metrics {
             &[],
             proxies.len() as u64,
         );
+        if !source_reads.is_empty() {
+            header(
+                &mut out,
+                "rollout_control_metrics_source_reads_total",
+                "counter",
+                "Reads of the policy engine's metrics source, by result (anything but ok: the tick is inconclusive).",
+            );
+            for (source, result, n) in source_reads {
+                line(
+                    &mut out,
+                    "rollout_control_metrics_source_reads_total",
+                    &[("source", source), ("result", result)],
+                    *n,
+                );
+            }
+        }
         Ok(out)
     }
 }

@@ -80,6 +80,9 @@ pub struct EnvoyAdmin {
     agent: ureq::Agent,
     format: StatsFormat,
     admins: Vec<Admin>,
+    /// Reads of one Envoy that succeeded / failed.
+    reads_ok: u64,
+    reads_failed: u64,
 }
 
 impl EnvoyAdmin {
@@ -118,6 +121,8 @@ impl EnvoyAdmin {
             agent,
             format,
             admins,
+            reads_ok: 0,
+            reads_failed: 0,
         })
     }
 
@@ -230,6 +235,7 @@ impl MetricsSource for EnvoyAdmin {
                 Ok(snap) => {
                     tick.add(increments(src.last.as_ref(), &snap));
                     tick.envoys_ok += 1;
+                    self.reads_ok += 1;
                     src.status.ok = true;
                     src.status.last_ok_ms = Some(now);
                     src.status.error = None;
@@ -237,6 +243,7 @@ impl MetricsSource for EnvoyAdmin {
                     src.last = Some(snap);
                 }
                 Err(e) => {
+                    self.reads_failed += 1;
                     src.status.ok = false;
                     src.status.error = Some(e);
                 }
@@ -247,6 +254,13 @@ impl MetricsSource for EnvoyAdmin {
 
     fn statuses(&self) -> Vec<EnvoyStatus> {
         self.admins.iter().map(|s| s.status.clone()).collect()
+    }
+
+    fn read_counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        vec![
+            ("envoy_admin", "ok", self.reads_ok),
+            ("envoy_admin", "error", self.reads_failed),
+        ]
     }
 }
 
