@@ -17,7 +17,7 @@ pub struct Status {
     pub age_seconds: Option<f64>,
     pub rollouts: Vec<StatusRollout>,
     pub proxies: Vec<StatusProxy>,
-    /// The policy engine (`null` when `serve` runs without `--envoy-admin`).
+    /// The policy engine (`null` when `serve` runs without `--envoy-admin` or `--prometheus-url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_engine: Option<EngineView>,
 }
