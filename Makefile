@@ -1,7 +1,7 @@
 # model-rollout — build, test, demo, bench.
 #   make test    everything CI runs (installs what is missing on a fresh machine)
 #   make demo    Envoy + demo models locally, live split per variant (Ctrl-C stops)
-#   make bench   wrk benchmark: no filter / native split / no-op wasm / our filter
+#   make bench   pinned, interleaved wrk benchmark: none / native / noop / floor / ours, mirror vs shadow
 #   make oci     OCI image of the filter, digest pinned into istio/, gateway-api/, envoy-gateway/
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -12,6 +12,7 @@ PY      := $(VENV)/bin/python
 ENVOY   := $(VENV)/bin/envoy
 WASM    := target/wasm32-wasip1/release/model_rollout.wasm
 NOOP    := target/wasm32-wasip1/release/noop_filter.wasm
+FLOOR   := target/wasm32-wasip1/release/floor_filter.wasm
 NATIVE  := target/native
 DEMO    := $(NATIVE)/rollout-demo
 WASI_RUNNER := node --no-warnings $(CURDIR)/tools/wasi-run.mjs
@@ -55,7 +56,7 @@ bench-deps:
 build: wasm native
 
 wasm: rust-deps
-	$(CARGO_WASM) -p model-rollout -p noop-filter
+	$(CARGO_WASM) -p model-rollout -p noop-filter -p floor-filter
 
 native:
 	cargo build --profile native -p rollout-demo -p rollout-control
@@ -77,7 +78,7 @@ wasm-unit: rust-deps node-deps
 	  cargo test -p rollout-core --target wasm32-wasip1
 
 # Real Envoy running the built .wasm with the shipped configs.
-integration: py-deps prom-deps build
+integration: py-deps prom-deps bench-deps build
 	$(PY) -m pytest tests -q -rs
 
 # ---------------------------------------------------------------- demo / bench

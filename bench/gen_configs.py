@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Writes the eight benchmark Envoy configs in envoy/bench/ (4 setups x 2 shapes).
+"""Writes the benchmark Envoy configs in envoy/bench/ (one per setup and shape).
 
 The configs are plain files so they can be read, validated and run by hand; this
-script only keeps the eight of them identical except where a setup or shape must
-differ. Edit this script and re-run it rather than editing the YAML:
+script only keeps them identical except where a setup or shape must differ. Edit
+this script and re-run it rather than editing the YAML:
 
     python3 bench/gen_configs.py            # rewrite envoy/bench/*.yaml
     python3 bench/gen_configs.py --check    # exit 1 if a file is out of date
 
-Ports in the files are defaults (admin 9910, listener 10100, upstreams 18081 and
-18082); bench/run.py loads each file with PyYAML and rewrites them to free ports.
+Shapes and setups (see bench/README.md):
+  direct    none, native, noop, floor, ours          Envoy answers (direct_response)
+  upstream  none, mirror, ours, ours-shadow          demo model servers behind Envoy
+
+Ports in the files are defaults (admin 9910, listener 10100, upstreams 18081-18083);
+bench/run.py loads each file with PyYAML and rewrites them to free ones.
 """
 
 from __future__ import annotations
@@ -21,16 +25,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "envoy" / "bench"
 
-SETUPS = ("nofilter", "native", "noop", "ours")
-SHAPES = ("direct", "upstream")
+SHAPES = {
+    "direct": ("none", "native", "noop", "floor", "ours"),
+    "upstream": ("none", "mirror", "ours", "ours-shadow"),
+}
 
 ADMIN_PORT = 9910
 LISTEN_PORT = 10100
-STABLE_PORT = 18081
-CANARY_PORT = 18082
+UPSTREAM_PORTS = {"stable": 18081, "canary": 18082, "shadow": 18083}
 
-NOOP_WASM = "target/wasm32-wasip1/release/noop_filter.wasm"
-OURS_WASM = "target/wasm32-wasip1/release/model_rollout.wasm"
+WASM = {
+    "noop": "target/wasm32-wasip1/release/noop_filter.wasm",
+    "floor": "target/wasm32-wasip1/release/floor_filter.wasm",
+    "ours": "target/wasm32-wasip1/release/model_rollout.wasm",
+}
 
 
 def direct_body(version: str) -> str:
@@ -43,15 +51,18 @@ def direct_body(version: str) -> str:
 
 
 DESCRIPTIONS = {
-    "nofilter": "router only: what Envoy costs without any extra filter",
-    "native": "Envoy's own 90/10 split (no wasm): the cost of splitting natively",
+    "none": "router only: what Envoy costs without any extra filter",
+    "native": "Envoy's own 90/10 split (runtime_fraction, no wasm)",
     "noop": "a wasm filter that does nothing: the cost of crossing into the VM",
+    "floor": "a wasm filter doing our header work with constants (bench/floor-filter)",
     "ours": "the model-rollout filter, routing part of envoy/demo.yaml's configuration",
+    "mirror": "Envoy's request_mirror_policies: 100% of requests copied to model_shadow",
+    "ours-shadow": "the model-rollout filter with a 100% shadow to model_shadow, compared",
 }
 
 SHAPE_DESCRIPTIONS = {
     "direct": "direct_response 200 with a small JSON body: pure proxy cost",
-    "upstream": "two real upstreams (demo model servers, stable and canary)",
+    "upstream": "real upstreams (demo model servers: stable, canary, shadow)",
 }
 
 HEADER = """\
@@ -61,12 +72,13 @@ HEADER = """\
 #   setup: {setup_desc}
 #   shape: {shape_desc}
 # Run by bench/run.py (`make bench`) with `--concurrency 1`. It loads this file with
-# PyYAML and rewrites the ports (admin {admin}, listener {listen}, upstreams {stable}
-# and {canary} here) to free ones, and the .wasm paths to absolute ones. As it is,
-# the file validates from the project root (wasm files built):
+# PyYAML and rewrites the ports (admin {admin}, listener {listen}, upstreams
+# {ports} here) to free ones, and the .wasm paths to absolute ones. As it is, the
+# file validates from the project root (wasm files built):
 #   envoy --mode validate -c envoy/bench/{name}.yaml
 # Every setup has the same listener, HCM settings and early header mutation, so
-# only the filter chain (and, for "native", the route) differs.
+# only the filter chain (and the route for "native" and "mirror"; the echo
+# settings for "ours") differs.
 """
 
 ADMIN = """\
@@ -83,7 +95,9 @@ stats_config:
   - tag_name: class
     regex: '\\.(class\\.([^.]+)\\.)responses_total$'
   - tag_name: reason
-    regex: '\\.(reason\\.([^.]+)\\.)assignments_total$'
+    regex: '\\.(reason\\.([^.]+)\\.)[^.]+$'
+  - tag_name: bin
+    regex: '\\.(bin\\.([^.]+)\\.)[a-z_]*predictions_total$'
 
 stats_flush_interval: 1s
 """
@@ -103,6 +117,7 @@ static_resources:
           # every setup so that only the filter chain differs.
           generate_request_id: false
           preserve_external_request_id: true
+{echo}\
           # As envoy/demo.yaml's public listener: strip client-supplied routing
           # headers before the route is picked and before any filter runs.
           early_header_mutation_extensions:
@@ -114,6 +129,7 @@ static_resources:
               - remove: x-model-override
           route_config:
             name: bench_routes
+{route_echo}\
             virtual_hosts:
             - name: models
               domains: ["*"]
@@ -123,12 +139,34 @@ static_resources:
 {filters}
 """
 
+# What the shipped configs (envoy/demo.yaml) set so that Envoy, not the filter,
+# echoes the correlation id and the variant: only "ours" setups rely on it.
+HCM_ECHO = """\
+          # As envoy/demo.yaml: Envoy echoes the correlation id natively.
+          always_set_request_id_in_response: true
+"""
+ROUTE_ECHO = """\
+            # As envoy/demo.yaml: Envoy echoes the variant the filter set.
+            response_headers_to_add:
+            - header: {key: x-model-variant, value: "%REQ(x-model-variant)%"}
+              append_action: OVERWRITE_IF_EXISTS_OR_ADD
+"""
 
-def action(shape: str, version: str) -> str:
-    """The action of a route that serves `version` (8-space relative indent)."""
+# Whether the "ours" setups use Envoy's native echo (the shipped default).
+NATIVE_ECHO = False
+
+
+def action(shape: str, version: str, mirror: bool = False) -> str:
+    """The action of a route that serves `version`."""
     if shape == "direct":
         return "direct_response: {status: 200, body: {inline_string: '%s'}}" % direct_body(
             version
+        )
+    if mirror:
+        return (
+            "route: {cluster: model_%s, request_mirror_policies: [{cluster: model_shadow, "
+            "runtime_fraction: {default_value: {numerator: 100, denominator: HUNDRED}}}]}"
+            % version
         )
     return "route: {cluster: model_%s}" % version
 
@@ -136,95 +174,94 @@ def action(shape: str, version: str) -> str:
 def routes(setup: str, shape: str) -> str:
     ind = " " * 14
     if setup == "native":
-        if shape == "direct":
-            # Envoy's own per-request 10% draw, answered directly.
-            lines = [
-                "# Envoy's own split: a random 10% of requests get canary.",
-                "- match:",
-                "    prefix: \"/\"",
-                "    runtime_fraction:",
-                "      default_value: {numerator: 10, denominator: HUNDRED}",
-                "      runtime_key: bench.canary_percent",
-                "  " + action(shape, "canary"),
-                "- match: {prefix: \"/\"}",
-                "  " + action(shape, "stable"),
-            ]
-        else:
-            lines = [
-                "# Envoy's own split: weighted clusters, 90/10 per request.",
-                "- match: {prefix: \"/\"}",
-                "  route:",
-                "    weighted_clusters:",
-                "      clusters:",
-                "      - {name: model_stable, weight: 90}",
-                "      - {name: model_canary, weight: 10}",
-            ]
-    else:
-        # The route table of envoy/demo.yaml: the filter's x-model-variant picks
-        # canary; everything else (also no filter at all) goes to stable.
         lines = [
+            "# Envoy's own split: a random 10% of requests get canary.",
             "- match:",
             "    prefix: \"/\"",
-            "    headers: [{name: x-model-variant, string_match: {exact: canary}}]",
+            "    runtime_fraction:",
+            "      default_value: {numerator: 10, denominator: HUNDRED}",
+            "      runtime_key: bench.canary_percent",
             "  " + action(shape, "canary"),
             "- match: {prefix: \"/\"}",
             "  " + action(shape, "stable"),
         ]
+    else:
+        # The route table of envoy/demo.yaml: the filter's x-model-variant picks
+        # canary; everything else (also no filter at all) goes to stable.
+        mirror = setup == "mirror"
+        lines = [
+            "- match:",
+            "    prefix: \"/\"",
+            "    headers: [{name: x-model-variant, string_match: {exact: canary}}]",
+            "  " + action(shape, "canary", mirror),
+            "- match: {prefix: \"/\"}",
+            "  " + action(shape, "stable", mirror),
+        ]
     return "\n".join(ind + line for line in lines)
 
 
-NOOP_FILTER = """\
-- name: noop
+def wasm_filter(name: str, root_id: str, path: str, configuration: str | None = None) -> str:
+    text = f"""\
+- name: {name}
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
     config:
-      name: noop
-      root_id: noop
+      name: {name}
+      root_id: {root_id}
       failure_policy: FAIL_OPEN
       vm_config:
-        vm_id: noop
+        vm_id: {root_id}
         runtime: envoy.wasm.runtime.v8
-        code: {local: {filename: %s}}""" % NOOP_WASM
-
-# The plugin configuration is envoy/demo.yaml's without the parts that are not on
-# every request's routing path: "control" (sidecar polling), and the fraud rollout's
-# "shadow" and "output" (see bench/README.md). bench/run.py warns when the rest drifts
-# apart from the demo's.
-OURS_FILTER = """\
-- name: model-rollout
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-    config:
-      name: model-rollout
-      root_id: model_rollout
-      failure_policy: FAIL_OPEN
-      vm_config:
-        vm_id: model_rollout
-        runtime: envoy.wasm.runtime.v8
-        code: {local: {filename: %s}}
+        code: {{local: {{filename: {path}}}}}"""
+    if configuration is not None:
+        body = "\n".join("          " + line for line in configuration.splitlines())
+        text += f"""
       configuration:
         "@type": type.googleapis.com/google.protobuf.StringValue
         value: |
-          {
-            "subject": {"header": "x-user-id", "cookie": "uid"},
-            "correlation_header": "x-request-id",
-            "variant_header": "x-model-variant",
-            "echo": {"correlation_id": true, "variant": true},
-            "override": {"header": "x-model-override", "enabled": false},
-            "plan": {
-              "version": 1,
-              "rollouts": [
-                {"name": "fraud", "match": {"path_prefix": "/v2/models/fraud/"}, "salt": "fraud-v2",
-                 "variants": [{"name": "stable", "weight": 90}, {"name": "canary", "weight": 10}],
-                 "targeting": [
-                   {"name": "eu-stays-stable", "variant": "stable", "when": [{"header": "x-region", "equals": "eu"}]},
-                   {"name": "internal-testers", "variant": "canary", "when": [{"header": "x-tester", "present": true}]}
-                 ]},
-                {"name": "churn", "match": {"path_prefix": "/v2/models/churn/"}, "salt": "churn-ab-1",
-                 "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}]}
-              ]
-            }
-          }""" % OURS_WASM
+{body}"""
+    return text
+
+
+# The fraud rollout's shadow in "ours-shadow": every request copied to model_shadow
+# and compared as envoy/demo.yaml's shadow is (demo.yaml samples 25%).
+SHADOW = (
+    '\n   "shadow": {"cluster": "model_shadow", "percent": 100, "timeout_ms": 5000,\n'
+    '              "compare": {"pointers": ["/outputs/0/data"], "abs_tolerance": 0.000001}},'
+)
+
+
+def plugin_config(shadow: bool) -> str:
+    """envoy/demo.yaml's plugin configuration without "control" and the fraud
+    rollout's "output" (and "shadow" unless `shadow`): see bench/README.md.
+    bench/run.py warns when the rest drifts apart from the demo's."""
+    echo = (
+        '{"correlation_id": false, "variant": false}'
+        if NATIVE_ECHO
+        else '{"correlation_id": true, "variant": true}'
+    )
+    return """\
+{
+  "subject": {"header": "x-user-id", "cookie": "uid"},
+  "correlation_header": "x-request-id",
+  "variant_header": "x-model-variant",
+  "echo": %s,
+  "override": {"header": "x-model-override", "enabled": false},
+  "plan": {
+    "version": 1,
+    "rollouts": [
+      {"name": "fraud", "match": {"path_prefix": "/v2/models/fraud/"}, "salt": "fraud-v2",
+       "variants": [{"name": "stable", "weight": 90}, {"name": "canary", "weight": 10}],%s
+       "targeting": [
+         {"name": "eu-stays-stable", "variant": "stable", "when": [{"header": "x-region", "equals": "eu"}]},
+         {"name": "internal-testers", "variant": "canary", "when": [{"header": "x-tester", "present": true}]}
+       ]},
+      {"name": "churn", "match": {"path_prefix": "/v2/models/churn/"}, "salt": "churn-ab-1",
+       "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}]}
+    ]
+  }
+}""" % (echo, SHADOW if shadow else "")
+
 
 ROUTER = """\
 - name: envoy.filters.http.router
@@ -235,9 +272,15 @@ ROUTER = """\
 def filters(setup: str) -> str:
     chain = []
     if setup == "noop":
-        chain.append(NOOP_FILTER)
-    elif setup == "ours":
-        chain.append(OURS_FILTER)
+        chain.append(wasm_filter("noop", "noop", WASM["noop"]))
+    elif setup == "floor":
+        chain.append(wasm_filter("floor", "floor", WASM["floor"]))
+    elif setup in ("ours", "ours-shadow"):
+        chain.append(
+            wasm_filter(
+                "model-rollout", "model_rollout", WASM["ours"], plugin_config(setup == "ours-shadow")
+            )
+        )
     chain.append(ROUTER)
     ind = " " * 10
     return "\n".join(
@@ -246,66 +289,88 @@ def filters(setup: str) -> str:
     )
 
 
-CLUSTERS = """\
-  clusters:
-  - name: model_stable
+CLUSTER = """\
+  - name: model_{version}
     type: STATIC
     connect_timeout: 1s
     load_assignment:
-      cluster_name: model_stable
+      cluster_name: model_{version}
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {stable}}}}}}}
-  - name: model_canary
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: model_canary
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {canary}}}}}}}
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
 """
+
+
+def uses_native_echo(setup: str) -> bool:
+    return NATIVE_ECHO and setup in ("ours", "ours-shadow")
 
 
 def render(setup: str, shape: str) -> str:
     name = f"{setup}-{shape}"
-    ports = dict(admin=ADMIN_PORT, listen=LISTEN_PORT, stable=STABLE_PORT, canary=CANARY_PORT)
     text = HEADER.format(
         setup=setup,
         shape=shape,
         setup_desc=DESCRIPTIONS[setup],
         shape_desc=SHAPE_DESCRIPTIONS[shape],
         name=name,
-        **ports,
+        admin=ADMIN_PORT,
+        listen=LISTEN_PORT,
+        ports=", ".join(str(p) for p in UPSTREAM_PORTS.values()),
     )
-    text += ADMIN.format(**ports) + "\n"
-    text += LISTENER.format(routes=routes(setup, shape), filters=filters(setup), **ports)
+    text += ADMIN.format(admin=ADMIN_PORT) + "\n"
+    native = uses_native_echo(setup)
+    text += LISTENER.format(
+        listen=LISTEN_PORT,
+        echo=HCM_ECHO if native else "",
+        route_echo=ROUTE_ECHO if native else "",
+        routes=routes(setup, shape),
+        filters=filters(setup),
+    )
     if shape == "upstream":
-        text += "\n" + CLUSTERS.format(**ports)
+        text += "\n  clusters:\n" + "".join(
+            CLUSTER.format(version=v, port=p) for v, p in UPSTREAM_PORTS.items()
+        )
     return text
 
 
+def configs() -> dict[str, str]:
+    """Every config: file name -> text."""
+    return {
+        f"{setup}-{shape}.yaml": render(setup, shape)
+        for shape, setups in SHAPES.items()
+        for setup in setups
+    }
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--check", action="store_true", help="only check that the files are up to date")
     args = ap.parse_args()
-    stale = []
+    stale: list[str] = []
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    for setup in SETUPS:
-        for shape in SHAPES:
-            path = OUT_DIR / f"{setup}-{shape}.yaml"
-            text = render(setup, shape)
-            current = path.read_text() if path.exists() else None
-            if current == text:
-                continue
+    wanted = configs()
+    for name, text in wanted.items():
+        path = OUT_DIR / name
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            stale.append(f"out of date: {path.relative_to(ROOT)}")
+        else:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
+    for path in sorted(OUT_DIR.glob("*.yaml")):
+        if path.name not in wanted:
             if args.check:
-                stale.append(path)
+                stale.append(f"not generated (remove it): {path.relative_to(ROOT)}")
             else:
-                path.write_text(text)
-                print(f"wrote {path.relative_to(ROOT)}")
+                path.unlink()
+                print(f"removed {path.relative_to(ROOT)}")
     if stale:
-        for p in stale:
-            print(f"out of date: {p.relative_to(ROOT)} (run bench/gen_configs.py)", file=sys.stderr)
+        for line in stale:
+            print(f"{line} (run bench/gen_configs.py)", file=sys.stderr)
         return 1
     return 0
 

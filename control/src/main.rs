@@ -36,6 +36,7 @@ fn main() -> ExitCode {
                 data: args.data,
                 token_file: cli.token_file,
                 initial_plan: args.initial_plan,
+                start_fresh: args.store.start_fresh,
                 policy: engine_options(&args.policy),
             };
             tokio::runtime::Builder::new_multi_thread()

@@ -9,7 +9,12 @@ use anyhow::Context;
 
 use crate::api::plan::parse_plan_document;
 use crate::http::{app, state::AppState};
-use crate::store::{Change, Op, Store, StoreError};
+use crate::store::blocking::blocking;
+use crate::store::{Change, Op, OpenOptions, Store, StoreError};
+
+/// How often the store's writability is checked (and, after an I/O error, its
+/// recovery retried) when nothing writes.
+const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -17,6 +22,8 @@ pub struct ServeOptions {
     pub data: PathBuf,
     pub token_file: Option<PathBuf>,
     pub initial_plan: Option<PathBuf>,
+    /// Move an empty or damaged store file aside instead of refusing to start.
+    pub start_fresh: bool,
     /// The policy engine (`--envoy-admin` or `--prometheus-url`); `None`: policies
     /// are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
@@ -61,7 +68,13 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .as_deref()
         .map(crate::util::token::read_token)
         .transpose()?;
-    let store = Store::open(&opts.data)?;
+    let store = Store::open_with(
+        &opts.data,
+        OpenOptions {
+            start_fresh: opts.start_fresh,
+            ..OpenOptions::default()
+        },
+    )?;
     if let Some(file) = &opts.initial_plan {
         match seed_initial_plan(&store, file)? {
             Some(v) => eprintln!(
@@ -117,6 +130,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let recovery = tokio::spawn(keep_recovering(Arc::clone(&store)));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -127,6 +141,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .await
         .context("server failed")?;
     eprintln!("rollout-control: shutting down");
+    recovery.abort();
+    let _ = recovery.await;
     if let Some(handle) = engine {
         handle.shutdown().await;
     }
@@ -137,6 +153,28 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Err(_) => eprintln!("rollout-control: store still referenced at exit; dropping"),
     }
     Ok(())
+}
+
+/// After an I/O error (disk full) the store recovers on the next write or `/ready`;
+/// this also retries when neither comes, so writes work again soon after the disk does.
+async fn keep_recovering(store: Arc<Store>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(RECOVERY_INTERVAL).await;
+        let s = Arc::clone(&store);
+        match blocking(move || s.check_writable()).await {
+            Ok(()) if failing => {
+                failing = false;
+                eprintln!("rollout-control: store writes work again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                eprintln!("rollout-control: store writes fail: {e}");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {

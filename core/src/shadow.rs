@@ -12,8 +12,6 @@ use crate::fields::{
 
 use crate::answer::{CompareSpec, DEFAULT_MAX_BODY_BYTES};
 
-/// The comparison verdict, read here by the sidecar (defined in `crate::answer`).
-pub use crate::answer::Verdict;
 use crate::hash::{bucket, bucket_from_random};
 
 /// Headers never copied to a shadow, whatever the configuration says.

@@ -220,10 +220,23 @@ pub struct ServeArgs {
     /// Plan stored as version 1 when the store is empty.
     #[arg(long)]
     pub initial_plan: Option<PathBuf>,
+    /// Store and HTTP limits (`--start-fresh`, ...).
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The progressive-delivery engine (`--envoy-admin` or `--prometheus-url`,
     /// `--stats-format`, `--analysis-tick-ms`).
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+/// `serve` flags of the store and its HTTP limits.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// An empty or damaged `control.redb` is refused at start; with this flag it is
+    /// moved aside (`control.redb.refused-<unix_ms>`) and a new, empty store (new
+    /// epoch) starts.
+    #[arg(long)]
+    pub start_fresh: bool,
 }
 
 /// `serve` flags of the engine.

@@ -99,6 +99,23 @@ impl Metrics {
 
         header(
             &mut out,
+            "rollout_control_store_recoveries_total",
+            "counter",
+            "Recoveries of the store after an I/O error (disk full), by result.",
+        );
+        let ok = store.reopens();
+        let failed = store.write_failures().saturating_sub(ok);
+        for (result, n) in [("ok", ok), ("failed", failed)] {
+            line(
+                &mut out,
+                "rollout_control_store_recoveries_total",
+                &[("result", result)],
+                n,
+            );
+        }
+
+        header(
+            &mut out,
             "rollout_control_plan_changes_total",
             "counter",
             "Plan versions in the durable history, by operation.",

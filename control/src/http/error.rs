@@ -72,9 +72,16 @@ impl From<OpError> for ApiError {
     }
 }
 
+/// A storage failure (disk full, I/O error) is 503 naming the cause: the store
+/// recovers by itself once the disk does, so the client may retry.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal(e.to_string())
+        match e {
+            StoreError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", e.to_string())
+            }
+            _ => ApiError::internal(e.to_string()),
+        }
     }
 }
 

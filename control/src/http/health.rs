@@ -1,5 +1,6 @@
 //! `GET /live` (200 while the process serves) and `GET /ready` (200 when the store
-//! is open and its latest record reads back, else 503).
+//! is open, its latest record reads back and writes work; else 503 naming the cause).
+//! While writes fail (disk full), each `/ready` also retries the store's recovery.
 
 use std::sync::Arc;
 
@@ -25,7 +26,11 @@ async fn live() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let store = Arc::clone(state.store());
-    match blocking(move || store.check_readable()).await {
+    let checked = blocking(move || {
+        store.check_writable()?;
+        store.check_readable()
+    });
+    match checked.await {
         Ok(count) => Json(serde_json::json!({
             "status": "ready",
             "versions": count,

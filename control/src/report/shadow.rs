@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use rollout_core::shadow::Verdict;
+use rollout_core::answer::Verdict;
 
 use crate::api::shadow::{Disagreement, LatencyReport, LatencySummary, ShadowReport, SAMPLE_NOTE};
 use crate::store::error::StoreError;

@@ -4,6 +4,9 @@
 pub enum StoreError {
     /// The database failed (I/O, lock held by another process, ...).
     Db(String),
+    /// The storage failed (I/O error, disk full): the store reopens the file and
+    /// retries; HTTP answers 503 naming the cause.
+    Unavailable(String),
     /// A stored record cannot be read back.
     Corrupt(String),
     /// The blocking task running a store call failed.
@@ -14,6 +17,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Db(m) => write!(f, "store: {m}"),
+            StoreError::Unavailable(m) => write!(f, "store unavailable: {m}"),
             StoreError::Corrupt(m) => write!(f, "store is corrupt: {m}"),
             StoreError::Task(m) => write!(f, "store task failed: {m}"),
         }
@@ -22,7 +26,15 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// Any redb error (transaction, table, storage, commit) as a [`StoreError::Db`].
+/// Any redb error (transaction, table, storage, commit): storage failures (I/O,
+/// "previous I/O error", closed) as [`StoreError::Unavailable`], the rest as
+/// [`StoreError::Db`].
 pub fn db_err(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Db(e.into().to_string())
+    let e = e.into();
+    match e {
+        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Db(e.to_string()),
+    }
 }

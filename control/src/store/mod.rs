@@ -21,8 +21,10 @@
 pub mod assignments;
 pub mod blocking;
 pub mod decisions;
+pub mod epoch;
 pub mod error;
 pub mod experiment_reset;
+pub mod open;
 pub mod outcomes;
 pub mod plans;
 pub mod proxies;
@@ -30,13 +32,16 @@ pub mod shadow_records;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TransactionError,
+    WriteTransaction,
 };
 
 pub use error::StoreError;
+pub use open::{OpenOptions, Opener};
 pub use plans::{Change, Current, Op, Record};
 
 use error::db_err;
@@ -46,65 +51,172 @@ use plans::Plans;
 pub const FILE_NAME: &str = "control.redb";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const FORMAT: &str = "1";
-/// redb's page cache; the history is small, 1 GiB (redb's default) is far too much for a sidecar.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct Store {
-    db: Database,
+    /// The open database; `None` while a reopen after an I/O error failed. Callers
+    /// clone the `Arc` and release the lock before blocking on redb.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Opens the file again after an I/O error (the file backend, or a test's).
+    opener: Opener,
     path: PathBuf,
     plans: Plans,
+    epoch: String,
+    /// Why the last write failed, until a write succeeds again.
+    failure: Mutex<Option<String>>,
+    reopens: AtomicU64,
+    write_failures: AtomicU64,
 }
 
 impl Store {
-    /// Opens (creating if needed) `dir/control.redb`. After a crash redb repairs the
-    /// file on open; the integrity of every page is checked on each open.
+    /// Opens (creating if needed) `dir/control.redb` with the file backend. After a
+    /// crash redb repairs the file on open; the integrity of every page is checked on
+    /// each open. An empty or damaged file is refused ([`OpenOptions::start_fresh`]).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, OpenOptions::default())
+    }
+
+    /// [`Store::open`] with options (start fresh, another storage backend).
+    pub fn open_with(dir: &Path, opts: OpenOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_check_integrity_on_open(true)
-            .create(&path)
-            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
-        let tx = db.begin_write().map_err(db_err)?;
-        {
-            Plans::create(&tx)?;
-            let mut meta = tx.open_table(META).map_err(db_err)?;
-            let format = meta
-                .get("format")
-                .map_err(db_err)?
-                .map(|g| g.value().to_string());
-            match format.as_deref() {
-                None => {
-                    meta.insert("format", FORMAT).map_err(db_err)?;
-                }
-                Some(FORMAT) => {}
-                Some(other) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "{} has store format {other:?}; this build reads {FORMAT:?}",
-                        path.display()
-                    )))
-                }
-            }
-        }
-        tx.commit().map_err(db_err)?;
+        let db = open::open_file(&path, &opts)?;
+        let epoch = init_meta(&db, &path)?;
         let plans = Plans::load(&db)?;
-        Ok(Store { db, path, plans })
+        Ok(Store {
+            db: RwLock::new(Some(Arc::new(db))),
+            opener: opts.opener,
+            path,
+            plans,
+            epoch,
+            failure: Mutex::new(None),
+            reopens: AtomicU64::new(0),
+            write_failures: AtomicU64::new(0),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The store's epoch id: random, created with the store, never changed. A restored
+    /// backup or a new store has another one.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(Arc::clone);
+        match db {
+            Some(db) => f(&db),
+            None => Err(StoreError::Unavailable(self.unavailable_reason())),
+        }
+    }
+
+    fn unavailable_reason(&self) -> String {
+        let cause = self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "an I/O error".into());
+        format!("{} is closed after {cause}; reopening", self.path.display())
+    }
+
     /// A read transaction (every table family reads through one).
     pub fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(db_err)
+        self.with_db(|db| db.begin_read().map_err(db_err))
     }
 
     /// A write transaction (committed by the caller; dropped: nothing is stored).
+    /// After an I/O error redb refuses every write until the file is reopened: this
+    /// reopens it (and proves a write works) first, so writes recover by themselves
+    /// once the disk does.
     pub fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        self.db.begin_write().map_err(db_err)
+        match self.with_db(|db| Ok(db.begin_write())) {
+            Ok(Ok(tx)) => Ok(tx),
+            Ok(Err(TransactionError::Storage(redb::StorageError::PreviousIo))) | Err(_) => {
+                self.recover()?;
+                self.with_db(|db| db.begin_write().map_err(db_err))
+            }
+            Ok(Err(e)) => Err(db_err(e)),
+        }
+    }
+
+    /// Whether writes work: `Ok` unless the last write hit an I/O error and the store
+    /// could not recover since (then this retries the recovery once). Never waits for
+    /// a running write.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let state = self.with_db(|db| match db.try_begin_write() {
+            Ok(_) | Err(TransactionError::WouldBlock) => Ok(true),
+            Err(TransactionError::Storage(redb::StorageError::PreviousIo)) => Ok(false),
+            Err(e) => Err(db_err(e)),
+        });
+        match state {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(StoreError::Unavailable(_)) => self.recover(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes the database, opens the file again (redb repairs it to the last
+    /// committed transaction) and commits a small probe write. On failure the cause is
+    /// kept for [`Store::check_writable`] and the error is [`StoreError::Unavailable`].
+    pub fn recover(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // Another thread may have recovered while this one waited for the lock.
+        if let Some(db) = slot.as_ref() {
+            match db.try_begin_write() {
+                Ok(_) | Err(TransactionError::WouldBlock) => return Ok(()),
+                Err(_) => {}
+            }
+        }
+        self.write_failures.fetch_add(1, Ordering::Relaxed);
+        // Drop the failed handle first: it holds the file's lock.
+        drop(slot.take());
+        let result = (|| -> Result<Database, StoreError> {
+            let db = (self.opener)(&self.path).map_err(|e| {
+                StoreError::Unavailable(format!("cannot reopen {}: {e}", self.path.display()))
+            })?;
+            probe(&db).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "{} reopened but writes still fail: {e}",
+                    self.path.display()
+                ))
+            })?;
+            Ok(db)
+        })();
+        match result {
+            Ok(db) => {
+                self.reopens.fetch_add(1, Ordering::Relaxed);
+                self.plans.reload(&db)?;
+                *slot = Some(Arc::new(db));
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                Ok(())
+            }
+            Err(e) => {
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Times the store reopened its file after an I/O error.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::Relaxed)
+    }
+
+    /// Recoveries attempted after an I/O error (successful or not).
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures.load(Ordering::Relaxed)
     }
 
     /// The latest plan version (cached; updated by every commit).
@@ -119,29 +231,90 @@ impl Store {
         &self,
         f: impl FnOnce(Option<&Current>) -> Result<Change, E>,
     ) -> Result<Arc<Current>, E> {
-        self.plans.commit(&self.db, f)
+        let tx = self.begin_write()?;
+        self.plans.commit(tx, f)
     }
 
     /// One plan version's record.
     pub fn get(&self, version: u64) -> Result<Option<Record>, StoreError> {
-        plans::get(&self.db, version)
+        plans::get(&self.begin_read()?, version)
     }
 
     /// Up to `limit` (at most [`plans::MAX_HISTORY`]) plan records, newest first.
     pub fn history(&self, limit: usize) -> Result<Vec<Record>, StoreError> {
-        plans::history(&self.db, limit)
+        plans::history(&self.begin_read()?, limit)
     }
 
     /// Readiness: a read transaction opens and the latest record decodes.
     /// Returns the number of stored versions.
     pub fn check_readable(&self) -> Result<u64, StoreError> {
-        plans::check_readable(&self.db)
+        plans::check_readable(&self.begin_read()?)
     }
 
     /// Closes the database, reporting any error (dropping also closes it).
     pub fn close(self) -> Result<(), StoreError> {
-        self.db.close().map_err(db_err)
+        match self
+            .db
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(Arc::try_unwrap)
+        {
+            Some(Ok(db)) => db.close().map_err(db_err),
+            // Still in use by a blocked caller: dropping closes it.
+            Some(Err(_)) | None => Ok(()),
+        }
     }
+}
+
+/// Creates the tables, checks the format, creates the epoch id when missing; returns it.
+fn init_meta(db: &Database, path: &Path) -> Result<String, StoreError> {
+    let tx = db.begin_write().map_err(db_err)?;
+    let epoch = {
+        Plans::create(&tx)?;
+        let mut meta = tx.open_table(META).map_err(db_err)?;
+        let format = meta
+            .get("format")
+            .map_err(db_err)?
+            .map(|g| g.value().to_string());
+        match format.as_deref() {
+            None => {
+                meta.insert("format", FORMAT).map_err(db_err)?;
+            }
+            Some(FORMAT) => {}
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} has store format {other:?}; this build reads {FORMAT:?}",
+                    path.display()
+                )))
+            }
+        }
+        let epoch = meta
+            .get("epoch")
+            .map_err(db_err)?
+            .map(|g| g.value().to_string());
+        match epoch {
+            Some(e) => e,
+            None => {
+                let e = epoch::new_epoch()?;
+                meta.insert("epoch", e.as_str()).map_err(db_err)?;
+                e
+            }
+        }
+    };
+    tx.commit().map_err(db_err)?;
+    Ok(epoch)
+}
+
+/// A small durable write: proves the reopened file takes writes again.
+fn probe(db: &Database) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(db_err)?;
+    {
+        let mut meta = tx.open_table(META).map_err(db_err)?;
+        let now = crate::util::timefmt::now_unix_ms().to_string();
+        meta.insert("last_recovery_ms", now.as_str())
+            .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)
 }
 
 #[cfg(test)]

@@ -18,7 +18,10 @@
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
+};
 use rollout_core::PlanSpec;
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +147,13 @@ impl Plans {
         })
     }
 
+    /// Reads the latest version into the cache again (after the file was reopened).
+    pub fn reload(&self, db: &Database) -> Result<(), StoreError> {
+        let latest = read_latest(db)?.map(Current::new).transpose()?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = latest.map(Arc::new);
+        Ok(())
+    }
+
     /// The latest version (cached).
     pub fn current(&self) -> Option<Arc<Current>> {
         self.current
@@ -157,10 +167,9 @@ impl Plans {
     /// and is returned as is). Blocking.
     pub fn commit<E: From<StoreError>>(
         &self,
-        db: &Database,
+        tx: WriteTransaction,
         f: impl FnOnce(Option<&Current>) -> Result<Change, E>,
     ) -> Result<Arc<Current>, E> {
-        let tx = db.begin_write().map_err(db_err)?;
         let current = {
             let mut table = tx.open_table(VERSIONS).map_err(db_err)?;
             let latest = match table.last().map_err(db_err)? {
@@ -212,16 +221,14 @@ fn read_latest(db: &Database) -> Result<Option<Record>, StoreError> {
 }
 
 /// One version's record.
-pub fn get(db: &Database, version: u64) -> Result<Option<Record>, StoreError> {
-    let tx = db.begin_read().map_err(db_err)?;
+pub fn get(tx: &ReadTransaction, version: u64) -> Result<Option<Record>, StoreError> {
     let table = tx.open_table(VERSIONS).map_err(db_err)?;
     let value = table.get(version).map_err(db_err)?;
     value.map(|v| decode(version, v.value())).transpose()
 }
 
 /// Up to `limit` (at most [`MAX_HISTORY`]) records, newest first.
-pub fn history(db: &Database, limit: usize) -> Result<Vec<Record>, StoreError> {
-    let tx = db.begin_read().map_err(db_err)?;
+pub fn history(tx: &ReadTransaction, limit: usize) -> Result<Vec<Record>, StoreError> {
     let table = tx.open_table(VERSIONS).map_err(db_err)?;
     let mut out = Vec::new();
     for entry in table
@@ -238,8 +245,7 @@ pub fn history(db: &Database, limit: usize) -> Result<Vec<Record>, StoreError> {
 
 /// Readiness: a read transaction opens and the latest record decodes. Returns the
 /// number of stored versions.
-pub fn check_readable(db: &Database) -> Result<u64, StoreError> {
-    let tx = db.begin_read().map_err(db_err)?;
+pub fn check_readable(tx: &ReadTransaction) -> Result<u64, StoreError> {
     let table = tx.open_table(VERSIONS).map_err(db_err)?;
     if let Some((k, v)) = table.last().map_err(db_err)? {
         decode(k.value(), v.value())?;
