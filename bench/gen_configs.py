@@ -153,7 +153,7 @@ ROUTE_ECHO = """\
 """
 
 # Whether the "ours" setups use Envoy's native echo (the shipped default).
-NATIVE_ECHO = False
+NATIVE_ECHO = True
 
 
 def action(shape: str, version: str, mirror: bool = False) -> str:

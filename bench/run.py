@@ -20,8 +20,9 @@ every setup alike.
     ours          the model-rollout filter, routing only
     ours-shadow   the filter with a 100 % shadow to model_shadow, compared
 
-Envoy CPU per request is utime + stime of the Envoy process (/proc/PID/stat) over a
-slice, divided by the requests wrk completed in it. Memory: each Envoy's RSS after
+Envoy CPU per request is the on-CPU time of the Envoy process over a slice (its
+threads' /proc/PID/task/*/schedstat: utime + stime at ns resolution), divided by the
+requests wrk completed in it. Memory: each Envoy's RSS after
 warm-up and at the end; `none` and `ours` (direct) are driven to --memory-requests
 (10^6) requests first.
 
@@ -86,6 +87,23 @@ TARGET_OVER_FLOOR_US = 1.5  # ours - floor, Envoy CPU us per request, direct sha
 TARGET_SHADOW_VS_MIRROR = 1.10  # (ours-shadow - ours) / (mirror - none), CPU added
 TARGET_RSS_MB = 30.0  # ours RSS - none RSS
 TARGET_RSS_FLAT_MB = 5.0  # ours RSS growth from warm-up to the end
+
+# `--breakdown`: floor-filter variants, one kind of host call each, measured against
+# `noop` (what each host call our filter makes costs). The operations are those of
+# bench/floor-filter; the seven single reads are the headers model-rollout looks up
+# for envoy/demo.yaml's configuration.
+BREAKDOWN = (
+    ("map", "request: map"),
+    ("gets7", "request: get::path get:x-user-id get:cookie get:x-request-id "
+              "get:x-model-override get:x-region get:x-tester"),
+    ("gets2", "request: get::path get:x-user-id"),
+    ("set2", "request: set:x-model-variant set:x-request-id"),
+    ("status", "response: status"),
+    ("echo2", "response: echo:x-request-id echo:x-model-variant"),
+    ("clock2", "request: clock; response: clock"),
+    ("hist", "response: hist"),
+    ("counter", "response: counter"),
+)
 
 # A slice during which other processes used more CPU than this (cores) is flagged.
 CONTENDED_CORES = 0.15
@@ -157,6 +175,27 @@ def cpu_ticks(pid: int) -> int:
     # utime and stime are fields 14 and 15.
     rest = stat[stat.rindex(")") + 2 :].split()
     return int(rest[11]) + int(rest[12])
+
+
+def cpu_ns(pid: int) -> int:
+    """On-CPU time of a process, all threads, in ns: the sum of the threads'
+    /proc/PID/task/TID/schedstat run times (the same time as utime + stime in
+    /proc/PID/stat, at ns instead of 10 ms resolution); utime + stime without
+    schedstat."""
+    total, seen = 0, False
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
+                    total += int(f.read().split()[0])
+                    seen = True
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        pass
+    if seen:
+        return total
+    return cpu_ticks(pid) * 1_000_000_000 // CLK_TCK
 
 
 def rss_mb(pid: int) -> float:
@@ -416,10 +455,14 @@ class Bench:
         self.lua.write_text(WRK_LUA)
         self.upstream_ports: dict[str, int] = {}
         self.upstream_procs: list[subprocess.Popen[bytes]] = []
+        # Setups whose config is not envoy/bench/<setup>-<shape>.yaml.
+        self.extra_configs: dict[str, Path] = {}
         self.envoys: list[Envoy] = []
         # Envoys of the shapes already run (stopped), for the memory figures.
         self.envoys_done: list[Envoy] = []
         self.slices: list[Slice] = []
+        # The setups run per shape, in table order.
+        self.order: dict[str, list[str]] = {}
 
     # ---- processes
 
@@ -454,7 +497,8 @@ class Bench:
         admin, listen = free_port(), free_port()
         cfg = self.workdir / f"{name}.yaml"
         ports = self.upstream_ports or {f"model_{v}": 1 for v in UPSTREAMS}
-        rewrite_config(CONFIG_DIR / f"{name}.yaml", cfg, admin=admin, listen=listen, upstreams=ports)
+        src = self.extra_configs.get(setup, CONFIG_DIR / f"{name}.yaml")
+        rewrite_config(src, cfg, admin=admin, listen=listen, upstreams=ports)
         logf = self.workdir / f"envoy-{name}.log"
         argv = [
             self.args.envoy, "-c", str(cfg), "--concurrency", "1",
@@ -482,7 +526,9 @@ class Bench:
             raise BenchError(f"Envoy ({name}) answered {status} to a smoke request: {body[:200]!r}\n{tail(e.log)}")
         # A failed-open filter would be measured as a no-op: the setups with a
         # filter that assigns a variant must show one.
-        if e.setup in ("floor", "ours", "ours-shadow") and "x-model-variant" not in headers:
+        assigns = e.setup in ("floor", "ours", "ours-shadow") or (
+            e.setup in self.extra_configs and not e.setup.startswith("floor-"))
+        if assigns and "x-model-variant" not in headers:
             raise BenchError(f"Envoy ({name}): no x-model-variant in the response: the filter did not run\n{tail(e.log)}")
         if e.setup in ("ours", "ours-shadow") and "x-request-id" not in headers:
             raise BenchError(f"Envoy ({name}): no x-request-id echoed in the response\n{tail(e.log)}")
@@ -505,6 +551,27 @@ class Bench:
             return None
         m = re.search(rf"^{re.escape(name)}: (\d+)$", body.decode(errors="replace"), re.MULTILINE)
         return int(m.group(1)) if m else None
+
+    def add_breakdown(self) -> list[str]:
+        """Writes the floor-filter variants of --breakdown; returns their setups."""
+        base = load_yaml(CONFIG_DIR / "floor-direct.yaml")
+        names = []
+        for name, ops in BREAKDOWN:
+            doc = json.loads(json.dumps(base))
+
+            def configure(d: dict[str, Any], ops: str = ops) -> None:
+                cfg = d.get("config")
+                if d.get("@type", "").endswith("filters.http.wasm.v3.Wasm") and isinstance(cfg, dict):
+                    cfg["configuration"] = {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue", "value": ops,
+                    }
+
+            walk(doc, configure)
+            path = self.workdir / f"floor-{name}.src.yaml"
+            dump_yaml(doc, path)
+            self.extra_configs[f"floor-{name}"] = path
+            names.append(f"floor-{name}")
+        return names
 
     # ---- wrk
 
@@ -529,14 +596,14 @@ class Bench:
         return w
 
     def slice(self, cycle: int, e: Envoy) -> Slice:
-        sys0, t0 = system_ticks(), cpu_ticks(e.proc.pid)
+        sys0, t0 = system_ticks(), cpu_ns(e.proc.pid)
         start = time.monotonic()
         w = self.wrk(e, self.args.slice, f"{cycle}{e.setup}")
         took = time.monotonic() - start
-        t1, sys1 = cpu_ticks(e.proc.pid), system_ticks()
+        t1, sys1 = cpu_ns(e.proc.pid), system_ticks()
         if w["requests"] == 0:
             raise BenchError(f"wrk completed no request against {e.setup}-{e.shape}")
-        envoy_s = (t1 - t0) / CLK_TCK
+        envoy_s = (t1 - t0) / 1e9
         # Other load: the machine's task time minus Envoy and about one core for
         # wrk (and the upstreams) on the load core; rough, it flags busy neighbours.
         other = max(0.0, (sys1 - sys0) / CLK_TCK - envoy_s - took) / took
@@ -612,7 +679,7 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 def summarize(bench: Bench, shape: str) -> dict[str, Any]:
     slices = [s for s in bench.slices if s.shape == shape]
-    setups = [s for s in SHAPES[shape] if any(x.setup == s for x in slices)]
+    setups = [s for s in bench.order.get(shape, SHAPES[shape]) if any(x.setup == s for x in slices)]
     by = {(s.cycle, s.setup): s for s in slices}
     cycles = sorted({s.cycle for s in slices})
     rows: dict[str, Any] = {}
@@ -646,8 +713,12 @@ def summarize(bench: Bench, shape: str) -> dict[str, Any]:
              for c in cycles if (c, a) in by and (c, b) in by]
         return quartiles(d) if d else None
 
+    extra = {f"{x} - {base}": paired(x, base) for x in setups
+             for base in (("noop",) if x.startswith("floor-") else ("ours",) if x in bench.extra_configs else ())
+             if base in setups}
     return {"rows": rows, "ours_minus_floor": paired("ours", "floor"),
-            "shadow_path": paired("ours-shadow", "ours"), "mirror": paired("mirror", "none")}
+            "shadow_path": paired("ours-shadow", "ours"), "mirror": paired("mirror", "none"),
+            "paired": extra}
 
 
 def fmt(v: float | None, spec: str) -> str:
@@ -708,6 +779,9 @@ def print_summary(shape: str, s: dict[str, Any], args: argparse.Namespace) -> li
         out.append(f"target: shadow path (ours-shadow - ours) <= {TARGET_SHADOW_VS_MIRROR} x mirror "
                    f"(mirror - none): {sp:+.1f} us vs {mi:+.1f} us = {factor:.2f} x -> "
                    f"{verdict(factor <= TARGET_SHADOW_VS_MIRROR)}")
+    for label, q in s.get("paired", {}).items():
+        if q:
+            log(f"paired: {label:24s} {q[1]:+6.2f} us/req [{q[0]:+.2f},{q[2]:+.2f}]")
     for line in out:
         log(line)
     return out
@@ -757,6 +831,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--wrk", default=os.environ.get("WRK", "wrk"), help="wrk binary")
     ap.add_argument("--upstream-cmd", default=os.environ.get("BENCH_UPSTREAM_CMD", DEFAULT_UPSTREAM_CMD),
                     help="command starting one upstream; {root}, {port}, {version} are substituted")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="direct shape only: none, noop, and floor-filter variants doing one kind "
+                    "of host call each (what each host call costs, paired with noop)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG",
+                    help="also run this Envoy config (a copy of envoy/bench/ours-direct.yaml, say, "
+                    "with another .wasm or plugin configuration) in the direct shape, paired with "
+                    "ours (repeatable)")
     ap.add_argument("--json", type=Path, help="also write every slice and the summary to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     args = ap.parse_args(argv)
@@ -766,6 +847,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--cycles, --slice, --connections, --users must be >= 1, --warmup-cycles >= 0")
     if "none" not in args.setups:
         args.setups = ["none", *args.setups]
+    if args.breakdown:
+        args.shapes, args.setups = ["direct"], ["none", "noop"]
+    variants = []
+    for v in args.variant:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not Path(path).is_file() or name in ALL_SETUPS:
+            ap.error(f"--variant {v!r}: want NAME=CONFIG with a new name and an existing file")
+        variants.append((name, Path(path)))
+    args.variant = variants
     if args.no_pin or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
         args.envoy_core = args.load_core = None
     return args
@@ -823,8 +913,15 @@ def main(argv: list[str]) -> int:
         bench = Bench(args, workdir)
         summaries: dict[str, Any] = {}
         verdicts: list[str] = []
+        for name, path in args.variant:
+            bench.extra_configs[name] = path
         for shape in args.shapes:
             setups = [s for s in SHAPES[shape] if s in args.setups]
+            if shape == "direct":
+                setups += [name for name, _ in args.variant]
+                if args.breakdown:
+                    setups += bench.add_breakdown()
+            bench.order[shape] = setups
             try:
                 bench.run_shape(shape, setups)
             finally:

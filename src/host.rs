@@ -330,6 +330,8 @@ pub mod mock {
         pub histograms: RefCell<BTreeMap<u32, Vec<u64>>>,
         pub logs: RefCell<Vec<(LogLevel, String)>>,
         pub calls: RefCell<usize>,
+        /// Every host call a request context or the root made, by name, in order.
+        pub call_log: RefCell<Vec<&'static str>>,
         pub fail_headers: RefCell<bool>,
         pub shared: RefCell<BTreeMap<String, (Vec<u8>, u32)>>,
         pub dispatched: RefCell<Vec<Callout>>,
@@ -357,21 +359,27 @@ pub mod mock {
                 .cloned()
                 .unwrap_or_default()
         }
-        fn call(&self) {
+        fn call(&self, what: &'static str) {
             *self.calls.borrow_mut() += 1;
+            self.call_log.borrow_mut().push(what);
+        }
+        /// Forgets the calls counted so far.
+        pub fn reset_calls(&self) {
+            *self.calls.borrow_mut() = 0;
+            self.call_log.borrow_mut().clear();
         }
     }
 
     impl Host for MockHost {
         fn request_header(&self, name: &str) -> HostResult<Option<String>> {
-            self.call();
+            self.call("request_header");
             if *self.fail_headers.borrow() {
                 return Err(HostError::InternalFailure);
             }
             Ok(self.request.borrow().get(name).cloned())
         }
         fn set_request_header(&self, name: &str, value: Option<&str>) -> HostResult<()> {
-            self.call();
+            self.call("set_request_header");
             let mut m = self.request.borrow_mut();
             match value {
                 Some(v) => m.insert(name.to_string(), v.to_string()),
@@ -380,11 +388,11 @@ pub mod mock {
             Ok(())
         }
         fn response_header(&self, name: &str) -> HostResult<Option<String>> {
-            self.call();
+            self.call("response_header");
             Ok(self.response.borrow().get(name).cloned())
         }
         fn set_response_header(&self, name: &str, value: Option<&str>) -> HostResult<()> {
-            self.call();
+            self.call("set_response_header");
             let mut m = self.response.borrow_mut();
             match value {
                 Some(v) => m.insert(name.to_string(), v.to_string()),
@@ -393,7 +401,7 @@ pub mod mock {
             Ok(())
         }
         fn now_nanos(&self) -> HostResult<u64> {
-            self.call();
+            self.call("now_nanos");
             Ok(*self.now.borrow())
         }
         fn plugin_configuration(&self) -> HostResult<Option<Vec<u8>>> {
@@ -408,12 +416,12 @@ pub mod mock {
             Ok((names.len() - 1) as u32)
         }
         fn increment_metric(&self, id: u32, delta: i64) -> HostResult<()> {
-            self.call();
+            self.call("increment_metric");
             *self.metric_values.borrow_mut().entry(id).or_default() += delta;
             Ok(())
         }
         fn record_metric(&self, id: u32, value: u64) -> HostResult<()> {
-            self.call();
+            self.call("record_metric");
             let kind = self.metric_names.borrow()[id as usize].0;
             if kind == MetricKind::Gauge {
                 self.metric_values.borrow_mut().insert(id, value as i64);
@@ -456,6 +464,7 @@ pub mod mock {
             body: Option<&[u8]>,
             _t: u64,
         ) -> HostResult<u32> {
+            self.call("dispatch");
             if *self.fail_dispatch.borrow() {
                 return Err(HostError::BadArgument);
             }
@@ -480,7 +489,7 @@ pub mod mock {
             Ok(Some(b"test-node".to_vec()))
         }
         fn request_headers_all(&self) -> HostResult<Vec<(String, String)>> {
-            self.call();
+            self.call("request_headers_all");
             if *self.fail_headers.borrow() {
                 return Err(HostError::InternalFailure);
             }
@@ -492,12 +501,14 @@ pub mod mock {
                 .collect())
         }
         fn request_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
+            self.call("request_body");
             let b = self.request_chunk.borrow();
             Ok(Some(
                 b.get(..size.min(b.len())).unwrap_or_default().to_vec(),
             ))
         }
         fn response_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
+            self.call("response_body");
             let b = self.response_chunk.borrow();
             Ok(Some(
                 b.get(..size.min(b.len())).unwrap_or_default().to_vec(),
@@ -507,6 +518,7 @@ pub mod mock {
             Ok(1)
         }
         fn enqueue(&self, _queue: u32, value: &[u8]) -> HostResult<()> {
+            self.call("enqueue");
             self.queue.borrow_mut().push(value.to_vec());
             Ok(())
         }

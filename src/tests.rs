@@ -575,3 +575,130 @@ fn the_shipped_stats_tags_are_cores() {
         assert!(demo.contains(&entry), "envoy/demo.yaml lacks {entry}");
     }
 }
+
+/// envoy/demo.yaml's routing configuration as shipped (issue 13): Envoy echoes the
+/// correlation id and the variant, the filter does not.
+const DEMO_ROUTING: &str = r#"{
+  "subject": {"header": "x-user-id", "cookie": "uid"},
+  "correlation_header": "x-request-id",
+  "variant_header": "x-model-variant",
+  "echo": {"correlation_id": false, "variant": false},
+  "override": {"header": "x-model-override", "enabled": false},
+  "plan": {"version": 1, "rollouts": [
+    {"name": "fraud", "match": {"path_prefix": "/v2/models/fraud/"}, "salt": "fraud-v2",
+     "variants": [{"name": "stable", "weight": 90}, {"name": "canary", "weight": 10}],
+     "targeting": [
+       {"name": "eu-stays-stable", "variant": "stable", "when": [{"header": "x-region", "equals": "eu"}]},
+       {"name": "internal-testers", "variant": "canary", "when": [{"header": "x-tester", "present": true}]}
+     ]},
+    {"name": "churn", "match": {"path_prefix": "/v2/models/churn/"}, "salt": "churn-ab-1",
+     "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}]}
+  ]}
+}"#;
+
+/// The host calls of one request, per callback: request headers, request body,
+/// response headers, response body, end of request.
+fn host_calls(h: &H, root: &Root<H>, headers: &[(&str, &str)]) -> [Vec<&'static str>; 5] {
+    request(h, headers);
+    h.response.borrow_mut().clear();
+    h.response
+        .borrow_mut()
+        .insert(":status".into(), "200".into());
+    let body = br#"{"outputs":[{"data":[0.5]}]}"#;
+    *h.request_chunk.borrow_mut() = b"{}".to_vec();
+    *h.response_chunk.borrow_mut() = body.to_vec();
+    let mut ctx = root.new_http(11);
+    let step = |f: &mut dyn FnMut()| {
+        h.reset_calls();
+        f();
+        h.call_log.borrow().clone()
+    };
+    let req = step(&mut || {
+        ctx.request_headers(false);
+    });
+    let req_body = step(&mut || {
+        ctx.request_body(2, true);
+    });
+    let resp = step(&mut || {
+        ctx.response_headers();
+    });
+    let resp_body = step(&mut || {
+        ctx.response_body(body.len(), true);
+    });
+    let done = step(&mut || ctx.done());
+    [req, req_body, resp, resp_body, done]
+}
+
+/// Host calls per request on the common paths, so that a regression shows (each
+/// host call costs Envoy CPU: see README "Performance").
+#[test]
+fn host_calls_per_request_on_the_common_paths() {
+    const NONE: Vec<&str> = Vec::new();
+    let fraud = (":path", "/v2/models/fraud/infer");
+    let (h, root) = root_with(DEMO_ROUTING);
+    // routed, no id from the client: one header snapshot, the minted id, the variant,
+    // the clock; on the way out the status, the clock, the latency sample.
+    assert_eq!(
+        host_calls(&h, &root, &[fraud, ("x-user-id", "u1")]),
+        [
+            vec![
+                "request_headers_all",
+                "set_request_header",
+                "set_request_header",
+                "now_nanos"
+            ],
+            NONE,
+            vec!["response_header", "now_nanos", "record_metric"],
+            NONE,
+            NONE,
+        ]
+    );
+    // a valid client id is kept: one call fewer
+    let kept = host_calls(
+        &h,
+        &root,
+        &[fraud, ("x-user-id", "u1"), ("x-request-id", "client-id-123")],
+    );
+    assert_eq!(
+        kept[0],
+        vec!["request_headers_all", "set_request_header", "now_nanos"]
+    );
+    // targeting and the cookie read from the same snapshot: no extra call
+    let targeted = host_calls(&h, &root, &[fraud, ("x-tester", "1"), ("cookie", "uid=a")]);
+    assert_eq!(targeted[0].len(), 4);
+    // a client's override header is removed (one call) even when disabled
+    let overridden = host_calls(&h, &root, &[fraud, ("x-model-override", "canary")]);
+    assert_eq!(overridden[0].len(), 5);
+    // unmatched: one read, nothing else
+    assert_eq!(
+        host_calls(&h, &root, &[(":path", "/healthz")]),
+        [vec!["request_headers_all"], NONE, NONE, NONE, NONE]
+    );
+    // the filter's own echo (its default) adds one call per echoed header
+    let echo = DEMO_ROUTING.replace(
+        r#""echo": {"correlation_id": false, "variant": false},"#,
+        "",
+    );
+    let (h2, root2) = root_with(&echo);
+    let echoed = host_calls(&h2, &root2, &[fraud, ("x-user-id", "u1")]);
+    assert_eq!(
+        echoed[2],
+        vec![
+            "response_header",
+            "now_nanos",
+            "record_metric",
+            "set_response_header",
+            "set_response_header"
+        ]
+    );
+    // output health reads the response body: one call per chunk
+    let output = DEMO_ROUTING.replace(
+        r#""salt": "fraud-v2","#,
+        r#""salt": "fraud-v2", "output": {"pointer": "/outputs/0/data", "min": 0, "max": 1},"#,
+    );
+    let (h3, root3) = root_with(&output);
+    let checked = host_calls(&h3, &root3, &[fraud, ("x-user-id", "u1")]);
+    assert_eq!(checked[2].len(), 3);
+    assert_eq!(checked[3], vec!["response_body"]);
+    assert_eq!(checked[4], NONE);
+}

@@ -169,6 +169,18 @@ class EnvoyConfig:
         fn(cfg)
         return self.set_plugin(cfg)
 
+    def without_native_echo(self) -> "EnvoyConfig":
+        """Removes Envoy's own echo of the correlation id and the variant (the shipped
+        configs let Envoy echo both; the filter's `echo` does it otherwise)."""
+        for listener in self.doc["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for nf in chain["filters"]:
+                    hcm = nf["typed_config"]
+                    hcm.pop("always_set_request_id_in_response", None)
+                    if isinstance(hcm.get("route_config"), dict):
+                        hcm["route_config"].pop("response_headers_to_add", None)
+        return self
+
     def write(self, directory: str) -> Path:
         path = Path(directory) / f"envoy-{self.admin_port}.yaml"
         path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
@@ -309,11 +321,17 @@ class Sidecar:
     """rollout-control serve on a fixed port (so it can be restarted in place)."""
 
     def __init__(self, procs: Processes, plan: dict | None = None, port: int | None = None,
-                 data: str | None = None, token: str | None = None, extra: list[str] | None = None) -> None:
+                 data: str | None = None, token: str | None = None, extra: list[str] | None = None,
+                 tokens: dict[str, str] | None = None) -> None:
+        """`token`: the operator's credential (`--token-file`); `tokens`: role -> token for
+        `--<role>-token-file` (operator, proxy, feedback, read)."""
         self.procs = procs
         self.port = port or free_port()
         self.data = data or tempfile.mkdtemp(prefix="control-", dir=procs.tmp.name)
         self.token = token
+        self.tokens = dict(tokens or {})
+        if token is not None:
+            self.tokens.setdefault("operator", token)
         self.args = [str(CONTROL), "serve", "--listen", f"127.0.0.1:{self.port}", "--data", self.data]
         if plan is not None:
             path = Path(self.data) / "initial-plan.json"
@@ -323,6 +341,10 @@ class Sidecar:
             tf = Path(self.data) / "token"
             tf.write_text(token + "\n")
             self.args += ["--token-file", str(tf)]
+        for role, t in (tokens or {}).items():
+            tf = Path(self.data) / f"{role}-token"
+            tf.write_text(t + "\n")
+            self.args += [f"--{role}-token-file", str(tf)]
         self.args += extra or []
         self.start()
 
@@ -339,11 +361,12 @@ class Sidecar:
         return f"http://127.0.0.1:{self.port}"
 
     def call(self, method: str, path: str, body=None, headers: dict | None = None,
-             auth: bool = True) -> tuple[int, dict, dict | list | None]:
+             auth: bool = True, role: str = "operator") -> tuple[int, dict, dict | list | None]:
+        """`auth`: send the credential of `role` (when the sidecar has one)."""
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         h = {"content-type": "application/json", **(headers or {})}
-        if auth and self.token:
-            h["authorization"] = f"Bearer {self.token}"
+        if auth and self.tokens.get(role):
+            h["authorization"] = f"Bearer {self.tokens[role]}"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=h)
         try:
             with urllib.request.urlopen(req, timeout=10) as r:

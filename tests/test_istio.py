@@ -36,6 +36,8 @@ ISTIO = ROOT / "istio"
 GATEWAY_SA = "cluster.local/ns/istio-ingress/sa/istio-ingressgateway"
 FRAUD = "/v2/models/fraud/infer"
 CHURN = "/v2/models/churn/infer"
+# control.token of the pluginConfigs: the Secret's `proxy` key, substituted at apply time
+PROXY_TOKEN_PLACEHOLDER = "${ROLLOUT_PROXY_TOKEN}"
 
 
 # ---------------------------------------------------------------- loading
@@ -200,7 +202,8 @@ def istio_cluster(service: dict, port: int, subset: str = "") -> str:
 def expected_istio_plugin_config() -> dict:
     """envoy/demo.yaml's configuration with Istio's cluster names."""
     cfg = copy.deepcopy(demo_plugin_config())
-    cfg["control"].update(cluster=CONTROL_CLUSTER, authority="rollout-control.models.svc.cluster.local:9090")
+    cfg["control"].update(cluster=CONTROL_CLUSTER, authority="rollout-control.models.svc.cluster.local:9090",
+                          token=PROXY_TOKEN_PLACEHOLDER)
     for r in cfg["plan"]["rollouts"]:
         if "shadow" in r:
             assert r["shadow"]["cluster"] == "model_shadow"
@@ -342,7 +345,10 @@ def test_authorization_policy_admits_the_gateway_poll_and_no_network_plan_writes
     assert {"GET"} == {m for op in gateway_rule[0]["to"] for m in op["operation"]["methods"]
                        if cfg["control"]["path"] in op["operation"]["paths"]}
     writes = {(m, p) for m, p in allowed if m not in ("GET", "HEAD")}
-    assert writes == {("POST", "/v1/shadow-records")}, writes
+    assert writes == {("POST", "/v1/shadow-records"), ("POST", "/v1/assignments"), ("POST", "/v1/feedback")}, writes
+    gateway_writes = {(m, p) for op in gateway_rule[0]["to"] for m in op["operation"]["methods"]
+                      for p in op["operation"]["paths"] if m == "POST"}
+    assert gateway_writes == {("POST", "/v1/shadow-records"), ("POST", "/v1/assignments")}
     assert one("PeerAuthentication", "rollout-control")["spec"]["mtls"]["mode"] == "STRICT"
 
 
@@ -468,6 +474,40 @@ class GatewayEnvoy:
             return metric_samples(r.read().decode())
 
 
+SECRET_DIR = "/etc/rollout-control/token/"
+
+
+def shipped_control(procs: Processes, plan: dict) -> Sidecar:
+    """rollout-control with control.yaml's credential setup: the Secret
+    rollout-control-token (one key per role, as istio/README.md creates it) mounted at
+    the Deployment's path, the Deployment's token arguments and its
+    ROLLOUT_CONTROL_TOKEN_FILE (the operator's, as --token-file)."""
+    c = one("Deployment", "rollout-control")["spec"]["template"]["spec"]["containers"][0]
+    secret = Path(procs.tmp.name) / "rollout-control-token"
+    secret.mkdir(exist_ok=True)
+    tokens = {key: f"{key}-{i}-{time.time_ns()}" for i, key in enumerate(("operator", "proxy", "feedback"))}
+    for key, t in tokens.items():
+        (secret / key).write_text(t)
+    args = [a.replace(SECRET_DIR, f"{secret}/") for a in c["args"][c["args"].index("--proxy-token-file"):]
+            if not a.startswith("--prometheus") and not a.startswith("http")]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["ROLLOUT_CONTROL_TOKEN_FILE"].startswith(SECRET_DIR)
+    args += ["--token-file", env["ROLLOUT_CONTROL_TOKEN_FILE"].replace(SECRET_DIR, f"{secret}/")]
+    control = Sidecar(procs, plan=plan, extra=args)
+    control.tokens = {**tokens, "read": tokens["operator"]}
+    control.token_dir = secret
+    return control
+
+
+def applied_plugin_config(proxy_token: str) -> dict:
+    """wasmplugin.yaml's pluginConfig as README.md applies it: envsubst of
+    ${ROLLOUT_PROXY_TOKEN} with the Secret's `proxy` key."""
+    text = (ISTIO / "wasmplugin.yaml").read_text()
+    assert PROXY_TOKEN_PLACEHOLDER in text
+    docs = [d for d in yaml.safe_load_all(text.replace(PROXY_TOKEN_PLACEHOLDER, proxy_token)) if d]
+    return next(d for d in docs if d["kind"] == "WasmPlugin")["spec"]["pluginConfig"]
+
+
 @pytest.fixture(scope="module")
 def mesh():
     """Demo models under Istio's cluster names, rollout-control with control.yaml's plan."""
@@ -481,10 +521,10 @@ def mesh():
             SHADOW_CLUSTER: Model(procs, "shadow"),
         }
         plan = json.loads(one("ConfigMap", "rollout-control-plan")["data"]["plan.json"])
-        control = Sidecar(procs, plan=plan, token="edge-test-token")
+        control = shipped_control(procs, plan)
         ports = {name: m.port for name, m in models.items()}
         ports[CONTROL_CLUSTER] = control.port
-        gateway = GatewayEnvoy(procs, ports)
+        gateway = GatewayEnvoy(procs, ports, plugin=applied_plugin_config(control.tokens["proxy"]))
         yield procs, models, control, ports, gateway
     finally:
         procs.stop_all()
@@ -550,10 +590,56 @@ def test_shadow_copies_go_to_the_istio_shadow_cluster(mesh):
     assert got, "no shadow comparison counted"
 
 
+def test_records_and_assignments_arrive_with_the_shipped_credentials(mesh):
+    """The pluginConfig's control.token (the Secret's proxy key) against rollout-control
+    run with control.yaml's arguments: shadow records and A/B assignments are stored,
+    nothing is refused."""
+    procs, models, control, ports, gw = mesh
+    # an operator turns churn into an experiment and keeps every shadow record (the CLI
+    # with the operator's file)
+    plan = control.plan()
+    churn = next(r for r in plan["rollouts"] if r["name"] == "churn")
+    fraud = next(r for r in plan["rollouts"] if r["name"] == "fraud")
+    fraud["shadow"]["records"] = {"sample_percent": 100}  # agreements too, not only disagreements
+    churn["experiment"] = {"metric": "conversion", "alpha": 0.05, "samples_per_variant": 1000,
+                           "record_percent": 100}
+    f = control.token_dir.parent / "churn-experiment.json"
+    f.write_text(json.dumps(plan))
+    cli("--server", control.url, "--token-file", str(control.token_dir / "operator"), "apply",
+        "--file", str(f), "--reason", "A/B on churn")
+    version = control.plan()["version"]
+    assert wait_for(lambda: metric(gw.prometheus(), "model_rollout_plan_version") == version, timeout=20)
+    time.sleep(0.3)
+    send_all(gw.port, [(FRAUD, {"x-user-id": u}) for u in USERS[:400]])
+    rs = send_all(gw.port, [(CHURN, {"x-user-id": u}) for u in USERS[:400]])
+    ids = [r.headers["x-request-id"] for r in rs]
+    outcomes = {"outcomes": [{"correlation_id": i, "reward": 1} for i in ids]}
+
+    def joined():  # an application posts outcomes with the feedback credential
+        s, _, res = control.call("POST", "/v1/feedback", outcomes, role="feedback")
+        assert s == 200, res
+        return res["unknown"] == 0 and res
+    assert wait_for(joined, timeout=20), "the gateway's assignments did not arrive"
+    s, _, rep = control.call("GET", "/v1/experiments/churn", role="read")
+    assert sum(v["count"] for v in rep["variants"]) == len(set(ids)), rep
+    s, _, shadow = control.call("GET", "/v1/shadow-report?rollout=fraud", role="read")
+    assert s == 200 and shadow["records"] > 0, shadow
+    m = metric_samples(urllib_get(control.url + "/metrics"))
+    refused = sum(v for (name, labels), v in m.items()
+                  if name == "rollout_control_http_requests_total" and dict(labels).get("status") in ("401", "403"))
+    assert refused == 0, "the filter's posts were refused"
+
+
+def urllib_get(url: str) -> str:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
+
+
 def test_plan_changes_in_rollout_control_reach_the_gateway(mesh):
     procs, models, control, ports, gw = mesh
     assert wait_for(lambda: metric(gw.prometheus(), "model_rollout_plan_version") >= 1, timeout=15)
-    tf = Path(control.data) / "token"
+    tf = control.token_dir / "operator"
     r = cli("--server", control.url, "--token-file", str(tf), "set-weight", "--rollout", "fraud",
             "--variant", "canary", "--weight", "50", "--reason", "istio test")
     assert "stored" in r.stdout

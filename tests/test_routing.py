@@ -30,12 +30,14 @@ def stack():
         procs.stop_all()
 
 
-def start(procs, edit=None, concurrency=1):
+def start(procs, edit=None, concurrency=1, native_echo=True):
     stable = Model(procs, "stable")
     canary = Model(procs, "canary")
     cfg = EnvoyConfig().upstreams({"model_stable": stable.port, "model_canary": canary.port})
     if edit:
         cfg.edit_plugin(edit)
+    if not native_echo:
+        cfg.without_native_echo()
     return Envoy(procs, cfg, concurrency)
 
 
@@ -225,11 +227,33 @@ def test_correlation_ids(stack):
 
 
 def test_echo_can_be_turned_off(procs):
-    envoy = start(procs, edit=lambda c: c.update(echo={"correlation_id": False, "variant": False}))
+    # Neither the filter (echo off) nor Envoy (the shipped native echo removed) echoes.
+    envoy = start(procs, edit=lambda c: c.update(echo={"correlation_id": False, "variant": False}),
+                  native_echo=False)
     r = send_all(envoy.port(), [(FRAUD, {"x-user-id": "user-1"})])[0]
     assert "x-model-variant" not in r.headers and "x-request-id" not in r.headers
     upstream = r.json()["parameters"]["headers"]
     assert upstream["x-model-variant"] in ("stable", "canary") and upstream["x-request-id"]
+
+
+def test_echo_by_envoy_as_shipped_or_by_the_filter(procs):
+    # As shipped (issue 13): the filter's echo is off and Envoy echoes the id and the
+    # variant the filter set; without Envoy's echo, the filter's (its default) does.
+    shipped = start(procs)
+    assert shipped.config.plugin()["echo"] == {"correlation_id": False, "variant": False}
+    by_filter = start(procs, edit=lambda c: c.pop("echo"), native_echo=False)
+    for envoy in (shipped, by_filter):
+        rs = send_all(envoy.port(), [(FRAUD, {"x-user-id": f"user-{i}"}) for i in range(40)]
+                      + [(FRAUD, {"x-request-id": "trace-0af7651916cd43dd"})])
+        for r in rs:
+            upstream = r.json()["parameters"]["headers"]
+            assert r.headers["x-model-variant"] == upstream["x-model-variant"]
+            assert r.headers["x-request-id"] == upstream["x-request-id"]
+        assert {r.headers["x-model-variant"] for r in rs} == {"stable", "canary"}
+        assert rs[-1].headers["x-request-id"] == "trace-0af7651916cd43dd"
+        # an unmatched request is not assigned: no variant is echoed
+        other = send_all(envoy.port(), [("/v2/models/other/infer", {})])[0]
+        assert other.status == 200 and "x-model-variant" not in other.headers
 
 
 # ---------------------------------------------------------------- metrics

@@ -9,6 +9,7 @@ use rollout_control::cli::args::{Cli, Command, PolicyArgs};
 use rollout_control::cli::run_client;
 use rollout_control::engine::options::EngineOptions;
 use rollout_control::engine::source::prometheus::PrometheusOptions;
+use rollout_control::http::roles::CredentialFiles;
 use rollout_control::serve::{serve, ServeOptions};
 
 /// The engine's options from the `serve` flags; `None` without `--envoy-admin` and
@@ -34,7 +35,13 @@ fn main() -> ExitCode {
             let opts = ServeOptions {
                 listen: args.listen,
                 data: args.data,
-                token_file: cli.token_file,
+                credentials: CredentialFiles {
+                    // --token-file is the operator's (the CLI in the pod sends the same file).
+                    operator: args.credentials.operator_token_file.or(cli.token_file),
+                    proxy: args.credentials.proxy_token_file,
+                    feedback: args.credentials.feedback_token_file,
+                    read: args.credentials.read_token_file,
+                },
                 initial_plan: args.initial_plan,
                 start_fresh: args.store.start_fresh,
                 policy: engine_options(&args.policy),

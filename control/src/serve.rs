@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::api::plan::parse_plan_document;
+use crate::http::roles::{CredentialFiles, Credentials};
 use crate::http::{app, state::AppState};
 use crate::store::blocking::blocking;
 use crate::store::{Change, Op, OpenOptions, Store, StoreError};
@@ -20,7 +21,8 @@ const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2)
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub data: PathBuf,
-    pub token_file: Option<PathBuf>,
+    /// One token file per role (`http::auth`).
+    pub credentials: CredentialFiles,
     pub initial_plan: Option<PathBuf>,
     /// Move an empty or damaged store file aside instead of refusing to start.
     pub start_fresh: bool,
@@ -63,11 +65,7 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 /// Runs the sidecar until a shutdown signal.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let token = opts
-        .token_file
-        .as_deref()
-        .map(crate::util::token::read_token)
-        .transpose()?;
+    let credentials = Credentials::open(&opts.credentials)?;
     let store = Store::open_with(
         &opts.data,
         OpenOptions {
@@ -98,15 +96,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             store.path().display()
         ),
     }
-    if !is_loopback(&opts.listen) && token.is_none() {
+    if !is_loopback(&opts.listen) && credentials.is_empty() {
         eprintln!(
-            "rollout-control: warning: listening on {} without --token-file: anyone who can \
-             reach it can change the plan",
+            "rollout-control: warning: listening on {} without credentials \
+             (--operator-token-file ...): anyone who can reach it can change the plan",
             opts.listen
         );
     }
     let store = Arc::new(store);
-    let state = AppState::new(Arc::clone(&store), token);
+    let state = AppState::with_credentials(Arc::clone(&store), credentials);
     let engine = match &opts.policy {
         Some(p) => {
             let handle = state.start_engine(p.clone(), None)?;

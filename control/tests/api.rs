@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{HeaderMap, Request, StatusCode};
+use rollout_control::http::roles::{Credentials, Role};
 use rollout_control::testutil::TempDir;
+use rollout_control::util::token::TokenFile;
 use rollout_control::{app, AppState, Store};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -793,7 +795,13 @@ async fn concurrent_writes_get_distinct_consecutive_versions() {
 async fn real_listener() {
     let dir = TempDir::new("listener");
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    let state = AppState::new(store, Some("tok".into()));
+    let state = AppState::with_credentials(
+        store,
+        Credentials::from_files(vec![
+            (Role::Operator, TokenFile::fixed(vec!["tok".into()])),
+            (Role::Proxy, TokenFile::fixed(vec!["ptok".into()])),
+        ]),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -827,6 +835,7 @@ async fn real_listener() {
         let mut r = agent
             .get(format!("{base}/v1/plan"))
             .header("x-model-rollout-proxy", "real")
+            .header("authorization", "Bearer ptok")
             .call()
             .unwrap();
         assert_eq!(r.status(), 200);

@@ -141,6 +141,7 @@ fn commands_against_a_running_sidecar() {
     let plan_file = write_file(dir.path(), "plan.json", PLAN);
     let token = write_file(dir.path(), "token", "t0ken-123\n");
     let token = token.to_str().unwrap();
+    let proxy_token = write_file(dir.path(), "proxy-token", "pr0xy-456\n");
     let server = ServerProc::start(
         &dir.path().join("data"),
         &[
@@ -148,6 +149,8 @@ fn commands_against_a_running_sidecar() {
             plan_file.to_str().unwrap(),
             "--token-file",
             token,
+            "--proxy-token-file",
+            proxy_token.to_str().unwrap(),
         ],
     );
     let url = server.url.clone();
@@ -423,6 +426,7 @@ fn commands_against_a_running_sidecar() {
         .get(format!("{s}/v1/plan"))
         .header("x-model-rollout-proxy", "envoy-7")
         .header("x-model-rollout-plan-version", "8")
+        .header("authorization", "Bearer pr0xy-456")
         .call()
         .unwrap();
     assert_eq!(r.status(), 200);

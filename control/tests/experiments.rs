@@ -618,7 +618,7 @@ async fn experiment_endpoint_404s_and_reset() {
 }
 
 #[tokio::test]
-async fn writes_need_the_token_reads_do_not() {
+async fn writes_need_a_token_of_their_role_reads_do_not() {
     let f = Fixture::new(Some("s3cret"), Some(PLAN)).await;
     let body = json!({"assignments": [{"correlation_id": id("s", 1), "rollout": "fraud",
                                        "variant": "stable", "unix_ms": 1}]})
@@ -636,10 +636,16 @@ async fn writes_need_the_token_reads_do_not() {
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{uri}");
     }
+    // the operator's token is not the proxy's: 403 naming the role
     let r = f
         .send("POST", "/v1/assignments", Some("s3cret"), body.into_bytes())
         .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("proxy role"),
+        "{}",
+        r.text()
+    );
     assert_eq!(f.get("/v1/experiments/fraud").await.status, StatusCode::OK);
     assert_eq!(
         f.get("/v1/shadow-report?rollout=fraud").await.status,

@@ -23,8 +23,10 @@ pub struct Cli {
         default_value = "http://127.0.0.1:9090"
     )]
     pub server: String,
-    /// File holding the bearer token: `serve` requires it on writes, the other
-    /// commands send it.
+    /// File holding the bearer token the commands send (the credential of the role
+    /// the command needs: operator for changes, read for reads when reads are closed,
+    /// feedback for `feedback`). For `serve` it is the operator's credential (the same
+    /// as `--operator-token-file`).
     #[arg(long, global = true, env = "ROLLOUT_CONTROL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Print the server's JSON instead of tables.
@@ -227,6 +229,28 @@ pub struct ServeArgs {
     /// `--stats-format`, `--analysis-tick-ms`).
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// One credential per role (README, "Security model").
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+}
+
+/// `serve` flags of the credentials: each file holds its role's tokens, one a line
+/// (several during a rotation), and is read again when it changes.
+#[derive(Debug, Clone, Args)]
+pub struct CredentialArgs {
+    /// Operator: plan changes and operations (also accepted for reads). Without it,
+    /// the global --token-file (ROLLOUT_CONTROL_TOKEN_FILE) is the operator's.
+    #[arg(long)]
+    pub operator_token_file: Option<PathBuf>,
+    /// Proxy (the filter's `control.token`): shadow records, assignments, identified polls.
+    #[arg(long)]
+    pub proxy_token_file: Option<PathBuf>,
+    /// Feedback (applications): POST /v1/feedback only.
+    #[arg(long)]
+    pub feedback_token_file: Option<PathBuf>,
+    /// Read: status, history, reports. Without it reads stay open.
+    #[arg(long)]
+    pub read_token_file: Option<PathBuf>,
 }
 
 /// `serve` flags of the store and its HTTP limits.

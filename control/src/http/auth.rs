@@ -1,38 +1,56 @@
-//! Write authorization: with a token configured, every PUT / POST needs
-//! `Authorization: Bearer <token>` (401 with `WWW-Authenticate: Bearer` otherwise);
-//! reads stay open (the filter polls without credentials).
+//! Who may call what: one bearer credential per role ([`Role`]), each from its own
+//! file (`--operator-token-file`, `--proxy-token-file`, `--feedback-token-file`,
+//! `--read-token-file`; `--token-file` is the operator's).
+//!
+//! | role | may |
+//! |---|---|
+//! | operator | change the plan (PUT / POST on the plan and the rollouts), reset experiments; read |
+//! | proxy | post shadow records and assignments; identify its plan polls (the proxies table) |
+//! | feedback | post outcomes (`POST /v1/feedback`) |
+//! | read | every GET but the open ones |
+//!
+//! Open to anyone: `GET /v1/plan` (an unidentified poll, or one whose proxy role is not
+//! proven, is served but not recorded), `/live`, `/ready`, `/metrics`. Other reads are
+//! open unless a read credential is configured (then the read or operator token).
+//!
+//! With no credential configured at all every call is allowed (a loopback demo). With
+//! any configured, a call needs its role's token: 401 (`WWW-Authenticate: Bearer`)
+//! without a valid token, 403 naming the role for a token of another role or a role
+//! without a credential. Tokens are compared in constant time; a role's file may hold
+//! several tokens (rotation) and is read again when it changes ([`crate::util::token::TokenFile`]).
 
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rollout_core::wire::bearer_token;
 
 use crate::http::error::ApiError;
+use crate::http::roles::{need, Caller, Need, Role};
 use crate::http::state::AppState;
 
-/// Byte-wise comparison whose time does not depend on where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for (i, x) in a.iter().enumerate() {
-        // Compare against b cyclically so the loop length depends on `a` only.
-        let y = if b.is_empty() {
-            0
-        } else {
-            b.get(i % b.len()).copied().unwrap_or(0)
-        };
-        diff |= x ^ y;
-    }
-    diff == 0
+fn unauthorized(message: String) -> Response {
+    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "", message).into_response();
+    resp.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
 }
 
-/// Middleware: lets reads through, and writes with the right token.
-pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = state.token() else {
-        return next.run(req).await;
-    };
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+fn forbidden(message: String) -> Response {
+    ApiError::new(StatusCode::FORBIDDEN, "", message).into_response()
+}
+
+/// Middleware: admits a call by [`need`] and the presented token, and hands the
+/// [`Caller`] to the handler (a request extension).
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let creds = state.credentials();
+    if creds.is_empty() {
+        req.extensions_mut().insert(Caller::Unchecked);
         return next.run(req).await;
     }
     let presented = req
@@ -40,33 +58,41 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    let ok = presented.is_some_and(|t| constant_time_eq(t.as_bytes(), token));
-    if ok {
-        return next.run(req).await;
-    }
-    let message = if presented.is_some() {
-        "wrong bearer token"
-    } else {
-        "this call changes the plan: it needs Authorization: Bearer <token>"
+    let role = presented.and_then(|t| creds.role_of(t.as_bytes()));
+    let caller = role.map_or(Caller::Anonymous, Caller::Role);
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let wanted = match need(req.method(), req.uri().path()) {
+        Need::Open => None,
+        Need::Read if !creds.has(Role::Read) => None,
+        Need::Read => Some(Role::Read),
+        Need::Role(r) => Some(r),
     };
-    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "", message).into_response();
-    resp.headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"secret2", b"secret"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(!constant_time_eq(b"x", b""));
-        assert!(constant_time_eq(b"", b""));
+    if let Some(wanted) = wanted {
+        let ok = role == Some(wanted) || (wanted == Role::Read && role == Some(Role::Operator));
+        if !ok {
+            return match role {
+                None if presented.is_some() => unauthorized(format!(
+                    "{what} needs the {} role: unknown bearer token",
+                    wanted.name()
+                )),
+                None => unauthorized(format!(
+                    "{what} needs the {} role: send Authorization: Bearer <token>",
+                    wanted.name()
+                )),
+                Some(_) if !creds.has(wanted) => forbidden(format!(
+                    "{what} needs the {} role, and no {} credential is configured ({})",
+                    wanted.name(),
+                    wanted.name(),
+                    wanted.flag()
+                )),
+                Some(r) => forbidden(format!(
+                    "{what} needs the {} role; this token has the {} role",
+                    wanted.name(),
+                    r.name()
+                )),
+            };
+        }
     }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }

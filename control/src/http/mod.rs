@@ -6,7 +6,7 @@
 //!
 //! | method | path | file | answer |
 //! |---|---|---|---|
-//! | GET  | `/v1/plan` | [`plan`] | 200 the latest plan (a bare `PlanSpec`), `ETag: "v<N>"`, `X-Plan-Version`, `Cache-Control: no-cache`; 304 when `If-None-Match` holds the current ETag; 404 before any plan. Records the polling proxy (`x-model-rollout-proxy`, `x-model-rollout-plan-version`). |
+//! | GET  | `/v1/plan` | [`plan`] | 200 the latest plan (a bare `PlanSpec`), `ETag: "v<N>"`, `X-Plan-Version`, `Cache-Control: no-cache`; 304 when `If-None-Match` holds the current ETag; 404 before any plan. Records the polling proxy (`x-model-rollout-proxy`, `x-model-rollout-plan-version`) when the poll carries the proxy credential (or none is configured). |
 //! | PUT  | `/v1/plan` | [`plan`] | replace the plan: 200 `{"version", "plan"}`; 400 naming the field; 412 on an `If-Match` mismatch; 413 beyond 1 MiB |
 //! | GET  | `/v1/plan/versions/{v}` | [`plan`] | that version's plan; 404 if unknown |
 //! | POST | `/v1/plan/versions/{v}/restore` | [`plan`] | a new version with version v's plan |
@@ -35,9 +35,11 @@
 //! and accepts: the reason from `?reason=` or `X-Rollout-Reason`, the author from
 //! `X-Rollout-Author` (default `api`), and `If-Match: "v<N>"` (412 unless N is the
 //! latest version) ([`change`]). Per-rollout operations answer 404 for an unknown
-//! rollout and 400 naming the field for bad input. With a token configured, every
-//! PUT / POST needs `Authorization: Bearer <token>` (401 otherwise); reads stay open
-//! ([`auth`]).
+//! rollout and 400 naming the field for bad input. Each call needs the credential of
+//! its role ([`roles`]: operator, proxy, feedback, read) once any credential is
+//! configured: 401 without a valid token, 403 naming the role for another role's
+//! ([`auth`]). `GET /v1/plan`, `/live`, `/ready`, `/metrics` stay open; other reads
+//! too unless a read credential is configured.
 //!
 //! A new endpoint: its JSON shapes in `api/`, a handler file here with `routes()`,
 //! one `.merge` in [`app`], a row in the table above and in control/README.md.
@@ -54,6 +56,7 @@ pub mod health;
 pub mod history;
 pub mod metrics;
 pub mod plan;
+pub mod roles;
 pub mod rollouts;
 pub mod shadow;
 pub mod state;

@@ -1,4 +1,5 @@
-//! The plan: `GET /v1/plan` (what the filter polls: ETag, 304, proxy tracking),
+//! The plan: `GET /v1/plan` (what the filter polls: ETag, 304, proxy tracking of
+//! proxy-role polls),
 //! `PUT /v1/plan`, `GET /v1/plan/versions/{v}`, `POST /v1/plan/versions/{v}/restore`.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use rollout_core::wire::{etag, PollIdentity, PLAN_VERSION_HEADER, PROXY_HEADER};
 
@@ -19,6 +21,7 @@ use crate::http::change::{commit, WriteMeta, WriteQuery};
 use crate::http::error::ApiError;
 use crate::http::extract::{body_bytes, parse_version};
 use crate::http::headers::plan_headers;
+use crate::http::roles::Caller;
 use crate::http::state::AppState;
 use crate::store::blocking::blocking;
 use crate::store::Op;
@@ -41,9 +44,16 @@ fn none_match_hits(headers: &HeaderMap, current: &str) -> bool {
     })
 }
 
-async fn get_plan(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn get_plan(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Only a proven proxy is recorded: an anonymous poll is served, and changes nothing.
+    let may_record = caller.is_some_and(|Extension(c)| c.may_identify_proxy());
     if let Some(id) = PollIdentity::from_headers(header(PROXY_HEADER), header(PLAN_VERSION_HEADER))
+        .filter(|_| may_record)
     {
         state
             .proxies()

@@ -1,5 +1,5 @@
 //! The state every handler shares: the store, the table of polling proxies, the
-//! write token, the sidecar's own counters and, when `serve` runs it, the policy
+//! credentials of each role, the sidecar's own counters and, when `serve` runs it, the policy
 //! engine.
 
 use std::sync::{Arc, OnceLock};
@@ -9,8 +9,10 @@ use crate::engine::options::EngineOptions;
 use crate::engine::runner::{self, EngineHandle};
 use crate::engine::state::Engine;
 use crate::http::counters::Metrics;
+use crate::http::roles::{Credentials, Role};
 use crate::store::proxies::ProxyTable;
 use crate::store::Store;
+use crate::util::token::TokenFile;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -18,8 +20,8 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     store: Arc<Store>,
     proxies: Arc<ProxyTable>,
-    /// Bearer token required on writes; `None`: writes are open (loopback only).
-    token: Option<Vec<u8>>,
+    /// The tokens of each role (`http::auth`); none: every call is allowed.
+    credentials: Credentials,
     /// The sidecar's own counters (`GET /metrics`).
     metrics: Metrics,
     /// The progressive-delivery engine, when `serve` runs it (`--envoy-admin`).
@@ -27,11 +29,19 @@ struct Inner {
 }
 
 impl AppState {
+    /// With `token`, the operator's only (no other role has a credential).
     pub fn new(store: Arc<Store>, token: Option<String>) -> Self {
+        let files = token
+            .map(|t| vec![(Role::Operator, TokenFile::fixed(vec![t]))])
+            .unwrap_or_default();
+        AppState::with_credentials(store, Credentials::from_files(files))
+    }
+
+    pub fn with_credentials(store: Arc<Store>, credentials: Credentials) -> Self {
         AppState(Arc::new(Inner {
             store,
             proxies: Arc::new(ProxyTable::default()),
-            token: token.map(String::into_bytes),
+            credentials,
             metrics: Metrics::default(),
             policy: OnceLock::new(),
         }))
@@ -66,9 +76,8 @@ impl AppState {
         Ok(handle)
     }
 
-    /// The bearer token writes need; `None`: writes are open.
-    pub fn token(&self) -> Option<&[u8]> {
-        self.0.token.as_deref()
+    pub fn credentials(&self) -> &Credentials {
+        &self.0.credentials
     }
 
     pub fn policy_engine(&self) -> Option<Arc<Engine>> {
