@@ -21,7 +21,9 @@ use std::rc::Rc;
 
 use rollout_core::answer::{compare, Prediction};
 use rollout_core::stats::{RecordDrop, ShadowSkip};
-use rollout_core::wire::{Assignment, ShadowRecord, MAX_BATCH};
+use rollout_core::wire::{
+    batch_len, Assignment, ShadowRecord, MAX_BATCH, MAX_POST_BYTES, MAX_RECORD_BYTES,
+};
 use serde_json::Value;
 
 use crate::active::Active;
@@ -31,7 +33,11 @@ use crate::host::Host;
 pub const MAX_JOBS: usize = 256;
 pub const MAX_JOINS: usize = 4096;
 pub const MAX_RECORDS: usize = 5000;
-/// Records (or assignments) per post: the sidecar takes at most `MAX_BATCH`.
+/// Records (or assignments) per post: the sidecar takes at most `MAX_BATCH`. Records
+/// are also split by bytes (`wire::batch_len`): a post stays under `MAX_POST_BYTES`,
+/// half the sidecar's body limit, and a record over `MAX_RECORD_BYTES` has its
+/// predictions cut (counted). Assignments are bounded by their fields: a full batch
+/// of the largest fits (tested in `wire`).
 pub const RECORD_BATCH: usize = MAX_BATCH;
 /// A join outlives its shadow's timeout by this much before it expires.
 pub const JOIN_GRACE_MS: u64 = 10_000;
@@ -71,7 +77,10 @@ pub struct Hub {
     /// Shared queue this worker's root listens on (None: nudges unavailable,
     /// jobs are dispatched on the tick instead).
     pub queue: Option<u32>,
-    records: Vec<ShadowRecord>,
+    /// Each with its size as JSON.
+    records: Vec<(ShadowRecord, usize)>,
+    /// Sum of the buffered records' sizes.
+    records_bytes: usize,
     assignments: Vec<Assignment>,
     /// Disagreement records budget per rollout: (minute window start, used).
     budget: HashMap<String, (u64, u32)>,
@@ -240,7 +249,7 @@ impl Hub {
                     .collect(),
             )
         };
-        self.records.push(ShadowRecord {
+        let mut record = ShadowRecord {
             correlation_id: j.correlation_id,
             rollout: rollout.name.clone(),
             variant: rollout.variant_name(j.variant).to_string(),
@@ -255,7 +264,13 @@ impl Hub {
             shadow_prediction: preds(s),
             unix_ms: now,
             proxy: None,
-        });
+        };
+        let (size, cut) = record.fit(MAX_RECORD_BYTES);
+        if cut {
+            m.bump(m.records_truncated);
+        }
+        self.records_bytes = self.records_bytes.saturating_add(size);
+        self.records.push((record, size));
     }
 
     /// Expires joins past their age; each is counted on its rollout.
@@ -271,10 +286,17 @@ impl Hub {
         });
     }
 
-    /// Takes up to a batch of shadow records to send.
+    /// Takes up to a batch of shadow records to send: at most `RECORD_BATCH`, their
+    /// post under `MAX_POST_BYTES`.
     pub fn take_records(&mut self) -> Vec<ShadowRecord> {
-        let n = self.records.len().min(RECORD_BATCH);
-        self.records.drain(..n).collect()
+        let n = batch_len(self.records.iter().map(|(_, size)| *size));
+        self.records
+            .drain(..n)
+            .map(|(r, size)| {
+                self.records_bytes = self.records_bytes.saturating_sub(size);
+                r
+            })
+            .collect()
     }
 
     /// Takes up to a batch of assignments to send.
@@ -285,7 +307,9 @@ impl Hub {
 
     /// Whether a full batch of either kind is waiting.
     pub fn batch_ready(&self) -> bool {
-        self.records.len() >= RECORD_BATCH || self.assignments.len() >= RECORD_BATCH
+        self.records.len() >= RECORD_BATCH
+            || self.records_bytes >= MAX_POST_BYTES
+            || self.assignments.len() >= RECORD_BATCH
     }
 
     /// Buffers an assignment record; false when the buffer is full.

@@ -132,6 +132,8 @@ pub struct Metrics {
     plan_version: u32,
     pub control: ControlMetrics,
     pub records_sent: Slot,
+    /// Records whose predictions were cut to `wire::MAX_RECORD_BYTES`.
+    pub records_truncated: Slot,
     /// Indexed like `RecordDrop::ALL`.
     pub records_dropped: [Slot; RecordDrop::ALL.len()],
     pub assignments_sent: Slot,
@@ -290,6 +292,7 @@ impl Metrics {
             stats::control_rejected(r.as_str())
         })?;
         let records_sent = counter(stats::SHADOW_RECORDS_SENT)?;
+        let records_truncated = counter(stats::SHADOW_RECORDS_TRUNCATED)?;
         let records_dropped = per_reason(RecordDrop::ALL, &mut counter, |why| {
             stats::records_dropped(why.as_str())
         })?;
@@ -315,6 +318,7 @@ impl Metrics {
             plan_version,
             control,
             records_sent,
+            records_truncated,
             records_dropped,
             assignments_sent,
             assignments_dropped,

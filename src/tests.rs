@@ -657,7 +657,11 @@ fn host_calls_per_request_on_the_common_paths() {
     let kept = host_calls(
         &h,
         &root,
-        &[fraud, ("x-user-id", "u1"), ("x-request-id", "client-id-123")],
+        &[
+            fraud,
+            ("x-user-id", "u1"),
+            ("x-request-id", "client-id-123"),
+        ],
     );
     assert_eq!(
         kept[0],

@@ -439,23 +439,33 @@ async fn unknown_ids_and_duplicates() {
     let j = f.get("/v1/experiments/fraud").await.json();
     assert_eq!(j["variants"][1]["count"], 1);
     assert_eq!(j["variants"][1]["conversion"], 0.0);
-    // a retried assignment batch changes nothing; a moved id follows
+    // a retried assignment batch changes nothing; an id assigned elsewhere is refused
+    // and counted: assignments are immutable
     f.assign("fraud", &[(id("s", 1), "stable")]).await;
     assert_eq!(
         assignments::assignment_count(f.state.store(), "fraud").unwrap(),
         2
     );
-    f.assign("ranker", &[(id("s", 1), "a")]).await;
+    for (rollout, variant) in [("ranker", "a"), ("fraud", "canary")] {
+        let r = f
+            .post_json(
+                "/v1/assignments",
+                &json!({"proxy": "envoy-1", "assignments": [{"correlation_id": id("s", 1),
+                        "rollout": rollout, "variant": variant, "unix_ms": 1}]}),
+            )
+            .await;
+        assert_eq!(r.json(), json!({"stored": 0, "refused": 1}));
+    }
     assert_eq!(
         assignments::assignment_count(f.state.store(), "fraud").unwrap(),
-        1
+        2
     );
     assert_eq!(
         assignments::assignment_of(f.state.store(), &id("s", 1))
             .unwrap()
             .unwrap()
-            .0,
-        "ranker"
+            .1,
+        "stable"
     );
     // metrics
     let m = f.get("/metrics").await.text();
@@ -467,7 +477,11 @@ async fn unknown_ids_and_duplicates() {
         m.contains("rollout_control_feedback_total{result=\"unknown\"} 2\n"),
         "{m}"
     );
-    assert!(m.contains("rollout_control_assignments_total 4\n"), "{m}");
+    assert!(m.contains("rollout_control_assignments_total 3\n"), "{m}");
+    assert!(
+        m.contains("rollout_control_assignments_refused_total 2\n"),
+        "{m}"
+    );
 }
 
 #[tokio::test]

@@ -18,6 +18,38 @@ pub const MAX_VALUE_LEN: usize = 256;
 pub const MAX_CLUSTER_LEN: usize = 255;
 /// Longest salt.
 pub const MAX_SALT_LEN: usize = 128;
+/// Largest integer a JSON reader that uses doubles (JavaScript, jq) reads exactly:
+/// 2^53 - 1. Plan versions stay at or below it.
+pub const MAX_JSON_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// A control character: any byte below 0x20 (CR, LF, NUL, tab...) or DEL (0x7f).
+/// Never in a header name or value, an authority or a path: CR/LF would split a
+/// header or a request line.
+pub fn has_control(v: &str) -> bool {
+    v.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+/// Refuses a value with a control character (see [`has_control`]).
+pub fn check_no_control(field: &str, v: &str) -> Result<(), ConfigError> {
+    if has_control(v) {
+        return Err(ConfigError::new(
+            field,
+            format!("{v:?} contains a control character (CR, LF, NUL, tab or DEL)"),
+        ));
+    }
+    Ok(())
+}
+
+/// An integer every JSON reader reads exactly (at most [`MAX_JSON_SAFE_INTEGER`]).
+pub fn check_json_safe(field: &str, v: u64) -> Result<(), ConfigError> {
+    if v > MAX_JSON_SAFE_INTEGER {
+        return Err(ConfigError::new(
+            field,
+            format!("{v} is above 2^53 - 1 ({MAX_JSON_SAFE_INTEGER}), the largest integer JSON readers keep exactly"),
+        ));
+    }
+    Ok(())
+}
 
 /// Rejects documents that are not a JSON object before serde sees them (serde
 /// would accept an array for a struct and report a confusing index).
@@ -52,8 +84,10 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A lower-cased HTTP header name (no pseudo headers).
+/// A lower-cased HTTP header name (no pseudo headers). Which names a role may use
+/// is `crate::headers`.
 pub fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+    check_no_control(field, name)?;
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN * 2
         && name
@@ -70,6 +104,7 @@ pub fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError>
 
 /// A cookie name (the subject cookie, a targeting condition's cookie).
 pub fn check_cookie_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    check_no_control(field, name)?;
     if name.is_empty() || name.len() > MAX_NAME_LEN * 2 || name.contains([';', '=', ' ']) {
         return Err(ConfigError::new(
             field,
@@ -90,8 +125,10 @@ pub fn check_correlation_id(field: &str, id: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A matched value: at most [`MAX_VALUE_LEN`] bytes.
+/// A matched value (a header value, a path prefix): at most [`MAX_VALUE_LEN`] bytes
+/// without control characters.
 pub fn check_value(field: &str, v: &str) -> Result<(), ConfigError> {
+    check_no_control(field, v)?;
     if v.len() > MAX_VALUE_LEN {
         return Err(ConfigError::new(
             field,
@@ -167,6 +204,7 @@ pub fn check_cluster(field: &str, cluster: &str) -> Result<(), ConfigError> {
 
 /// An `:authority`: `host[:port]`.
 pub fn check_authority(field: &str, authority: &str) -> Result<(), ConfigError> {
+    check_no_control(field, authority)?;
     if authority.is_empty() || authority.contains([' ', '/']) {
         return Err(ConfigError::new(field, "must be a host[:port]"));
     }
@@ -175,6 +213,7 @@ pub fn check_authority(field: &str, authority: &str) -> Result<(), ConfigError> 
 
 /// A request `:path`.
 pub fn check_path(field: &str, path: &str) -> Result<(), ConfigError> {
+    check_no_control(field, path)?;
     if !path.starts_with('/') || path.contains(' ') {
         return Err(ConfigError::new(
             field,
@@ -194,6 +233,7 @@ pub fn check_timeout_ms(field: &str, ms: u64) -> Result<(), ConfigError> {
 
 /// A hashing salt: 1 to [`MAX_SALT_LEN`] characters.
 pub fn check_salt(field: &str, salt: &str) -> Result<(), ConfigError> {
+    check_no_control(field, salt)?;
     if salt.is_empty() || salt.len() > MAX_SALT_LEN {
         return Err(ConfigError::new(
             field,
@@ -254,5 +294,38 @@ mod tests {
         assert!(check_rate("r", None).is_ok());
         assert!(check_pointer("p", "outputs").is_err());
         assert!(check_size("s", 0).is_err());
+    }
+
+    #[test]
+    fn control_characters_are_refused_everywhere() {
+        for bad in ["a\rb", "a\nb", "a\0b", "a\tb", "a\u{7f}b", "a\u{1b}b"] {
+            let checks: [(&str, Result<(), ConfigError>); 7] = [
+                ("h", check_header_name("h", bad).map(|_| ())),
+                ("v", check_value("v", bad)),
+                ("a", check_authority("a", bad)),
+                ("p", check_path("p", &format!("/{bad}"))),
+                ("s", check_salt("s", bad)),
+                ("c", check_cookie_name("c", bad)),
+                ("n", check_no_control("n", bad)),
+            ];
+            for (field, r) in checks {
+                let e = r.unwrap_err();
+                assert_eq!(e.field, field, "{bad:?}");
+                assert!(e.message.contains("control character"), "{e}");
+            }
+        }
+        assert!(
+            check_value("v", "caf\u{e9}").is_ok(),
+            "non-ASCII is not control"
+        );
+    }
+
+    #[test]
+    fn json_safe_integers() {
+        assert!(check_json_safe("version", MAX_JSON_SAFE_INTEGER).is_ok());
+        assert_eq!(MAX_JSON_SAFE_INTEGER, 9_007_199_254_740_991);
+        let e = check_json_safe("version", MAX_JSON_SAFE_INTEGER + 1).unwrap_err();
+        assert_eq!(e.field, "version");
+        assert!(check_json_safe("version", u64::MAX).is_err());
     }
 }

@@ -8,7 +8,8 @@
 //!    [`correlation`], [`request`], [`stats`] (stat names, reason enums), [`abtest`],
 //!    [`answer`] (predictions, output health, the comparison of two answers);
 //!    [`msprt`] (sequential A/B tests, on [`abtest`]'s summaries).
-//! 2. [`fields`]: the validators every section shares.
+//! 2. [`fields`]: the validators every section shares; [`headers`]: which headers a
+//!    configured role may name.
 //! 3. The plan's sections, each with its schema, validation and compiled form:
 //!    [`shadow`], [`output`] (with its prediction bins, [`distribution`]),
 //!    [`policy`], [`experiment`], a variant's [`model`] metadata.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod experiment;
 pub mod fields;
 pub mod hash;
+pub mod headers;
 pub mod model;
 pub mod msprt;
 pub mod output;

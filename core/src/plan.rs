@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, UnknownRollout};
 use crate::fields::{
-    check_cookie_name, check_header_name, check_name, check_salt, check_value, expect_object,
-    weight_to_bp, MAX_VALUE_LEN,
+    check_cookie_name, check_json_safe, check_name, check_salt, check_value, expect_object,
+    has_control, weight_to_bp, MAX_VALUE_LEN,
 };
 use crate::hash::BUCKETS;
+use crate::headers::{check_role_header, Role};
 
 /// The schema version this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -233,6 +234,7 @@ impl PlanSpec {
                 ),
             ));
         }
+        check_json_safe("version", self.version)?;
         if self.rollouts.len() > MAX_ROLLOUTS {
             return Err(ConfigError::new(
                 "rollouts",
@@ -415,11 +417,14 @@ impl MatchSpec {
             check_value("path_prefix", p)?;
         }
         if let Some(m) = &self.model {
-            let ok = !m.is_empty() && m.len() <= MAX_VALUE_LEN && !m.contains(['/', ':', '?', '#']);
+            let ok = !m.is_empty()
+                && m.len() <= MAX_VALUE_LEN
+                && !m.contains(['/', ':', '?', '#'])
+                && !has_control(m);
             if !ok {
                 return Err(ConfigError::new(
                     "model",
-                    "must be a non-empty model name without '/', ':', '?' or '#'",
+                    "must be a non-empty model name without '/', ':', '?', '#' or control characters",
                 ));
             }
         }
@@ -462,7 +467,7 @@ impl TargetRuleSpec {
 impl ConditionSpec {
     fn compile(&self) -> Result<Condition, ConfigError> {
         let source = match (&self.header, &self.cookie) {
-            (Some(h), None) => Source::Header(check_header_name("header", h)?),
+            (Some(h), None) => Source::Header(check_role_header("header", h, Role::Read)?),
             (None, Some(c)) => {
                 check_cookie_name("cookie", c)?;
                 Source::Cookie(c.clone())

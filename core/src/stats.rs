@@ -145,6 +145,8 @@ reasons! {
 }
 
 pub const SHADOW_RECORDS_SENT: &str = "model_rollout.shadow_records_sent_total";
+/// Records whose predictions were cut to fit `wire::MAX_RECORD_BYTES` (still sent).
+pub const SHADOW_RECORDS_TRUNCATED: &str = "model_rollout.shadow_records_truncated_total";
 
 pub fn records_dropped(reason: &str) -> String {
     format!("{PREFIX}.reason.{reason}.shadow_records_dropped_total")

@@ -40,6 +40,19 @@ pub const SHADOW_RECORDS_PATH: &str = "/v1/shadow-records";
 pub const ASSIGNMENTS_PATH: &str = "/v1/assignments";
 /// Most records (or assignments) in one post.
 pub const MAX_BATCH: usize = 1000;
+/// Largest body the sidecar reads on an ingestion call (shadow records, assignments,
+/// feedback); it answers 413 beyond. The sidecar's body limit is this constant.
+pub const MAX_INGEST_BODY: usize = 4 * 1024 * 1024;
+/// Largest body the filter posts: half the sidecar's limit, so a batch never meets
+/// the 413 whatever the envelope adds. Batches are split by bytes to stay under it
+/// ([`batch_len`]).
+pub const MAX_POST_BYTES: usize = MAX_INGEST_BODY / 2;
+/// Bytes of a batch outside its items: `{"proxy":"<id>","records":[...]}` with a
+/// proxy id of [`MAX_PROXY_ID_LEN`] characters, each escaped (at most 2 bytes).
+pub const BATCH_ENVELOPE_BYTES: usize = 2 * MAX_PROXY_ID_LEN + 64;
+/// Largest serialized shadow record: beyond it the record's predictions are cut
+/// ([`ShadowRecord::fit`]) and the cut counted by the filter.
+pub const MAX_RECORD_BYTES: usize = 128 * 1024;
 /// Longest proxy id.
 pub const MAX_PROXY_ID_LEN: usize = 256;
 
@@ -194,6 +207,87 @@ impl ShadowRecord {
         check_status("primary_status", self.primary_status)?;
         check_status("shadow_status", self.shadow_status)
     }
+}
+
+/// The length of `v` as JSON, without building the text (`usize::MAX` if it
+/// cannot be serialized).
+pub fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// How many of the leading items, of these JSON sizes, one post carries: at most
+/// [`MAX_BATCH`], the body (envelope, items, commas) at most [`MAX_POST_BYTES`], and
+/// at least one item when there is any (a single item is never larger than
+/// [`MAX_RECORD_BYTES`]).
+pub fn batch_len(sizes: impl IntoIterator<Item = usize>) -> usize {
+    let budget = MAX_POST_BYTES - BATCH_ENVELOPE_BYTES;
+    let mut used = 0usize;
+    let mut n = 0usize;
+    for size in sizes.into_iter().take(MAX_BATCH) {
+        let next = used.saturating_add(size).saturating_add(usize::from(n > 0));
+        if n > 0 && next > budget {
+            break;
+        }
+        used = next;
+        n += 1;
+    }
+    n
+}
+
+impl ShadowRecord {
+    /// Keeps the record within `max` bytes of JSON: when it is larger, each
+    /// prediction is replaced by `{"truncated_from_bytes": N, "prefix": "<its JSON,
+    /// cut>"}`. Returns the record's JSON size and whether it was cut.
+    pub fn fit(&mut self, max: usize) -> (usize, bool) {
+        let len = json_len(self);
+        if len <= max {
+            return (len, false);
+        }
+        let primary = std::mem::take(&mut self.primary_prediction);
+        let shadow = std::mem::take(&mut self.shadow_prediction);
+        let base = json_len(self);
+        // Each prediction gets half of what is left; its JSON text, quoted again as a
+        // string, is at most twice as long (`"` and `\` are escaped), plus the
+        // marker's own keys.
+        let each = max.saturating_sub(base) / 2;
+        let keep = each.saturating_sub(64) / 2;
+        self.primary_prediction = truncated(&primary, keep);
+        self.shadow_prediction = truncated(&shadow, keep);
+        let len = json_len(self);
+        if len > max {
+            self.primary_prediction = truncated(&primary, 0);
+            self.shadow_prediction = truncated(&shadow, 0);
+        }
+        (json_len(self), true)
+    }
+}
+
+/// The marker that replaces a cut prediction: its size and the first `keep` bytes
+/// of its JSON (cut on a character boundary).
+fn truncated(v: &Value, keep: usize) -> Value {
+    let text = v.to_string();
+    let mut end = keep.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    serde_json::json!({
+        "truncated_from_bytes": text.len(),
+        "prefix": text.get(..end).unwrap_or(""),
+    })
 }
 
 /// Body of `POST /v1/shadow-records`.
@@ -416,6 +510,102 @@ mod tests {
             ],
         };
         assert_eq!(big.validate().unwrap_err().field, "assignments");
+    }
+
+    #[test]
+    fn oversize_records_are_cut_to_fit() {
+        let mut r = record();
+        assert_eq!(r.fit(MAX_RECORD_BYTES), (json_len(&record()), false));
+        assert_eq!(r, record());
+        let big = json!([(0..40_000).map(|i| f64::from(i) / 7.0).collect::<Vec<_>>()]);
+        let quotes = json!(["\"\\".repeat(100_000)]);
+        for (p, s) in [(big.clone(), big.clone()), (quotes.clone(), json!([[0.5]]))] {
+            let mut r = ShadowRecord {
+                primary_prediction: p.clone(),
+                shadow_prediction: s,
+                ..record()
+            };
+            let (len, cut) = r.fit(MAX_RECORD_BYTES);
+            assert!(cut);
+            assert_eq!(len, serde_json::to_vec(&r).unwrap().len());
+            assert!(len <= MAX_RECORD_BYTES, "{len}");
+            let from = r.primary_prediction["truncated_from_bytes"]
+                .as_u64()
+                .unwrap();
+            assert_eq!(from as usize, p.to_string().len());
+            let prefix = r.primary_prediction["prefix"].as_str().unwrap();
+            assert!(prefix.len() > 1000 && p.to_string().starts_with(prefix));
+            // Everything else is intact.
+            assert_eq!(
+                (r.correlation_id.as_str(), r.verdict),
+                ("cid-12345678", Verdict::PredictionMismatch)
+            );
+        }
+        // Smaller than the record's own fields: the predictions go, the rest stays.
+        let mut r = ShadowRecord {
+            primary_prediction: big,
+            ..record()
+        };
+        let (len, cut) = r.fit(10);
+        assert!(cut && len > 10);
+        assert_eq!(r.primary_prediction["prefix"], "");
+    }
+
+    #[test]
+    fn batches_are_split_by_bytes_below_the_sidecar_limit() {
+        const _: () = assert!(MAX_POST_BYTES < MAX_INGEST_BODY);
+        const _: () = assert!(MAX_RECORD_BYTES + BATCH_ENVELOPE_BYTES < MAX_POST_BYTES);
+        assert_eq!(batch_len([]), 0);
+        assert_eq!(batch_len([10; 5]), 5);
+        assert_eq!(batch_len(vec![10; MAX_BATCH + 5]), MAX_BATCH);
+        let n = batch_len(vec![MAX_RECORD_BYTES; 100]);
+        assert_eq!(
+            n,
+            (MAX_POST_BYTES - BATCH_ENVELOPE_BYTES + 1) / (MAX_RECORD_BYTES + 1)
+        );
+        // Whatever the sizes, the body of the leading `n` fits.
+        let records: Vec<ShadowRecord> = (0..60)
+            .map(|i| {
+                let mut r = ShadowRecord {
+                    primary_prediction: json!(["x".repeat(2000 * i)]),
+                    ..record()
+                };
+                r.fit(MAX_RECORD_BYTES);
+                r
+            })
+            .collect();
+        let mut rest = records.as_slice();
+        let mut posts = 0;
+        while !rest.is_empty() {
+            let n = batch_len(rest.iter().map(json_len));
+            assert!(n >= 1);
+            let (head, tail) = rest.split_at(n);
+            let body = serde_json::to_vec(&ShadowRecordBatch {
+                proxy: Some("p".repeat(MAX_PROXY_ID_LEN)),
+                records: head.to_vec(),
+            })
+            .unwrap();
+            assert!(body.len() <= MAX_POST_BYTES, "{}", body.len());
+            rest = tail;
+            posts += 1;
+        }
+        assert!(
+            posts > 1,
+            "60 records of up to 118 kB need more than one post"
+        );
+        // Assignments are bounded by their fields: a full batch of the largest fits.
+        let largest = Assignment {
+            correlation_id: "c".repeat(crate::correlation::MAX_LEN),
+            rollout: "r".repeat(crate::fields::MAX_NAME_LEN),
+            variant: "v".repeat(crate::fields::MAX_NAME_LEN),
+            unix_ms: u64::MAX,
+        };
+        let body = serde_json::to_vec(&AssignmentBatch {
+            proxy: Some("p".repeat(MAX_PROXY_ID_LEN)),
+            assignments: vec![largest; MAX_BATCH],
+        })
+        .unwrap();
+        assert!(body.len() <= MAX_POST_BYTES, "{}", body.len());
     }
 
     #[test]

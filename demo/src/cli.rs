@@ -90,6 +90,9 @@ pub struct ModelArgs {
     /// Include the received request headers in the infer response parameters.
     #[arg(long)]
     pub echo_headers: bool,
+    /// Elements of the output tensor, each the prediction (large answers).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    pub output_len: u32,
     /// Also write the bound address (HOST:PORT) to this file.
     #[arg(long, value_name = "PATH")]
     pub addr_file: Option<PathBuf>,
@@ -115,6 +118,7 @@ impl ModelArgs {
             seed: self.seed,
             echo_headers: self.echo_headers,
             log_capacity: model::REQUEST_LOG_CAPACITY,
+            output_len: self.output_len as usize,
         }
     }
 }

@@ -71,7 +71,14 @@ pub struct ModelConfig {
     pub echo_headers: bool,
     /// Request log bound (default [`REQUEST_LOG_CAPACITY`]).
     pub log_capacity: usize,
+    /// Elements of the output tensor (`outputs[0].data`), each the prediction:
+    /// large answers for tests of record sizes. 1 by default, at most
+    /// [`MAX_OUTPUT_LEN`].
+    pub output_len: usize,
 }
+
+/// Largest `--output-len`.
+pub const MAX_OUTPUT_LEN: usize = 1_000_000;
 
 impl ModelConfig {
     pub fn new(version: impl Into<String>) -> Self {
@@ -81,6 +88,7 @@ impl ModelConfig {
             seed: 0,
             echo_headers: false,
             log_capacity: REQUEST_LOG_CAPACITY,
+            output_len: 1,
         }
     }
 }
@@ -130,6 +138,7 @@ struct Inner {
     served_by: HeaderValue,
     echo_headers: bool,
     log_capacity: usize,
+    output_len: usize,
     faults: Mutex<Faults>,
     rng: Rng,
     stats: Mutex<Stats>,
@@ -190,6 +199,7 @@ impl AppState {
                 served_by,
                 echo_headers: cfg.echo_headers,
                 log_capacity: cfg.log_capacity.max(1),
+                output_len: cfg.output_len.clamp(1, MAX_OUTPUT_LEN),
                 faults: Mutex::new(cfg.faults),
                 rng: Rng::new(cfg.seed),
                 stats: Mutex::new(Stats::default()),
@@ -460,13 +470,14 @@ fn infer_body(st: &AppState, name: &str, id: &str, output: Output, headers: &Hea
     if st.inner.echo_headers {
         parameters["headers"] = json!(header_map(headers));
     }
+    let n = st.inner.output_len;
+    let data = vec![output.token(); n].join(",");
     // Written by hand: serde_json cannot emit the bare `NaN` token.
     format!(
-        "{{\"model_name\":{},\"model_version\":{},\"id\":{},\"outputs\":[{{\"name\":\"{OUTPUT_NAME}\",\"shape\":[1],\"datatype\":\"FP64\",\"data\":[{}]}}],\"parameters\":{}}}",
+        "{{\"model_name\":{},\"model_version\":{},\"id\":{},\"outputs\":[{{\"name\":\"{OUTPUT_NAME}\",\"shape\":[{n}],\"datatype\":\"FP64\",\"data\":[{data}]}}],\"parameters\":{}}}",
         Value::from(name),
         Value::from(st.inner.version.as_str()),
         Value::from(id),
-        output.token(),
         parameters,
     )
 }

@@ -9,6 +9,7 @@
 //! | `rollout_control_http_requests_total` | counter | route, status | answered requests by route template (`unmatched` for unknown paths) and status |
 //! | `rollout_control_shadow_records_total` | counter | | shadow records stored since start |
 //! | `rollout_control_assignments_total` | counter | | experiment assignments stored since start |
+//! | `rollout_control_assignments_refused_total` | counter | | assignments refused since start: the id was already assigned to another rollout or variant (assignments are immutable) |
 //! | `rollout_control_feedback_total` | counter | result (`accepted` `unknown` `dropped`) | outcomes received since start |
 //! | `rollout_control_proxies` | gauge | | proxies in the polling table |
 //! | `rollout_control_metrics_source_reads_total` | counter | source (`prometheus`, `envoy_admin`), result (`ok` `timeout` `unreachable` `error` `empty`) | the policy engine's reads of its metrics source (only while it runs); anything but `ok` leaves the tick without figures: inconclusive |
@@ -28,6 +29,7 @@ use crate::store::{Store, StoreError};
 pub struct Metrics {
     shadow_records: AtomicU64,
     assignments: AtomicU64,
+    assignments_refused: AtomicU64,
     feedback_accepted: AtomicU64,
     feedback_unknown: AtomicU64,
     feedback_dropped: AtomicU64,
@@ -50,6 +52,10 @@ impl Metrics {
 
     pub fn assignments_stored(&self, n: u64) {
         self.assignments.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn assignments_refused(&self, n: u64) {
+        self.assignments_refused.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn feedback(&self, accepted: u64, unknown: u64, dropped: u64) {
@@ -172,6 +178,18 @@ impl Metrics {
             "rollout_control_assignments_total",
             &[],
             self.assignments.load(Ordering::Relaxed),
+        );
+        header(
+            &mut out,
+            "rollout_control_assignments_refused_total",
+            "counter",
+            "Assignments refused since start: the id was already assigned elsewhere.",
+        );
+        line(
+            &mut out,
+            "rollout_control_assignments_refused_total",
+            &[],
+            self.assignments_refused.load(Ordering::Relaxed),
         );
         header(
             &mut out,

@@ -2,7 +2,7 @@
 //!
 //! | method | path | answer |
 //! |---|---|---|
-//! | POST | `/v1/assignments` | the filter's batch (`rollout_core::wire::AssignmentBatch`, at most 1,000, 4 MiB): 200 `{"stored": n}` |
+//! | POST | `/v1/assignments` | the filter's batch (`rollout_core::wire::AssignmentBatch`, at most 1,000, 4 MiB): 200 `{"stored": n}`, plus `"refused": m` for ids already assigned to another variant (immutable; counted) |
 //! | POST | `/v1/feedback` | `{"outcomes": [{"correlation_id", "reward"}]}` or one `{"correlation_id", "reward"}`: 200 `{"accepted", "unknown", "dropped"}` |
 //! | GET  | `/v1/experiments/{rollout}` | the report (`report::experiment`): per-variant counts, rates or means with confidence intervals, comparisons against the first variant, status `collecting` / `complete` |
 //! | POST | `/v1/experiments/{rollout}/reset` | deletes the rollout's assignments and outcomes: 200 `{"assignments_deleted", "outcomes_deleted"}` |
@@ -73,9 +73,19 @@ async fn post_assignments(
     batch.validate()?;
     let assignments = batch.assignments;
     let store = Arc::clone(state.store());
-    let stored = blocking(move || store_assignments(&store, &assignments)).await?;
-    state.metrics().assignments_stored(stored);
-    Ok(Json(Stored { stored }))
+    let r = blocking(move || store_assignments(&store, &assignments)).await?;
+    state.metrics().assignments_stored(r.stored);
+    state.metrics().assignments_refused(r.refused);
+    if r.refused > 0 {
+        eprintln!(
+            "rollout-control: {} assignments refused: their ids are assigned to another variant",
+            r.refused
+        );
+    }
+    Ok(Json(Stored {
+        stored: r.stored,
+        refused: r.refused,
+    }))
 }
 
 /// Experiment metric of every rollout with an `experiment` section in the current plan.

@@ -13,8 +13,9 @@ use crate::http::error::ApiError;
 
 /// Largest request body accepted (413 beyond), except on the ingestion calls.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// Largest body of an ingestion call (shadow records, assignments, feedback).
-pub const MAX_INGEST_BODY: usize = 4 * 1024 * 1024;
+/// Largest body of an ingestion call (shadow records, assignments, feedback): the
+/// one constant the filter splits its batches under (`rollout_core::wire`).
+pub const MAX_INGEST_BODY: usize = rollout_core::wire::MAX_INGEST_BODY;
 
 /// The body, or 413 beyond `limit` (the router's body limit for the route).
 fn body_within(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {

@@ -55,7 +55,7 @@ async fn post_records(
     let store = Arc::clone(state.store());
     let stored = blocking(move || store_records(&store, &records)).await?;
     state.metrics().shadow_records_stored(stored);
-    Ok(Json(Stored { stored }))
+    Ok(Json(Stored { stored, refused: 0 }))
 }
 
 #[derive(Debug, Deserialize)]

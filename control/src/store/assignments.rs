@@ -28,11 +28,20 @@ const ASSIGNMENT_ORDER: TableDefinition<(&str, u64, u64), &str> =
     TableDefinition::new("assignment_order");
 const ASSIGNMENT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("assignment_counts");
 
+/// What a batch did: `stored` (new, or repeats of the same assignment) and `refused`
+/// (an id already assigned to another rollout or variant: assignments are immutable,
+/// so a reused or replayed id cannot move an outcome to another arm).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AssignResult {
+    pub stored: u64,
+    pub refused: u64,
+}
+
 /// Stores a batch in one transaction. A correlation id already assigned to the
 /// same rollout and variant is left as it is (a retried batch changes nothing); one
-/// assigned elsewhere is moved. Rollouts beyond [`MAX_ASSIGNMENTS_PER_ROLLOUT`]
-/// lose their oldest assignments. Returns the batch size. Blocking.
-pub fn store_assignments(store: &Store, batch: &[Assignment]) -> Result<u64, StoreError> {
+/// assigned elsewhere is refused and counted, never moved. Rollouts beyond
+/// [`MAX_ASSIGNMENTS_PER_ROLLOUT`] lose their oldest assignments. Blocking.
+pub fn store_assignments(store: &Store, batch: &[Assignment]) -> Result<AssignResult, StoreError> {
     store_assignments_capped(store, batch, MAX_ASSIGNMENTS_PER_ROLLOUT)
 }
 
@@ -42,9 +51,10 @@ pub fn store_assignments_capped(
     store: &Store,
     batch: &[Assignment],
     cap: u64,
-) -> Result<u64, StoreError> {
+) -> Result<AssignResult, StoreError> {
+    let mut result = AssignResult::default();
     if batch.is_empty() {
-        return Ok(0);
+        return Ok(result);
     }
     let tx = store.begin_write()?;
     {
@@ -60,13 +70,15 @@ pub fn store_assignments_capped(
                 let (r, v, ms, s) = g.value();
                 (r.to_string(), v.to_string(), ms, s)
             });
-            if let Some((r, v, ms, s)) = old {
+            if let Some((r, v, _, _)) = old {
                 if r == a.rollout && v == a.variant {
-                    continue;
+                    result.stored += 1;
+                } else {
+                    result.refused += 1;
                 }
-                order.remove((r.as_str(), ms, s)).map_err(db_err)?;
-                delta.entry(r).or_default().1 += 1;
+                continue;
             }
+            result.stored += 1;
             by_id
                 .insert(id, (a.rollout.as_str(), a.variant.as_str(), a.unix_ms, seq))
                 .map_err(db_err)?;
@@ -108,7 +120,7 @@ pub fn store_assignments_capped(
         }
     }
     tx.commit().map_err(db_err)?;
-    Ok(batch.len() as u64)
+    Ok(result)
 }
 
 /// The assignment of a correlation id: (rollout, variant, unix_ms). Blocking.
