@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 
-use rollout_control::cli::args::{Cli, Command, PolicyArgs};
+use rollout_control::cli::args::{Cli, Command, PolicyArgs, StoreArgs};
 use rollout_control::cli::run_client;
 use rollout_control::engine::options::EngineOptions;
 use rollout_control::engine::source::prometheus::PrometheusOptions;
 use rollout_control::http::roles::CredentialFiles;
+use rollout_control::http::server::HttpLimits;
 use rollout_control::serve::{serve, ServeOptions};
 
 /// The engine's options from the `serve` flags; `None` without `--envoy-admin` and
@@ -28,6 +29,17 @@ fn engine_options(args: &PolicyArgs) -> Option<EngineOptions> {
     })
 }
 
+/// The HTTP limits from the `serve` flags.
+fn http_limits(args: &StoreArgs) -> HttpLimits {
+    HttpLimits {
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        heavy_reads: usize::try_from(args.heavy_reads).unwrap_or(usize::MAX),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -44,13 +56,20 @@ fn main() -> ExitCode {
                 },
                 initial_plan: args.initial_plan,
                 start_fresh: args.store.start_fresh,
+                limits: http_limits(&args.store),
                 policy: engine_options(&args.policy),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(serve(opts)))
+                .and_then(|rt| {
+                    let result = rt.block_on(serve(opts));
+                    // A heavy read still running on a blocking thread does not hold
+                    // the exit (the store is already closed or dropped).
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                    result
+                })
         }
         _ => run_client(cli),
     };

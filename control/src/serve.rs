@@ -26,6 +26,8 @@ pub struct ServeOptions {
     pub initial_plan: Option<PathBuf>,
     /// Move an empty or damaged store file aside instead of refusing to start.
     pub start_fresh: bool,
+    /// HTTP timeouts and limits.
+    pub limits: crate::http::server::HttpLimits,
     /// The policy engine (`--envoy-admin` or `--prometheus-url`); `None`: policies
     /// are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
@@ -104,7 +106,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store);
-    let state = AppState::with_credentials(Arc::clone(&store), credentials);
+    let state = AppState::with_limits(Arc::clone(&store), credentials, opts.limits);
     let engine = match &opts.policy {
         Some(p) => {
             let handle = state.start_engine(p.clone(), None)?;
@@ -134,11 +136,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let local = listener.local_addr()?;
     eprintln!("rollout-control: listening on http://{local}");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")?;
-    eprintln!("rollout-control: shutting down");
+    let drained = crate::http::server::serve(listener, app(state), opts.limits, async {
+        shutdown_signal().await;
+        eprintln!("rollout-control: shutting down");
+    })
+    .await;
+    if !drained {
+        eprintln!(
+            "rollout-control: requests still open after {} ms; closing them",
+            opts.limits.shutdown_grace.as_millis()
+        );
+    }
     recovery.abort();
     let _ = recovery.await;
     if let Some(handle) = engine {

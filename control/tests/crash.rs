@@ -112,7 +112,7 @@ fn sigkill_mid_burst_loses_no_acknowledged_version() {
     let (status, history, _) = call(
         &a,
         "GET",
-        &format!("{}/v1/history?limit=10000", server.url),
+        &format!("{}/v1/history?limit=1000", server.url),
         None,
     )
     .unwrap();

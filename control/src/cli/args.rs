@@ -261,6 +261,21 @@ pub struct StoreArgs {
     /// epoch) starts.
     #[arg(long)]
     pub start_fresh: bool,
+    /// A request's headers must arrive within this many milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this many milliseconds (408 otherwise).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub body_timeout_ms: u64,
+    /// Open connections at most; one more is closed at accept.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_connections: u64,
+    /// On SIGTERM, wait this long for in-flight requests, then close them.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub shutdown_grace_ms: u64,
+    /// Heavy reads (shadow and experiment reports, history) running at once; more wait.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub heavy_reads: u64,
 }
 
 /// `serve` flags of the engine.

@@ -105,6 +105,19 @@ impl Metrics {
 
         header(
             &mut out,
+            "rollout_control_refused_connections_total",
+            "counter",
+            "Connections closed at accept because --max-connections were open.",
+        );
+        line(
+            &mut out,
+            "rollout_control_refused_connections_total",
+            &[],
+            crate::http::server::REFUSED_CONNECTIONS.load(Ordering::Relaxed),
+        );
+
+        header(
+            &mut out,
             "rollout_control_store_recoveries_total",
             "counter",
             "Recoveries of the store after an I/O error (disk full), by result.",

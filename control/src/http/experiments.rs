@@ -200,6 +200,7 @@ async fn get_experiment(
     }
     let models = variant_models(&state, &name);
     let store = Arc::clone(state.store());
+    let _permit = state.heavy_read().await;
     let mut report = blocking(move || report(&store, &rollout))
         .await?
         .ok_or_else(|| ApiError::not_found("experiment", "no experiment section"))?;

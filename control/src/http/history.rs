@@ -1,6 +1,8 @@
-//! `GET /v1/history?limit=N`: plan versions, newest first (default 100, at most
-//! 10,000), each with its weights and, for versions the policy engine wrote, the
-//! decision behind them.
+//! `GET /v1/history?limit=N&before=V`: plan versions, newest first (default 100, at
+//! most 1,000 per page; `before=V`: only versions below V, the cursor of the next
+//! page), each with its weights and, for versions the policy engine wrote, the
+//! decision behind them. Plans are reduced to their weights as they are read, and the
+//! read runs under a heavy-read permit.
 
 use std::sync::Arc;
 
@@ -13,7 +15,7 @@ use serde::Deserialize;
 use crate::api::history::{weights_of, HistoryEntry};
 use crate::engine::commit::AUTHOR;
 use crate::http::error::ApiError;
-use crate::http::extract::{parse_limit, query};
+use crate::http::extract::{parse_limit, parse_u64_param, query};
 use crate::http::state::AppState;
 use crate::store::blocking::blocking;
 use crate::store::decisions::version_analyses;
@@ -30,6 +32,7 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize)]
 struct HistoryQuery {
     limit: Option<String>,
+    before: Option<String>,
 }
 
 /// `GET /v1/history?limit=N`.
@@ -39,9 +42,20 @@ async fn history(
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     let q = query(q)?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY, MAX_HISTORY)?;
+    let before = parse_u64_param("before", q.before.as_deref())?;
     let store = Arc::clone(state.store());
+    let _permit = state.heavy_read().await;
     let (records, mut analyses) = blocking(move || {
-        let records = store.history(limit)?;
+        let records = store.history_map(limit, before, |r| HistoryEntry {
+            analysis: None,
+            weights: weights_of(&r.plan),
+            version: r.version,
+            time: r.time,
+            unix_ms: r.unix_ms,
+            reason: r.reason,
+            author: r.author,
+            op: r.op,
+        })?;
         let policy_versions: Vec<u64> = records
             .iter()
             .filter(|r| r.author == AUTHOR)
@@ -54,15 +68,9 @@ async fn history(
     Ok(Json(
         records
             .into_iter()
-            .map(|r| HistoryEntry {
-                analysis: analyses.remove(&r.version),
-                weights: weights_of(&r.plan),
-                version: r.version,
-                time: r.time,
-                unix_ms: r.unix_ms,
-                reason: r.reason,
-                author: r.author,
-                op: r.op,
+            .map(|mut e| {
+                e.analysis = analyses.remove(&e.version);
+                e
             })
             .collect(),
     ))

@@ -17,7 +17,7 @@
 //! | POST | `/v1/rollouts/{name}/pause` | [`rollouts`] | sets `paused` |
 //! | POST | `/v1/rollouts/{name}/resume` | [`rollouts`] | clears `paused` (a holding policy progresses again) |
 //! | POST | `/v1/rollouts/{name}/restart` | [`rollouts`] | restart the rollout's policy at step 0 |
-//! | GET  | `/v1/history?limit=N` | [`history`] | newest first (default 100, at most 10,000) |
+//! | GET  | `/v1/history?limit=N&before=V` | [`history`] | newest first (default 100, at most 1,000 per page; `before`: versions below V, the next page) |
 //! | GET  | `/v1/status` | [`status`] | version, age, weights, policies, the engine, proxies and how far behind they are |
 //! | GET  | `/v1/rollouts/{name}/analysis?limit=N&version=V` | [`analysis`] | policy decisions, check values, window series |
 //! | POST | `/v1/shadow-records` | [`shadow`] | the filter's shadow comparison records: 200 `{"stored": n}` (4 MiB) |
@@ -46,6 +46,7 @@
 
 pub mod analysis;
 pub mod auth;
+pub mod body_timeout;
 pub mod change;
 pub mod counters;
 pub mod error;
@@ -58,6 +59,7 @@ pub mod metrics;
 pub mod plan;
 pub mod roles;
 pub mod rollouts;
+pub mod server;
 pub mod shadow;
 pub mod state;
 pub mod status;
@@ -86,6 +88,10 @@ pub fn app(state: AppState) -> Router {
         .merge(analysis::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn({
+            let timeout = state.limits().body_timeout;
+            move |req, next| body_timeout::read_body(timeout, req, next)
+        }))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -105,6 +105,7 @@ async fn report(
     };
     let (sp, models) = plan_facts(&state, &rollout);
     let store = Arc::clone(state.store());
+    let _permit = state.heavy_read().await;
     let mut report = blocking(move || shadow_report(&store, &rollout, since_ms, limit, sp)).await?;
     report.models = models;
     Ok(Json(report))

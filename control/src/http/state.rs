@@ -10,6 +10,7 @@ use crate::engine::runner::{self, EngineHandle};
 use crate::engine::state::Engine;
 use crate::http::counters::Metrics;
 use crate::http::roles::{Credentials, Role};
+use crate::http::server::HttpLimits;
 use crate::store::proxies::ProxyTable;
 use crate::store::Store;
 use crate::util::token::TokenFile;
@@ -26,6 +27,10 @@ struct Inner {
     metrics: Metrics,
     /// The progressive-delivery engine, when `serve` runs it (`--envoy-admin`).
     policy: OnceLock<Arc<Engine>>,
+    /// Timeouts and limits of the HTTP server.
+    limits: HttpLimits,
+    /// Permits of the heavy reads (reports, history): `limits.heavy_reads`.
+    heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -38,7 +43,14 @@ impl AppState {
     }
 
     pub fn with_credentials(store: Arc<Store>, credentials: Credentials) -> Self {
+        AppState::with_limits(store, credentials, HttpLimits::default())
+    }
+
+    /// [`AppState::with_credentials`] with other HTTP limits (`serve`'s flags).
+    pub fn with_limits(store: Arc<Store>, credentials: Credentials, limits: HttpLimits) -> Self {
         AppState(Arc::new(Inner {
+            limits,
+            heavy: Arc::new(tokio::sync::Semaphore::new(limits.heavy_reads.max(1))),
             store,
             proxies: Arc::new(ProxyTable::default()),
             credentials,
@@ -57,6 +69,18 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    pub fn limits(&self) -> &HttpLimits {
+        &self.0.limits
+    }
+
+    /// A permit to run a heavy read (a report, the history): at most
+    /// `limits.heavy_reads` at once, so they never take every blocking thread and
+    /// core from plan polls. Waits for one (`None` only if the semaphore were closed,
+    /// which it never is).
+    pub async fn heavy_read(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.0.heavy).acquire_owned().await.ok()
     }
 
     /// Starts the policy engine against this state's store and proxy table, and

@@ -245,6 +245,17 @@ impl Store {
         plans::history(&self.begin_read()?, limit)
     }
 
+    /// Up to `limit` plan records older than `before`, newest first, each mapped by
+    /// `f` as it is read (a page of the history without holding every plan).
+    pub fn history_map<T>(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+        f: impl FnMut(Record) -> T,
+    ) -> Result<Vec<T>, StoreError> {
+        plans::history_map(&self.begin_read()?, limit, before, f)
+    }
+
     /// Readiness: a read transaction opens and the latest record decodes.
     /// Returns the number of stored versions.
     pub fn check_readable(&self) -> Result<u64, StoreError> {
@@ -377,6 +388,22 @@ mod tests {
         });
         assert!(store.get(6).unwrap().is_none());
         assert_eq!(store.check_readable().unwrap(), 5);
+    }
+
+    #[test]
+    fn history_pages_with_a_cursor() {
+        let dir = TempDir::new("store-pages");
+        let store = Store::open(dir.path()).unwrap();
+        for i in 1..=7u32 {
+            store
+                .commit(|_| Ok::<_, StoreError>(change(f64::from(i))))
+                .unwrap();
+        }
+        let page = |before| store.history_map(3, before, |r| r.version).unwrap();
+        assert_eq!(page(None), vec![7, 6, 5]);
+        assert_eq!(page(Some(5)), vec![4, 3, 2]);
+        assert_eq!(page(Some(2)), vec![1]);
+        assert!(page(Some(1)).is_empty());
     }
 
     #[test]

@@ -29,8 +29,8 @@ use crate::store::error::{db_err, StoreError};
 use crate::util::timefmt::{now_unix_ms, rfc3339_ms};
 
 const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("plan_versions");
-/// Most records one history read returns.
-pub const MAX_HISTORY: usize = 10_000;
+/// Most records one history read returns (older ones: the next page, `?before=`).
+pub const MAX_HISTORY: usize = 1_000;
 
 /// What made a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,16 +229,28 @@ pub fn get(tx: &ReadTransaction, version: u64) -> Result<Option<Record>, StoreEr
 
 /// Up to `limit` (at most [`MAX_HISTORY`]) records, newest first.
 pub fn history(tx: &ReadTransaction, limit: usize) -> Result<Vec<Record>, StoreError> {
+    history_map(tx, limit, None, |r| r)
+}
+
+/// Up to `limit` (at most [`MAX_HISTORY`]) records older than `before` (all when
+/// `None`), newest first, each mapped by `f` as it is read: only the mapped values
+/// are held, never `limit` full plans.
+pub fn history_map<T>(
+    tx: &ReadTransaction,
+    limit: usize,
+    before: Option<u64>,
+    mut f: impl FnMut(Record) -> T,
+) -> Result<Vec<T>, StoreError> {
     let table = tx.open_table(VERSIONS).map_err(db_err)?;
     let mut out = Vec::new();
     for entry in table
-        .iter()
+        .range(..before.unwrap_or(u64::MAX))
         .map_err(db_err)?
         .rev()
         .take(limit.min(MAX_HISTORY))
     {
         let (k, v) = entry.map_err(db_err)?;
-        out.push(decode(k.value(), v.value())?);
+        out.push(f(decode(k.value(), v.value())?));
     }
     Ok(out)
 }
