@@ -12,6 +12,7 @@ use rollout_control::engine::source::prometheus::PrometheusOptions;
 use rollout_control::http::roles::CredentialFiles;
 use rollout_control::http::server::HttpLimits;
 use rollout_control::serve::{serve, ServeOptions};
+use rollout_control::store::proxies::ProxyLimits;
 
 /// The engine's options from the `serve` flags; `None` without `--envoy-admin` and
 /// `--prometheus-url`.
@@ -57,6 +58,10 @@ fn main() -> ExitCode {
                 initial_plan: args.initial_plan,
                 start_fresh: args.store.start_fresh,
                 limits: http_limits(&args.store),
+                proxies: ProxyLimits {
+                    capacity: usize::try_from(args.proxies.max_proxies).unwrap_or(usize::MAX),
+                    expire_after: Duration::from_secs(args.proxies.proxy_expiry_s),
+                },
                 policy: engine_options(&args.policy),
             };
             tokio::runtime::Builder::new_multi_thread()

@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub start_fresh: bool,
     /// HTTP timeouts and limits.
     pub limits: crate::http::server::HttpLimits,
+    /// Bounds of the proxies table (`--max-proxies`, `--proxy-expiry-s`).
+    pub proxies: crate::store::proxies::ProxyLimits,
     /// The policy engine (`--envoy-admin` or `--prometheus-url`); `None`: policies
     /// are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
@@ -106,7 +108,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store);
-    let state = AppState::with_limits(Arc::clone(&store), credentials, opts.limits);
+    let state = AppState::with_limits(Arc::clone(&store), credentials, opts.limits)
+        .with_proxy_limits(opts.proxies);
     let engine = match &opts.policy {
         Some(p) => {
             let handle = state.start_engine(p.clone(), None)?;

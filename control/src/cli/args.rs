@@ -232,6 +232,22 @@ pub struct ServeArgs {
     /// One credential per role (README, "Security model").
     #[command(flatten)]
     pub credentials: CredentialArgs,
+    /// The proxies table (`--max-proxies`, `--proxy-expiry-s`).
+    #[command(flatten)]
+    pub proxies: ProxyArgs,
+}
+
+/// `serve` flags of the table of polling proxies.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Proxies tracked at most (about 150 bytes each). When the table is full of live
+    /// proxies a new one is not tracked and advancing holds (the gate cannot tell
+    /// that every proxy runs the latest plan).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_proxies: u64,
+    /// A proxy that has not polled for this many seconds is forgotten.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(31..=604_800))]
+    pub proxy_expiry_s: u64,
 }
 
 /// `serve` flags of the credentials: each file holds its role's tokens, one a line

@@ -12,6 +12,7 @@
 //! | `rollout_control_assignments_refused_total` | counter | | assignments refused since start: the id was already assigned to another rollout or variant (assignments are immutable) |
 //! | `rollout_control_feedback_total` | counter | result (`accepted` `unknown` `dropped`) | outcomes received since start |
 //! | `rollout_control_proxies` | gauge | | proxies in the polling table |
+//! | `rollout_control_proxies_untracked_total` | counter | | polls of new proxies the full table could not track (`--max-proxies`); advancing holds meanwhile |
 //! | `rollout_control_metrics_source_reads_total` | counter | source (`prometheus`, `envoy_admin`), result (`ok` `timeout` `unreachable` `error` `empty`) | the policy engine's reads of its metrics source (only while it runs); anything but `ok` leaves the tick without figures: inconclusive |
 
 use std::collections::BTreeMap;
@@ -233,6 +234,18 @@ impl Metrics {
             "rollout_control_proxies",
             &[],
             proxies.len() as u64,
+        );
+        header(
+            &mut out,
+            "rollout_control_proxies_untracked_total",
+            "counter",
+            "Polls of new proxies the full proxies table could not track (--max-proxies).",
+        );
+        line(
+            &mut out,
+            "rollout_control_proxies_untracked_total",
+            &[],
+            proxies.untracked_total(),
         );
         if !source_reads.is_empty() {
             header(
