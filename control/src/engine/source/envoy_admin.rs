@@ -50,7 +50,8 @@ fn regex_escape(s: &str) -> String {
 pub fn filter_for(format: StatsFormat, selectors: &[Selector]) -> Option<String> {
     let mut f = BASE_FILTER.to_string();
     for s in selectors {
-        if s.is_ours() {
+        // ours are in the base filter; a PromQL expression is for Prometheus only
+        if s.is_ours() || s.promql.is_some() {
             continue;
         }
         match (format, s.envoy_name()) {

@@ -53,7 +53,8 @@ pub enum Target {
     Counter { metric: String },
     /// The latency histogram: series by labels plus `le`.
     Histogram { metric: String },
-    /// A `stat` selector: the one answered value is the selector's series.
+    /// A `stat` selector: the one answered value is the selector's series. A PromQL
+    /// expression's value is a gauge (its latest value is judged).
     Stat { selector: Selector, gauge: bool },
 }
 
@@ -143,6 +144,16 @@ pub fn tick_queries(
         },
     });
     for sel in stats {
+        if let Some(expr) = &sel.promql {
+            out.push(Query {
+                promql: expr.clone(),
+                target: Target::Stat {
+                    selector: sel.clone(),
+                    gauge: true,
+                },
+            });
+            continue;
+        }
         if !is_metric_name(&sel.metric) {
             continue;
         }
@@ -213,6 +224,36 @@ mod tests {
                 r#"sum(increase(envoy_cluster_upstream_rq_xx{envoy_response_code_class="5"}[1000ms]))"#,
                 "sum(envoy_server_concurrency)",
             ]
+        );
+    }
+
+    #[test]
+    fn a_promql_stat_runs_as_written_and_reads_as_a_gauge() {
+        let key = r#"sum(rate(demo_model_answers_total{version="canary",decision="decline"}[{interval}]))"#;
+        let expr = crate::engine::stat_selectors::expand(key, "fraud", 30);
+        assert_eq!(
+            expr,
+            r#"sum(rate(demo_model_answers_total{version="canary",decision="decline"}[30s]))"#
+        );
+        let sel = Selector::expression(key, expr.clone());
+        let q = tick_queries(1000, &[sel.clone()], &is_counter_name);
+        let last = q.last().unwrap();
+        assert_eq!(last.promql, expr);
+        assert_eq!(
+            last.target,
+            Target::Stat {
+                selector: sel.clone(),
+                gauge: true
+            }
+        );
+        // the Envoy admin reader leaves it out of its filter
+        assert_eq!(
+            crate::engine::source::envoy_admin::filter_for(
+                crate::api::status::StatsFormat::Prometheus,
+                &[sel]
+            )
+            .as_deref(),
+            Some(crate::engine::source::envoy_admin::BASE_FILTER)
         );
     }
 
