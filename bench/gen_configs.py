@@ -100,6 +100,11 @@ stats_config:
     regex: '\\.(bin\\.([^.]+)\\.)[a-z_]*predictions_total$'
 
 stats_flush_interval: 1s
+
+# As envoy/demo.yaml: freed heap goes back to the OS (the same for every setup).
+memory_allocator_manager:
+  bytes_to_release: 16777216
+  memory_release_interval: 1s
 """
 
 LISTENER = """\

@@ -1,12 +1,13 @@
 //! The one path that checks an answer, the primary's (at the end of a request) and
-//! the shadow's (when its callout returns) alike: parse the body (tolerating NaN
-//! tokens; a body over the limit is not parsed), judge the output's health by the
+//! the shadow's (when its callout returns) alike: parse what the pointers in use need
+//! of the body (tolerating NaN tokens; a body over the limit is not parsed;
+//! `rollout_core::json_at`), judge the output's health by the
 //! rollout's health rule (`Rollout::health_rule`: the output section's pointer and
 //! range, else the first compare pointer), put its prediction into the bins of
 //! `output.distribution` (when the rollout has them), and reduce the answer to what
 //! a shadow comparison needs. Pure: the callers read the body and count the results.
 
-use rollout_core::answer::{extract, health, parse_answer, prediction_at, Health, Prediction};
+use rollout_core::answer::{extract, health, parse_answer_at, prediction_at, Health, Prediction};
 use rollout_core::plan::Rollout;
 
 /// One answer, reduced to what the comparison needs.
@@ -51,8 +52,28 @@ pub fn check(
     too_large: bool,
     wanted: Wanted,
 ) -> Checked {
-    let parsed = if too_large { None } else { parse_answer(body) };
     let judged = wanted.health && (200..300).contains(&status) && !too_large;
+    let shadow = rollout.shadow.as_ref().filter(|_| wanted.comparison);
+    // Only what the pointers in use need is parsed (no whole-document tree).
+    let mut pointers: Vec<&str> = Vec::new();
+    if judged {
+        pointers.extend(rollout.health_rule().map(|rule| rule.pointer));
+        pointers.extend(
+            rollout
+                .output
+                .as_ref()
+                .filter(|o| o.distribution.is_some())
+                .map(|o| o.pointer.as_str()),
+        );
+    }
+    if let Some(sh) = shadow {
+        pointers.extend(sh.compare.pointers.iter().map(String::as_str));
+    }
+    let parsed = if too_large || pointers.is_empty() {
+        None
+    } else {
+        parse_answer_at(body, &pointers)
+    };
     let health = match rollout.health_rule() {
         Some(rule) if judged => Some(health(parsed.as_ref(), rule.pointer, rule.min, rule.max)),
         _ => None,
@@ -66,7 +87,6 @@ pub fn check(
             d.observe(&p, &mut |b| bins.push(b));
         }
     }
-    let shadow = rollout.shadow.as_ref().filter(|_| wanted.comparison);
     let answer = shadow.map(|sh| Answer {
         status,
         latency_ms,

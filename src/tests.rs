@@ -706,3 +706,65 @@ fn host_calls_per_request_on_the_common_paths() {
     assert_eq!(checked[3], vec!["response_body"]);
     assert_eq!(checked[4], NONE);
 }
+
+/// Native time of the filter's own work per request (MockHost: host calls cost
+/// nothing here), routing only and with a compared shadow. Not a test of speed: run
+/// by hand to see where the Wasm-side time goes (e.g. under `perf record`):
+/// `cargo test --release -p model-rollout --lib time_per_request -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn time_per_request() {
+    let shadow = DEMO_ROUTING.replace(
+        r#""salt": "fraud-v2","#,
+        r#""salt": "fraud-v2", "shadow": {"cluster": "model_shadow", "percent": 100, "timeout_ms": 5000,
+           "compare": {"pointers": ["/outputs/0/data"], "abs_tolerance": 0.000001}},"#,
+    );
+    let answer = r#"{"model_name":"fraud","model_version":"stable","id":"bench","outputs":[{"name":"score","shape":[1],"datatype":"FP64","data":[0.25]}]}"#;
+    let n = 200_000u32;
+    for (label, config) in [("routing", DEMO_ROUTING), ("shadow", shadow.as_str())] {
+        let (h, mut root) = root_with(config);
+        *h.request_chunk.borrow_mut() = br#"{"id":"bench","inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[0.1,0.2,0.3,0.4]}]}"#.to_vec();
+        *h.response_chunk.borrow_mut() = answer.as_bytes().to_vec();
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            let user = format!("user-{}", i % 10_000);
+            request(
+                &h,
+                &[
+                    (":path", "/v2/models/fraud/infer"),
+                    (":method", "POST"),
+                    (":authority", "models.bench"),
+                    ("content-type", "application/json"),
+                    ("content-length", "99"),
+                    ("x-user-id", &user),
+                ],
+            );
+            h.response.borrow_mut().clear();
+            h.response
+                .borrow_mut()
+                .insert(":status".into(), "200".into());
+            h.dispatched.borrow_mut().clear();
+            h.queue.borrow_mut().clear();
+            let mut ctx = root.new_http(i + 10);
+            ctx.request_headers(false);
+            ctx.request_body(99, true);
+            root.queue_ready(1);
+            ctx.response_headers();
+            ctx.response_body(answer.len(), true);
+            ctx.done();
+            if !h.dispatched.borrow().is_empty() {
+                let mut headers = std::collections::BTreeMap::new();
+                headers.insert(":status".to_string(), "200".to_string());
+                *h.call_response.borrow_mut() = (headers, Some(answer.as_bytes().to_vec()));
+                root.call_response(1, answer.len());
+            }
+            if i % 10_000 == 0 {
+                root.tick();
+                h.histograms.borrow_mut().clear();
+                h.logs.borrow_mut().clear();
+            }
+        }
+        let per = start.elapsed().as_nanos() / u128::from(n);
+        println!("{label}: {per} ns per request (native, MockHost)");
+    }
+}

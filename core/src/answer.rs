@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::json_at;
+
 /// Where the prediction is in an Open Inference Protocol answer.
 pub const DEFAULT_POINTER: &str = "/outputs/0/data";
 /// Default limit of a buffered body (an answer compared or checked, a request copied).
@@ -110,6 +112,13 @@ pub fn parse_answer(body: &[u8]) -> Option<Value> {
     serde_json::from_slice(&quote_non_finite(body)).ok()
 }
 
+/// As [`parse_answer`], keeping only the subtrees at `pointers`: every lookup of
+/// one of them finds what it finds in the whole answer (see [`json_at`]).
+pub fn parse_answer_at(body: &[u8], pointers: &[&str]) -> Option<Value> {
+    json_at::parse_at(body, pointers)
+        .or_else(|| json_at::parse_at(&quote_non_finite(body), pointers))
+}
+
 fn quote_non_finite(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 16);
     let mut in_string = false;
@@ -156,7 +165,7 @@ pub fn extract(answer: Option<&Value>, pointers: &[String]) -> Vec<Option<Predic
         .iter()
         .map(|p| {
             answer
-                .and_then(|v| v.pointer(p))
+                .and_then(|v| json_at::at(v, p))
                 .map(Prediction::from_value)
         })
         .collect()
@@ -165,7 +174,7 @@ pub fn extract(answer: Option<&Value>, pointers: &[String]) -> Vec<Option<Predic
 /// The prediction at `pointer`, if the answer has one there.
 pub fn prediction_at(answer: Option<&Value>, pointer: &str) -> Option<Prediction> {
     answer
-        .and_then(|v| v.pointer(pointer))
+        .and_then(|v| json_at::at(v, pointer))
         .map(Prediction::from_value)
 }
 
@@ -213,7 +222,7 @@ pub fn health(answer: Option<&Value>, pointer: &str, min: Option<f64>, max: Opti
     let Some(v) = answer else {
         return Health::Unparseable;
     };
-    match v.pointer(pointer) {
+    match json_at::at(v, pointer) {
         None => Health::Missing,
         Some(p) => health_of(&Prediction::from_value(p), min, max),
     }

@@ -6,7 +6,8 @@
 //!
 //! 1. Leaves: [`error`] (ConfigError, UnknownRollout, OpError), [`hash`],
 //!    [`correlation`], [`request`], [`stats`] (stat names, reason enums), [`abtest`],
-//!    [`answer`] (predictions, output health, the comparison of two answers);
+//!    [`json_at`] (only what JSON pointers need from a document), [`answer`]
+//!    (predictions, output health, the comparison of two answers; on [`json_at`]);
 //!    [`msprt`] (sequential A/B tests, on [`abtest`]'s summaries).
 //! 2. [`fields`]: the validators every section shares; [`headers`]: which headers a
 //!    configured role may name.
@@ -33,6 +34,7 @@ pub mod experiment;
 pub mod fields;
 pub mod hash;
 pub mod headers;
+pub mod json_at;
 pub mod model;
 pub mod msprt;
 pub mod output;
