@@ -236,7 +236,7 @@ mod tests {
             r#"sum(rate(demo_model_answers_total{version="canary",decision="decline"}[30s]))"#
         );
         let sel = Selector::expression(key, expr.clone());
-        let q = tick_queries(1000, &[sel.clone()], &is_counter_name);
+        let q = tick_queries(1000, std::slice::from_ref(&sel), &is_counter_name);
         let last = q.last().unwrap();
         assert_eq!(last.promql, expr);
         assert_eq!(
