@@ -822,7 +822,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "(default 10^6; 0: no extra requests)")
     ap.add_argument("--shapes", type=csv_list(tuple(SHAPES)), default=list(SHAPES),
                     help="comma list of direct,upstream (default both)")
-    ap.add_argument("--setups", type=csv_list(ALL_SETUPS), default=list(ALL_SETUPS),
+    ap.add_argument("--setups", type=csv_list(ALL_SETUPS), default=None,
                     help="comma list of setups (default all; none is always included)")
     ap.add_argument("--envoy-core", type=int, default=0, help="CPU core for Envoy (default 0)")
     ap.add_argument("--load-core", type=int, default=1, help="CPU core for wrk and upstreams (default 1)")
@@ -845,10 +845,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.cycles, args.slice, args.warmup_cycles, args.memory_requests = 2, 1, 0, 0
     if args.cycles < 1 or args.slice < 1 or args.connections < 1 or args.users < 1 or args.warmup_cycles < 0:
         ap.error("--cycles, --slice, --connections, --users must be >= 1, --warmup-cycles >= 0")
+    if args.breakdown:
+        # none and noop, plus the direct setups asked for.
+        args.shapes = ["direct"]
+        args.setups = [s for s in SHAPES["direct"] if s in ("none", "noop", *(args.setups or []))]
+    if args.setups is None:
+        args.setups = list(ALL_SETUPS)
     if "none" not in args.setups:
         args.setups = ["none", *args.setups]
-    if args.breakdown:
-        args.shapes, args.setups = ["direct"], ["none", "noop"]
     variants = []
     for v in args.variant:
         name, sep, path = v.partition("=")

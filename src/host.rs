@@ -477,9 +477,11 @@ pub mod mock {
             Ok(d.len() as u32)
         }
         fn call_response_header(&self, name: &str) -> HostResult<Option<String>> {
+            self.call("call_response_header");
             Ok(self.call_response.borrow().0.get(name).cloned())
         }
         fn call_response_body(&self, max: usize) -> HostResult<Option<Vec<u8>>> {
+            self.call("call_response_body");
             Ok(self.call_response.borrow().1.clone().map(|mut b| {
                 b.truncate(max);
                 b
@@ -523,6 +525,7 @@ pub mod mock {
             Ok(())
         }
         fn dequeue(&self, _queue: u32) -> HostResult<Option<Vec<u8>>> {
+            self.call("dequeue");
             let mut q = self.queue.borrow_mut();
             Ok(if q.is_empty() {
                 None

@@ -28,10 +28,25 @@ use crate::host::{Host, HostError};
 use crate::metrics::Metrics;
 
 /// The plan in force, as the poller compares with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InForce {
     pub version: u64,
+    /// The store epoch of a sidecar plan (`None`: static, or a sidecar without epochs).
+    pub epoch: Option<String>,
     pub source: PlanSource,
+}
+
+impl InForce {
+    /// Does a plan of `version` and `epoch` replace this one?
+    fn superseded_by(&self, version: u64, epoch: Option<&str>) -> bool {
+        supersedes(
+            version,
+            epoch,
+            self.version,
+            self.epoch.as_deref(),
+            self.source,
+        )
+    }
 }
 
 /// What [`PlanPoller::adopt`] found in shared data.
@@ -123,7 +138,7 @@ impl PlanPoller {
             }
         }?;
         self.last_success_ms = Some(head.last_success_ms);
-        if !supersedes(head.version, in_force.version, in_force.source) {
+        if !in_force.superseded_by(head.version, head.epoch()) {
             return None;
         }
         let Ok((Some(bytes), _)) = host.get_shared(&self.plan_key) else {
@@ -131,7 +146,7 @@ impl PlanPoller {
             return None;
         };
         match parse_plan(&bytes) {
-            Ok((spec, plan)) if supersedes(plan.version, in_force.version, in_force.source) => {
+            Ok((spec, plan)) if in_force.superseded_by(plan.version, spec.epoch.as_deref()) => {
                 Some(Adopted::Plan(Box::new(spec), Box::new(plan)))
             }
             Ok(_) => None,
@@ -185,6 +200,7 @@ impl PlanPoller {
             .head(host)
             .filter(|h| {
                 h.version == in_force.version
+                    && h.epoch() == in_force.epoch.as_deref()
                     && in_force.source == PlanSource::Control
                     && !h.etag.is_empty()
             })
@@ -235,6 +251,7 @@ impl PlanPoller {
             body,
             max,
             in_force.version,
+            in_force.epoch.as_deref(),
             in_force.source,
         );
         let m = m?;
@@ -245,7 +262,8 @@ impl PlanPoller {
                 } else {
                     etag
                 };
-                self.publish_head(host, m, in_force.version, etag, now);
+                let epoch = in_force.epoch.clone().unwrap_or_default();
+                self.publish_head(host, m, in_force.version, epoch, etag, now);
                 Polled::Current
             }
             PollOutcome::Accepted { spec, plan, body } => {
@@ -253,7 +271,8 @@ impl PlanPoller {
                     m.bump(m.host_errors);
                     return None;
                 }
-                self.publish_head(host, m, plan.version, etag, now);
+                let epoch = spec.epoch.clone().unwrap_or_default();
+                self.publish_head(host, m, plan.version, epoch, etag, now);
                 m.bump(m.control.accepted);
                 Polled::Accepted(spec, plan)
             }
@@ -274,6 +293,7 @@ impl PlanPoller {
         host: &impl Host,
         m: &Metrics,
         version: u64,
+        epoch: String,
         etag: String,
         now: u64,
     ) {
@@ -282,6 +302,7 @@ impl PlanPoller {
             version,
             last_success_ms: now,
             etag,
+            epoch,
         };
         if host
             .set_shared(&self.head_key, head.encode().as_bytes(), None)

@@ -174,6 +174,10 @@ impl<H: Host + Clone> Root<H> {
     fn in_force(&self) -> InForce {
         InForce {
             version: self.active.as_ref().map_or(0, |a| a.version()),
+            epoch: self
+                .active
+                .as_ref()
+                .and_then(|a| a.config.plan_spec.epoch.clone()),
             source: self.source,
         }
     }
@@ -282,7 +286,7 @@ impl<H: Host + Clone> Root<H> {
             token,
             body_size,
             now,
-            in_force,
+            in_force.clone(),
         );
         match polled {
             Some(Polled::Accepted(spec, plan)) => self.install_plan(*spec, *plan),

@@ -768,3 +768,87 @@ fn time_per_request() {
         println!("{label}: {per} ns per request (native, MockHost)");
     }
 }
+
+/// Host calls of one shadowed request (100 %, compared), callback by callback, so
+/// that a regression on the shadow path shows too.
+#[test]
+fn host_calls_of_a_shadowed_request() {
+    let shadow = DEMO_ROUTING.replace(
+        r#""salt": "fraud-v2","#,
+        r#""salt": "fraud-v2", "shadow": {"cluster": "model_shadow", "percent": 100,
+           "compare": {"pointers": ["/outputs/0/data"]}},"#,
+    );
+    let (h, mut root) = root_with(&shadow);
+    let body = br#"{"outputs":[{"data":[0.5]}]}"#;
+    request(
+        &h,
+        &[
+            (":path", "/v2/models/fraud/infer"),
+            (":method", "POST"),
+            ("x-user-id", "u1"),
+        ],
+    );
+    h.response
+        .borrow_mut()
+        .insert(":status".into(), "200".into());
+    *h.request_chunk.borrow_mut() = b"{}".to_vec();
+    *h.response_chunk.borrow_mut() = body.to_vec();
+    let mut ctx = root.new_http(12);
+    let log = |f: &mut dyn FnMut()| {
+        h.reset_calls();
+        f();
+        h.call_log.borrow().clone()
+    };
+    let req = log(&mut || {
+        ctx.request_headers(false);
+    });
+    assert_eq!(
+        req,
+        vec![
+            "request_headers_all",
+            "set_request_header",
+            "set_request_header",
+            "now_nanos",
+            "now_nanos"
+        ],
+        "snapshot, id, variant, clock, the join's clock"
+    );
+    assert_eq!(
+        log(&mut || {
+            ctx.request_body(2, true);
+        }),
+        vec!["request_body", "enqueue"]
+    );
+    assert_eq!(
+        log(&mut || root.queue_ready(1)),
+        vec!["dequeue", "dequeue", "now_nanos", "dispatch"]
+    );
+    assert_eq!(
+        log(&mut || {
+            ctx.response_headers();
+        }),
+        vec!["response_header", "now_nanos", "record_metric"]
+    );
+    assert_eq!(
+        log(&mut || {
+            ctx.response_body(body.len(), true);
+        }),
+        vec!["response_body"]
+    );
+    assert_eq!(log(&mut || ctx.done()), vec!["now_nanos"]);
+    let mut headers = std::collections::BTreeMap::new();
+    headers.insert(":status".to_string(), "200".to_string());
+    *h.call_response.borrow_mut() = (headers, Some(body.to_vec()));
+    let token = h.dispatched.borrow().len() as u32;
+    assert_eq!(
+        log(&mut || root.call_response(token, body.len())),
+        vec![
+            "now_nanos",
+            "call_response_header",
+            "call_response_body",
+            "record_metric",
+            "record_metric"
+        ],
+        "the answer: clock, status, body, then both latencies of the completed join"
+    );
+}

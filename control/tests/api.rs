@@ -172,21 +172,38 @@ async fn put_then_get_with_etag_and_304() {
 
     let r = f.get("/v1/plan").await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.header("etag"), Some("\"v1\""));
+    // The ETag and the body carry the store's epoch (GET /v1/plan only).
+    let epoch = f.state.store().epoch().to_string();
+    let tag1 = format!("\"v1.{epoch}\"");
+    assert_eq!(r.header("etag"), Some(tag1.as_str()));
     assert_eq!(r.header("x-plan-version"), Some("1"));
     assert_eq!(r.header("cache-control"), Some("no-cache"));
     assert_eq!(r.header("content-type"), Some("application/json"));
     // The body is exactly a plan the filter accepts.
     let (spec, _) = rollout_core::parse_plan(&r.body).unwrap();
     assert_eq!(spec.version, 1);
-    assert_eq!(r.json(), put["plan"]);
+    assert_eq!(spec.epoch.as_deref(), Some(epoch.as_str()));
+    let mut served = r.json();
+    served.as_object_mut().unwrap().remove("epoch");
+    assert_eq!(served, put["plan"]);
 
     let r = f
-        .send("GET", "/v1/plan", &[("if-none-match", "\"v1\"")], "")
+        .send("GET", "/v1/plan", &[("if-none-match", tag1.as_str())], "")
         .await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
     assert!(r.body.is_empty());
-    assert_eq!(r.header("etag"), Some("\"v1\""));
+    assert_eq!(r.header("etag"), Some(tag1.as_str()));
+    // The same version under another epoch (another store, a restored backup) is
+    // another entity.
+    let r = f
+        .send(
+            "GET",
+            "/v1/plan",
+            &[("if-none-match", "\"v1.0000000000000000\"")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
     let r = f
         .send("GET", "/v1/plan", &[("if-none-match", "\"v0\"")], "")
         .await;
@@ -201,10 +218,10 @@ async fn put_then_get_with_etag_and_304() {
         .await;
     assert_eq!(r.json()["version"], 3);
     let r = f
-        .send("GET", "/v1/plan", &[("if-none-match", "\"v1\"")], "")
+        .send("GET", "/v1/plan", &[("if-none-match", tag1.as_str())], "")
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.header("etag"), Some("\"v3\""));
+    assert_eq!(r.header("etag"), Some(format!("\"v3.{epoch}\"").as_str()));
 }
 
 #[tokio::test]
@@ -608,20 +625,26 @@ async fn restore_brings_back_an_earlier_version_exactly() {
     assert_eq!(now["version"], 4);
     let strip = |mut v: Value| {
         v.as_object_mut().unwrap().remove("version");
+        v.as_object_mut().unwrap().remove("epoch");
         v
     };
     assert_eq!(strip(now.clone()), strip(v1.clone()));
     // byte-exact apart from the version
     let v1_text = String::from_utf8(f.get("/v1/plan/versions/1").await.body).unwrap();
     let now_text = String::from_utf8(f.get("/v1/plan").await.body).unwrap();
+    let epoch = format!(r#""epoch":"{}","#, f.state.store().epoch());
     assert_eq!(
-        now_text.replace(r#""version":4"#, r#""version":1"#),
+        now_text
+            .replace(r#""version":4"#, r#""version":1"#)
+            .replace(&epoch, ""),
         v1_text
     );
     let h = f.get("/v1/history?limit=1").await.json();
     assert_eq!(h[0]["op"], "restore");
     assert_eq!(h[0]["reason"], "restore v1");
-    // versions are immutable
+    // versions are immutable (stored without the epoch GET /v1/plan adds)
+    let mut v3 = v3;
+    v3.as_object_mut().unwrap().remove("epoch");
     assert_eq!(f.get("/v1/plan/versions/3").await.json(), v3);
     assert_eq!(f.get("/v1/plan/versions/v3").await.json(), v3);
 
@@ -839,11 +862,12 @@ async fn real_listener() {
             .call()
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["etag"], "\"v1\"");
+        let tag = r.headers()["etag"].to_str().unwrap().to_string();
+        assert!(tag.starts_with("\"v1."), "{tag}");
         rollout_core::parse_plan(r.body_mut().read_to_string().unwrap().as_bytes()).unwrap();
         let r = agent
             .get(format!("{base}/v1/plan"))
-            .header("if-none-match", "\"v1\"")
+            .header("if-none-match", tag.as_str())
             .call()
             .unwrap();
         assert_eq!(r.status(), 304);

@@ -180,10 +180,13 @@ fn restart_resumes_the_latest_version_and_sigterm_is_graceful() {
 
     for round in 0..2 {
         let server = ServerProc::start(&data, &[]);
-        let (status, plan, version) =
+        let (status, mut plan, version) =
             call(&a, "GET", &format!("{}/v1/plan", server.url), None).unwrap();
         assert_eq!(status, 200);
         assert_eq!(version, Some(4), "round {round}");
+        // Served with this run's store epoch (new at every open).
+        assert!(plan["epoch"].is_string());
+        plan.as_object_mut().unwrap().remove("epoch");
         assert_eq!(plan, last["plan"]);
         assert_eq!(plan["rollouts"][0]["variants"][1]["weight"], 12.34);
         drop(server); // SIGKILL: an idle kill loses nothing either

@@ -112,9 +112,20 @@ pub enum PlanSource {
 }
 
 /// A plan from the sidecar replaces the one in force when its version is higher,
-/// or equal to a static plan's (the sidecar is the authority for that version).
-pub fn supersedes(candidate: u64, in_force: u64, source: PlanSource) -> bool {
-    candidate > in_force || (candidate == in_force && source == PlanSource::Static)
+/// or equal to a static plan's (the sidecar is the authority for that version), or
+/// when it comes from another store epoch than the sidecar plan in force (a restored
+/// backup or a new store: its versions start over), whatever its version.
+pub fn supersedes(
+    candidate: u64,
+    candidate_epoch: Option<&str>,
+    in_force: u64,
+    in_force_epoch: Option<&str>,
+    source: PlanSource,
+) -> bool {
+    let new_epoch = source == PlanSource::Control
+        && candidate_epoch.is_some()
+        && candidate_epoch != in_force_epoch;
+    new_epoch || candidate > in_force || (candidate == in_force && source == PlanSource::Static)
 }
 
 // ---------------------------------------------------------------- lease
@@ -159,21 +170,32 @@ pub struct Head {
     pub version: u64,
     pub last_success_ms: u64,
     pub etag: String,
+    /// The published plan's store epoch (empty: none).
+    pub epoch: String,
 }
 
 impl Head {
     pub fn encode(&self) -> String {
-        format!("{}\n{}\n{}", self.version, self.last_success_ms, self.etag)
+        format!(
+            "{}\n{}\n{}\n{}",
+            self.version, self.last_success_ms, self.etag, self.epoch
+        )
     }
 
     pub fn decode(b: &[u8]) -> Option<Head> {
         let s = std::str::from_utf8(b).ok()?;
-        let mut it = s.splitn(3, '\n');
+        let mut it = s.splitn(4, '\n');
         Some(Head {
             version: it.next()?.parse().ok()?,
             last_success_ms: it.next()?.parse().ok()?,
             etag: it.next().unwrap_or("").to_string(),
+            epoch: it.next().unwrap_or("").to_string(),
         })
+    }
+
+    /// The epoch, `None` when empty.
+    pub fn epoch(&self) -> Option<&str> {
+        Some(self.epoch.as_str()).filter(|e| !e.is_empty())
     }
 }
 
@@ -270,6 +292,7 @@ pub fn judge(
     body: Option<Vec<u8>>,
     max_plan_bytes: usize,
     in_force: u64,
+    in_force_epoch: Option<&str>,
     source: PlanSource,
 ) -> PollOutcome {
     match status {
@@ -300,7 +323,13 @@ pub fn judge(
                     PollOutcome::Rejected(reason, e.to_string())
                 }
                 Ok((spec, plan)) => {
-                    if supersedes(plan.version, in_force, source) {
+                    if supersedes(
+                        plan.version,
+                        spec.epoch.as_deref(),
+                        in_force,
+                        in_force_epoch,
+                        source,
+                    ) {
                         PollOutcome::Accepted {
                             spec: Box::new(spec),
                             plan: Box::new(plan),
@@ -337,8 +366,49 @@ mod tests {
             Some(body.as_bytes().to_vec()),
             1 << 20,
             in_force,
+            None,
             src,
         )
+    }
+
+    #[test]
+    fn a_new_store_epoch_supersedes_whatever_its_version() {
+        let c = PlanSource::Control;
+        // A restored backup (epoch b) at a lower version replaces epoch a's v9.
+        assert!(supersedes(3, Some("b"), 9, Some("a"), c));
+        // The same epoch keeps the version rule.
+        assert!(!supersedes(3, Some("a"), 9, Some("a"), c));
+        assert!(supersedes(10, Some("a"), 9, Some("a"), c));
+        // A plan in force from a sidecar without epochs: the first epoch is new.
+        assert!(supersedes(3, Some("a"), 9, None, c));
+        // A plan without an epoch never jumps back.
+        assert!(!supersedes(3, None, 9, Some("a"), c));
+        // A static plan in force: the version rule only.
+        assert!(!supersedes(3, Some("b"), 9, None, PlanSource::Static));
+        let body = PLAN.replace(r#""version":5"#, r#""version":2,"epoch":"b""#);
+        let o = judge(
+            Some(200),
+            body.len(),
+            Some(body.into_bytes()),
+            1 << 20,
+            9,
+            Some("a"),
+            c,
+        );
+        assert!(matches!(o, PollOutcome::Accepted { .. }));
+        let o = judge(
+            Some(200),
+            PLAN.len(),
+            Some(PLAN.into()),
+            1 << 20,
+            9,
+            Some("a"),
+            c,
+        );
+        assert!(matches!(
+            o,
+            PollOutcome::Rejected(Rejection::StaleVersion, _)
+        ));
     }
 
     #[test]
@@ -386,7 +456,15 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        let o = judge(Some(200), 10 << 20, None, 1 << 20, 1, PlanSource::Control);
+        let o = judge(
+            Some(200),
+            10 << 20,
+            None,
+            1 << 20,
+            1,
+            None,
+            PlanSource::Control,
+        );
         assert!(matches!(o, PollOutcome::Rejected(Rejection::Oversized, _)));
     }
 
@@ -410,6 +488,7 @@ mod tests {
             version: 3,
             last_success_ms: 99,
             etag: "\"v3\"".into(),
+            epoch: "0123abcd".into(),
         };
         assert_eq!(Head::decode(h.encode().as_bytes()), Some(h));
         assert_eq!(Head::decode(b"x"), None);

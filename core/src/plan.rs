@@ -23,6 +23,9 @@ pub const MAX_VARIANTS: usize = 16;
 pub const MAX_RULES: usize = 32;
 pub const MAX_CONDITIONS: usize = 8;
 
+/// Longest store epoch id a plan may carry.
+pub const MAX_EPOCH_LEN: usize = 64;
+
 fn default_schema() -> u32 {
     SCHEMA_VERSION
 }
@@ -35,6 +38,11 @@ pub struct PlanSpec {
     pub schema_version: u32,
     /// Monotonic plan version: a plan with a lower version than the one in force is ignored.
     pub version: u64,
+    /// The control sidecar's store epoch, set by the sidecar on every plan it serves
+    /// (absent in static plans). A sidecar plan of another epoch replaces the one in
+    /// force even with a lower version: a restored backup or a new store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
     pub rollouts: Vec<RolloutSpec>,
 }
 
@@ -235,6 +243,17 @@ impl PlanSpec {
             ));
         }
         check_json_safe("version", self.version)?;
+        if let Some(e) = &self.epoch {
+            if e.is_empty()
+                || e.len() > MAX_EPOCH_LEN
+                || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    "epoch",
+                    format!("must be 1 to {MAX_EPOCH_LEN} letters, digits or '-'"),
+                ));
+            }
+        }
         if self.rollouts.len() > MAX_ROLLOUTS {
             return Err(ConfigError::new(
                 "rollouts",

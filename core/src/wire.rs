@@ -61,6 +61,15 @@ pub fn etag(version: u64) -> String {
     format!("\"v{version}\"")
 }
 
+/// The ETag of a plan version served by a store of `epoch`: `"v12.<epoch>"` (a
+/// restored backup's version 12 is another entity than the original's).
+pub fn epoch_etag(version: u64, epoch: Option<&str>) -> String {
+    match epoch {
+        Some(e) => format!("\"v{version}.{e}\""),
+        None => etag(version),
+    }
+}
+
 /// The `Authorization` value for a token.
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")

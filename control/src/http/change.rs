@@ -104,9 +104,9 @@ impl WriteMeta {
 /// `If-Match` (strong comparison): `*` needs some plan, a tag list needs the latest's tag.
 fn check_if_match(if_match: Option<&[String]>, cur: Option<&Current>) -> Result<(), ApiError> {
     let Some(tags) = if_match else { return Ok(()) };
-    let current = cur.map(|c| etag(c.version()));
-    let hit = tags.iter().any(|t| match &current {
-        Some(c) => t == "*" || t == c,
+    // `"v<N>"` (what change answers carry) or `"v<N>.<epoch>"` (GET /v1/plan's).
+    let hit = tags.iter().any(|t| match cur {
+        Some(c) => t == "*" || *t == etag(c.version()) || *t == c.etag,
         None => false,
     });
     if hit {

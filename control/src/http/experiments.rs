@@ -71,7 +71,12 @@ async fn post_assignments(
     let body = ingest_body(body)?;
     let batch: AssignmentBatch = parse_object(&body)?;
     batch.validate()?;
-    let assignments = batch.assignments;
+    let mut assignments = batch.assignments;
+    // Retention is oldest first by the sender's time: never later than ours.
+    let now = crate::util::timefmt::now_unix_ms();
+    for a in &mut assignments {
+        a.unix_ms = a.unix_ms.min(now);
+    }
     let store = Arc::clone(state.store());
     let r = blocking(move || store_assignments(&store, &assignments)).await?;
     state.metrics().assignments_stored(r.stored);

@@ -6,7 +6,7 @@
 //!
 //! | method | path | file | answer |
 //! |---|---|---|---|
-//! | GET  | `/v1/plan` | [`plan`] | 200 the latest plan (a bare `PlanSpec`), `ETag: "v<N>"`, `X-Plan-Version`, `Cache-Control: no-cache`; 304 when `If-None-Match` holds the current ETag; 404 before any plan. Records the polling proxy (`x-model-rollout-proxy`, `x-model-rollout-plan-version`) when the poll carries the proxy credential (or none is configured). |
+//! | GET  | `/v1/plan` | [`plan`] | 200 the latest plan (a bare `PlanSpec`), with the store's `epoch`, `ETag: "v<N>.<epoch>"`, `X-Plan-Version`, `Cache-Control: no-cache`; 304 when `If-None-Match` holds the current ETag; 404 before any plan. Records the polling proxy (`x-model-rollout-proxy`, `x-model-rollout-plan-version`) when the poll carries the proxy credential (or none is configured). |
 //! | PUT  | `/v1/plan` | [`plan`] | replace the plan: 200 `{"version", "plan"}`; 400 naming the field; 412 on an `If-Match` mismatch; 413 beyond 1 MiB |
 //! | GET  | `/v1/plan/versions/{v}` | [`plan`] | that version's plan; 404 if unknown |
 //! | POST | `/v1/plan/versions/{v}/restore` | [`plan`] | a new version with version v's plan |

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
-use rollout_core::wire::{etag, PollIdentity, PLAN_VERSION_HEADER, PROXY_HEADER};
+use rollout_core::wire::{PollIdentity, PLAN_VERSION_HEADER, PROXY_HEADER};
 
 use crate::api::plan::parse_plan_document;
 use crate::http::change::{commit, WriteMeta, WriteQuery};
@@ -63,7 +63,10 @@ async fn get_plan(
         return ApiError::no_plan().into_response();
     };
     let mut h = plan_headers(cur.version());
-    if none_match_hits(&headers, &etag(cur.version())) {
+    if let Ok(v) = HeaderValue::from_str(&cur.etag) {
+        h.insert(axum::http::header::ETAG, v);
+    }
+    if none_match_hits(&headers, &cur.etag) {
         return (StatusCode::NOT_MODIFIED, h).into_response();
     }
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -25,6 +25,7 @@ use crate::http::state::AppState;
 use crate::report::shadow::shadow_report;
 use crate::store::blocking::blocking;
 use crate::store::shadow_records::store_records;
+use crate::util::timefmt::now_unix_ms;
 
 /// Recent disagreements a report lists without `?limit=`.
 pub const DEFAULT_DISAGREEMENTS: usize = 50;
@@ -49,8 +50,12 @@ async fn post_records(
     let batch: ShadowRecordBatch = parse_object(&body)?;
     batch.validate()?;
     let ShadowRecordBatch { proxy, mut records } = batch;
+    // The sender's clock orders retention: a time ahead of ours (u64::MAX would be
+    // kept for ever) becomes our receive time.
+    let now = now_unix_ms();
     for r in &mut records {
         r.proxy.clone_from(&proxy);
+        r.unix_ms = r.unix_ms.min(now);
     }
     let store = Arc::clone(state.store());
     let stored = blocking(move || store_records(&store, &records)).await?;

@@ -1,7 +1,11 @@
-//! The store's epoch id: 16 random hex digits created with the store (meta table key
-//! `epoch`) and never changed. Plans carry it and the ETag includes it, so a proxy can
-//! tell a restored backup or a new store (another epoch, possibly lower versions)
-//! from an old answer of the same store.
+//! The store's epoch id: 16 random hex digits drawn each time the store opens and
+//! written to the file (meta table key `epoch`). Plans served by `GET /v1/plan` carry
+//! it and their ETag includes it (`"v12.<epoch>"`), so a proxy takes a plan of
+//! another epoch even when its version is lower: a restored backup or a new store
+//! starts its versions over. Drawn per open, not per file, because a backup copied
+//! back is byte for byte the file it was when taken: only the sidecar that opens it
+//! can tell the proxies "this is another incarnation". A restart of the same store
+//! costs each proxy one full plan answer (same version, new epoch) instead of a 304.
 
 use crate::store::error::StoreError;
 

@@ -82,7 +82,7 @@ impl Store {
         let path = dir.join(FILE_NAME);
         let db = open::open_file(&path, &opts)?;
         let epoch = init_meta(&db, &path)?;
-        let plans = Plans::load(&db)?;
+        let plans = Plans::load(&db, &epoch)?;
         Ok(Store {
             db: RwLock::new(Some(Arc::new(db))),
             opener: opts.opener,
@@ -99,8 +99,9 @@ impl Store {
         &self.path
     }
 
-    /// The store's epoch id: random, created with the store, never changed. A restored
-    /// backup or a new store has another one.
+    /// The store's epoch id: random, drawn when the store opens and kept in the file
+    /// (`meta.epoch`) for as long as it is open. A restored backup, a new store, a
+    /// restart all serve under a new one.
     pub fn epoch(&self) -> &str {
         &self.epoch
     }
@@ -277,7 +278,7 @@ impl Store {
     }
 }
 
-/// Creates the tables, checks the format, creates the epoch id when missing; returns it.
+/// Creates the tables, checks the format, stores a new epoch id; returns it.
 fn init_meta(db: &Database, path: &Path) -> Result<String, StoreError> {
     let tx = db.begin_write().map_err(db_err)?;
     let epoch = {
@@ -299,18 +300,12 @@ fn init_meta(db: &Database, path: &Path) -> Result<String, StoreError> {
                 )))
             }
         }
-        let epoch = meta
-            .get("epoch")
-            .map_err(db_err)?
-            .map(|g| g.value().to_string());
-        match epoch {
-            Some(e) => e,
-            None => {
-                let e = epoch::new_epoch()?;
-                meta.insert("epoch", e.as_str()).map_err(db_err)?;
-                e
-            }
-        }
+        // A new epoch at every open: a backup copied back is the same file as when
+        // it was taken, so only a new id tells the proxies its lower versions are
+        // meant (see epoch.rs).
+        let e = epoch::new_epoch()?;
+        meta.insert("epoch", e.as_str()).map_err(db_err)?;
+        e
     };
     tx.commit().map_err(db_err)?;
     Ok(epoch)
@@ -374,7 +369,11 @@ mod tests {
         let cur = store.current().unwrap();
         assert_eq!(cur.version(), 5);
         assert_eq!(cur.record.reason, "w=5");
-        let body: PlanSpec = serde_json::from_slice(&cur.plan_json).unwrap();
+        let mut body: PlanSpec = serde_json::from_slice(&cur.plan_json).unwrap();
+        // Served with the store's epoch, stored without.
+        assert_eq!(body.epoch.as_deref(), Some(store.epoch()));
+        assert_eq!(cur.etag, format!("\"v5.{}\"", store.epoch()));
+        body.epoch = None;
         assert_eq!(body, cur.record.plan);
         let h = store.history(3).unwrap();
         assert_eq!(

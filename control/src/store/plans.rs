@@ -92,18 +92,23 @@ pub struct Change {
     pub author: String,
 }
 
-/// The latest version, with the plan pre-serialized for `GET /v1/plan`.
+/// The latest version, with the plan pre-serialized for `GET /v1/plan` (carrying the
+/// store's epoch) and its ETag (`"v<N>.<epoch>"`).
 #[derive(Debug)]
 pub struct Current {
     pub record: Record,
     pub plan_json: Bytes,
+    pub etag: String,
 }
 
 impl Current {
-    fn new(record: Record) -> Result<Self, StoreError> {
-        let plan_json = serde_json::to_vec(&record.plan)
+    fn new(record: Record, epoch: &str) -> Result<Self, StoreError> {
+        let mut served = record.plan.clone();
+        served.epoch = Some(epoch.to_string());
+        let plan_json = serde_json::to_vec(&served)
             .map_err(|e| StoreError::Corrupt(format!("cannot serialize plan: {e}")))?;
         Ok(Current {
+            etag: rollout_core::wire::epoch_etag(record.version, Some(epoch)),
             record,
             plan_json: Bytes::from(plan_json),
         })
@@ -130,6 +135,7 @@ fn decode(version: u64, bytes: &[u8]) -> Result<Record, StoreError> {
 /// commit).
 pub struct Plans {
     current: RwLock<Option<Arc<Current>>>,
+    epoch: String,
 }
 
 impl Plans {
@@ -140,16 +146,21 @@ impl Plans {
     }
 
     /// Reads the latest version into the cache.
-    pub fn load(db: &Database) -> Result<Plans, StoreError> {
-        let latest = read_latest(db)?.map(Current::new).transpose()?;
+    pub fn load(db: &Database, epoch: &str) -> Result<Plans, StoreError> {
+        let latest = read_latest(db)?
+            .map(|r| Current::new(r, epoch))
+            .transpose()?;
         Ok(Plans {
             current: RwLock::new(latest.map(Arc::new)),
+            epoch: epoch.to_string(),
         })
     }
 
     /// Reads the latest version into the cache again (after the file was reopened).
     pub fn reload(&self, db: &Database) -> Result<(), StoreError> {
-        let latest = read_latest(db)?.map(Current::new).transpose()?;
+        let latest = read_latest(db)?
+            .map(|r| Current::new(r, &self.epoch))
+            .transpose()?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = latest.map(Arc::new);
         Ok(())
     }
@@ -174,13 +185,15 @@ impl Plans {
             let mut table = tx.open_table(VERSIONS).map_err(db_err)?;
             let latest = match table.last().map_err(db_err)? {
                 None => None,
-                Some((k, v)) => Some(Current::new(decode(k.value(), v.value())?)?),
+                Some((k, v)) => Some(Current::new(decode(k.value(), v.value())?, &self.epoch)?),
             };
             let change = f(latest.as_ref())?;
             let version = latest.as_ref().map_or(0, Current::version) + 1;
             let unix_ms = now_unix_ms();
             let mut plan = change.plan;
             plan.version = version;
+            // The epoch is the serving store's, added when served: never stored.
+            plan.epoch = None;
             let record = Record {
                 version,
                 time: rfc3339_ms(unix_ms),
@@ -193,7 +206,7 @@ impl Plans {
             let bytes = serde_json::to_vec(&record)
                 .map_err(|e| StoreError::Db(format!("cannot serialize record: {e}")))?;
             table.insert(version, bytes.as_slice()).map_err(db_err)?;
-            Current::new(record)?
+            Current::new(record, &self.epoch)?
         };
         tx.commit().map_err(db_err)?;
         let current = Arc::new(current);
