@@ -4,6 +4,7 @@
 #   make bench   pinned, interleaved wrk benchmark: none / native / noop / floor / ours, mirror vs shadow;
 #                then the fleet run (bench/fleet.py; alone: make bench-fleet)
 #   make oci     OCI image of the filter, digest pinned into istio/, gateway-api/, envoy-gateway/
+#   make fuzz    coverage-guided fuzzing of core's parsers, FUZZ_SECONDS per target (default 300)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -23,7 +24,8 @@ OCI_DIR := target/oci/model-rollout
 OCI_TAR := target/oci/model-rollout.tar
 
 .PHONY: all deps rust-deps py-deps node-deps prom-deps bench-deps build wasm native \
-        test lint unit wasm-unit integration demo bench bench-fleet clean oci oci-check oci-deps
+        test lint unit wasm-unit integration demo bench bench-fleet clean oci oci-check oci-deps \
+        fuzz-deps fuzz-smoke fuzz
 
 all: build
 
@@ -63,7 +65,7 @@ native:
 	cargo build --profile native -p rollout-demo -p rollout-control -p fleet-load
 
 # ---------------------------------------------------------------- test
-test: deps lint unit wasm-unit build integration
+test: deps lint unit wasm-unit fuzz-smoke build integration
 
 lint: rust-deps
 	cargo fmt --all -- --check
@@ -81,6 +83,44 @@ wasm-unit: rust-deps node-deps
 # Real Envoy running the built .wasm with the shipped configs.
 integration: py-deps prom-deps bench-deps build
 	$(PY) -m pytest tests -q -rs
+
+# ---------------------------------------------------------------- fuzzing
+# cargo-fuzz (libFuzzer, AddressSanitizer) over rollout-core's parsers: the plugin
+# configuration and plan, the shadow-answer comparison, the record/assignment
+# ingestion (fuzz/fuzz_targets/). It needs a nightly toolchain: the installed one,
+# else `rustup toolchain install nightly`, else the stable toolchain with
+# RUSTC_BOOTSTRAP=1 (the same compiler flags). `fuzz-smoke` (in `make test`) replays
+# the committed corpus (fuzz/corpus/, regressions included) and fuzzes each target
+# for FUZZ_SMOKE_SECONDS; new inputs go to target/fuzz-corpus/, never into git.
+FUZZ_TARGETS       := config compare ingest
+FUZZ_SMOKE_SECONDS ?= 8
+FUZZ_SECONDS       ?= 300
+FUZZ_TOOLCHAIN      = $(shell rustup toolchain list | grep -q '^nightly' && echo +nightly || echo +stable)
+FUZZ_ENV            = $(if $(filter +stable,$(FUZZ_TOOLCHAIN)),RUSTC_BOOTSTRAP=1,)
+CARGO_FUZZ          = $(FUZZ_ENV) cargo $(FUZZ_TOOLCHAIN) fuzz
+
+fuzz-deps: rust-deps
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal \
+	  || echo "fuzz: no nightly toolchain; using stable with RUSTC_BOOTSTRAP=1"
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+fuzz-smoke: fuzz-deps
+	$(CARGO_FUZZ) build -O --fuzz-dir fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  $(CARGO_FUZZ) run -O --fuzz-dir fuzz $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SMOKE_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 \
+	    > target/fuzz-$$t.log 2>&1 || { tail -40 target/fuzz-$$t.log; exit 1; }; \
+	  echo "fuzz $$t: $$(grep -m1 -o 'Done [0-9]* runs in [0-9]* second(s)' target/fuzz-$$t.log), no crash"; \
+	done
+
+fuzz: fuzz-deps
+	$(CARGO_FUZZ) build -O --fuzz-dir fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  $(CARGO_FUZZ) run -O --fuzz-dir fuzz $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
 
 # ---------------------------------------------------------------- demo / bench
 demo: py-deps build
@@ -110,4 +150,5 @@ oci-deps:
 
 clean:
 	cargo clean
+	rm -rf fuzz/target
 	rm -rf $(VENV) .run

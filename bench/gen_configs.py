@@ -248,6 +248,7 @@ def plugin_config(shadow: bool) -> str:
     return """\
 {
   "subject": {"header": "x-user-id", "cookie": "uid"},
+  "trusted_headers": ["x-tester", "x-region"],
   "correlation_header": "x-request-id",
   "variant_header": "x-model-variant",
   "echo": %s,

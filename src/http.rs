@@ -169,16 +169,16 @@ impl<H: Host> Http<H> {
             || random.u32(host, m) % u32::from(BUCKETS),
         );
 
-        let correlation_id = match headers.header(&cfg.correlation_header) {
-            Some(id) if correlation::is_valid(&id) => id,
-            _ => {
-                let mut b = [0u8; 16];
-                random.fill(&mut b, host, m);
-                let id = correlation::uuid_v4(b);
-                set_request_header(host, m, &cfg.correlation_header, Some(&id));
-                m.bump(m.correlation_generated);
-                id
-            }
+        // The proxy mints every correlation id: it is the key that joins outcomes and
+        // shadow answers to an arm, so a client's own id (reused across users, or
+        // guessed) is never kept (README "Security model").
+        let correlation_id = {
+            let mut b = [0u8; 16];
+            random.fill(&mut b, host, m);
+            let id = correlation::uuid_v4(b);
+            set_request_header(host, m, &cfg.correlation_header, Some(&id));
+            m.bump(m.correlation_generated);
+            id
         };
         // A tripped proxy sends the candidate's users to stable until a newer plan.
         let mut decision = decision;

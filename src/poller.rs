@@ -71,6 +71,8 @@ pub enum Polled {
 
 pub struct PlanPoller {
     spec: ControlSpec,
+    /// What a polled plan's targeting may read (`rollout_core::trust`).
+    trusted_headers: Vec<String>,
     plan_key: String,
     head_key: String,
     lease_key: String,
@@ -92,13 +94,15 @@ fn host_error(m: Option<&Metrics>) {
 impl PlanPoller {
     /// A poller of `spec`'s sidecar; `me` (non-zero) holds the lease, `node_id` (the
     /// Envoy node id, may be empty) names the proxy.
-    pub fn new(spec: ControlSpec, me: u64, node_id: String) -> Self {
+    /// `trusted_headers`: what a polled plan's targeting may read (`rollout_core::trust`).
+    pub fn new(spec: ControlSpec, me: u64, node_id: String, trusted_headers: Vec<String>) -> Self {
         let prefix = spec.key_prefix();
         let proxy_id = Some(node_id)
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("envoy-{me:016x}"));
         PlanPoller {
             spec,
+            trusted_headers,
             plan_key: format!("{prefix}/plan"),
             head_key: format!("{prefix}/head"),
             lease_key: format!("{prefix}/lease"),
@@ -253,6 +257,7 @@ impl PlanPoller {
             in_force.version,
             in_force.epoch.as_deref(),
             in_force.source,
+            &self.trusted_headers,
         );
         let m = m?;
         Some(match outcome {

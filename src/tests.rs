@@ -13,6 +13,7 @@ type H = Rc<MockHost>;
 
 const CONFIG: &str = r#"{
   "subject": {"header": "x-user-id", "cookie": "uid"},
+  "trusted_headers": ["x-tester"],
   "plan": {"version": 7, "rollouts": [
     {"name": "fraud", "match": {"path_prefix": "/v2/models/fraud/"}, "salt": "fraud-v2",
      "variants": [{"name": "stable", "weight": 90}, {"name": "canary", "weight": 10}],
@@ -87,28 +88,18 @@ fn matched_request_gets_variant_and_correlation_id() {
 }
 
 #[test]
-fn valid_client_id_is_kept_invalid_is_replaced() {
+fn client_ids_are_replaced_by_the_proxys_own() {
     let (h, root) = root_with(CONFIG);
-    request(
-        &h,
-        &[
-            (":path", "/v2/models/fraud/x"),
-            ("x-request-id", "client-id-123"),
-        ],
-    );
-    root.new_http(2).request_headers(true);
-    assert_eq!(
-        h.request.borrow().get("x-request-id").unwrap(),
-        "client-id-123"
-    );
-    request(
-        &h,
-        &[(":path", "/v2/models/fraud/x"), ("x-request-id", "bad id!")],
-    );
-    root.new_http(3).request_headers(true);
-    let id = h.request.borrow().get("x-request-id").cloned().unwrap();
-    assert_ne!(id, "bad id!");
-    assert_eq!(id.len(), 36);
+    for (ctx, client) in [(2, "client-id-123"), (3, "bad id!")] {
+        request(
+            &h,
+            &[(":path", "/v2/models/fraud/x"), ("x-request-id", client)],
+        );
+        root.new_http(ctx).request_headers(true);
+        let id = h.request.borrow().get("x-request-id").cloned().unwrap();
+        assert_ne!(id, client);
+        assert_eq!(id.len(), 36);
+    }
 }
 
 #[test]
@@ -474,6 +465,7 @@ fn candidate_errors_trip_the_proxy_and_other_workers_follow() {
 
 const BINNED: &str = r#"{
   "subject": {"header": "x-user-id"},
+  "trusted_headers": ["x-tester", "x-stable"],
   "echo": {"model": "x-model-version"},
   "plan": {"version": 1, "rollouts": [
     {"name": "fraud", "salt": "s",
@@ -580,6 +572,7 @@ fn the_shipped_stats_tags_are_cores() {
 /// correlation id and the variant, the filter does not.
 const DEMO_ROUTING: &str = r#"{
   "subject": {"header": "x-user-id", "cookie": "uid"},
+  "trusted_headers": ["x-tester", "x-region"],
   "correlation_header": "x-request-id",
   "variant_header": "x-model-variant",
   "echo": {"correlation_id": false, "variant": false},
@@ -653,8 +646,8 @@ fn host_calls_per_request_on_the_common_paths() {
             NONE,
         ]
     );
-    // a valid client id is kept: one call fewer
-    let kept = host_calls(
+    // a client's id is replaced like a missing one: the same calls
+    let replaced = host_calls(
         &h,
         &root,
         &[
@@ -664,8 +657,13 @@ fn host_calls_per_request_on_the_common_paths() {
         ],
     );
     assert_eq!(
-        kept[0],
-        vec!["request_headers_all", "set_request_header", "now_nanos"]
+        replaced[0],
+        vec![
+            "request_headers_all",
+            "set_request_header",
+            "set_request_header",
+            "now_nanos"
+        ]
     );
     // targeting and the cookie read from the same snapshot: no extra call
     let targeted = host_calls(&h, &root, &[fraud, ("x-tester", "1"), ("cookie", "uid=a")]);

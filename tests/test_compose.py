@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from harness import (CONTROL, ROOT, Processes, Sidecar, expected_bucket, metric, metric_samples,
-                     plugin_config, send_all, validate, wait_for)
+                     plugin_config, send_all, validate, wait_for, wasm_filters)
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "compose/Dockerfile"
@@ -117,8 +117,7 @@ def test_services_ports_images_and_mounts():
     cfg = envoy["command"][envoy["command"].index("-c") + 1]
     assert mounted[cfg] == ENVOY_COMPOSE
     # the relative .wasm path of envoy/compose.yaml resolves in the image's workdir
-    wasm_path = envoy_doc()["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
-        "typed_config"]["http_filters"][0]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
+    wasm_path = next(wasm_filters(envoy_doc()))["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
     dockerfile = DOCKERFILE.read_text()
     assert envoy["working_dir"] == "/srv/model-rollout"
     assert f"{envoy['working_dir']}/{wasm_path}" in dockerfile
@@ -163,7 +162,9 @@ def test_envoy_compose_config_is_demo_yaml_on_compose_services():
             out[lst["name"]] = {k: hcm[k] for k in ("route_config", "early_header_mutation_extensions",
                                                     "generate_request_id", "preserve_external_request_id")}
             out[lst["name"]]["filters"] = [f["name"] for f in hcm["http_filters"]]
-            out[lst["name"]]["failure_policy"] = hcm["http_filters"][0]["typed_config"]["config"]["failure_policy"]
+            wasm = next(f for f in hcm["http_filters"] if f["typed_config"]["@type"].endswith("wasm.v3.Wasm"))
+            out[lst["name"]]["failure_policy"] = wasm["typed_config"]["config"]["failure_policy"]
+            out[lst["name"]]["jwt"] = [f["typed_config"] for f in hcm["http_filters"] if "jwt_authn" in f["name"]]
         return out
 
     assert listeners(comp) == listeners(demo)
@@ -200,7 +201,10 @@ def test_plan_file_parses_with_the_filters_parser(tmp_path):
     if r.returncode != 0:
         pytest.skip("needs `rollout-control validate-config FILE`")
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"plan": json.loads((ROOT / "compose/plan.json").read_text())}))
+    # with the trusted headers of envoy/compose.yaml, where the plan runs
+    trusted = plugin_config(envoy_doc())["trusted_headers"]
+    cfg.write_text(json.dumps({"trusted_headers": trusted,
+                               "plan": json.loads((ROOT / "compose/plan.json").read_text())}))
     r = subprocess.run([str(CONTROL), "validate-config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     bad = json.loads(cfg.read_text())

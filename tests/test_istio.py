@@ -408,6 +408,18 @@ def gateway_envoy(ports: dict[str, int], *, with_lua: bool = True, with_wasm: bo
         filters.append({"name": "istio-ingress.strip-model-routing-headers", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": lua_code()}}})
+    # request-authn.yaml as Istio builds it: jwt_authn after the AUTHN-phase Lua rule,
+    # claims to headers, a missing token allowed, an invalid one refused
+    ra = one("RequestAuthentication", "model-rollout-testers")["spec"]["jwtRules"][0]
+    filters.append({"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"origins-0": {
+            "issuer": ra["issuer"], "local_jwks": {"inline_string": ra["jwks"]},
+            "forward": ra.get("forwardOriginalToken", False),
+            "claim_to_headers": [{"header_name": c["header"], "claim_name": c["claim"]}
+                                 for c in ra["outputClaimToHeaders"]]}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+            {"provider_name": "origins-0"}, {"allow_missing": {}}]}}}]}})
     if with_wasm:
         filters.append({"name": "istio-ingress.model-rollout", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -553,7 +565,8 @@ def test_clients_cannot_choose_the_variant_and_upstream_sees_no_routing_headers(
     procs, models, control, ports, gw = mesh
     stable_users = [u for u in USERS if expected_bucket("fraud-v2", u) < 9000][:200]
     rs = send_all(gw.port, [(FRAUD, {"x-user-id": u, "x-model-variant": "canary",
-                                     "x-model-override": "canary"}) for u in stable_users])
+                                     "x-model-override": "canary", "x-tester": "1"})
+                            for u in stable_users])
     for r in rs:
         assert r.headers["x-model-variant"] == "stable"
         body = r.json()
@@ -562,6 +575,28 @@ def test_clients_cannot_choose_the_variant_and_upstream_sees_no_routing_headers(
         assert "x-model-variant" not in upstream and "x-model-override" not in upstream
         # one correlation id, upstream and back to the client (Envoy's UUID at an Istio edge)
         assert upstream["x-request-id"] == r.headers["x-request-id"]
+
+
+def test_testers_come_from_a_verified_claim_only(mesh):
+    """request-authn.yaml: a JWT signed by the demo key with "tester": true goes to the
+    canary; the raw header does not (edge rule); a token signed by another key is 401."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+    procs, models, control, ports, gw = mesh
+    user = next(u for u in USERS if expected_bucket("fraud-v2", u) < 9000)
+    key = (ROOT / "envoy/demo-jwt/DEMO-ONLY-private-key.pem").read_text()
+    now = int(time.time())
+    claims = {"iss": "model-rollout-demo", "sub": "t1", "iat": now, "exp": now + 600, "tester": True}
+    good = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "model-rollout-demo-1"})
+    bad = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
+                     headers={"kid": "model-rollout-demo-1"})
+    r_good, r_raw, r_bad = send_all(gw.port, [
+        (FRAUD, {"x-user-id": user, "authorization": f"Bearer {good}"}),
+        (FRAUD, {"x-user-id": user, "x-tester": "1"}),
+        (FRAUD, {"x-user-id": user, "authorization": f"Bearer {bad}"})])
+    assert r_good.json()["model_version"] == "canary"
+    assert r_raw.json()["model_version"] == "stable"
+    assert r_bad.status == 401
 
 
 @pytest.mark.parametrize("with_lua, variant_sent, expected", [

@@ -170,7 +170,7 @@ def scraped():
         envoy = Envoy(procs, cfg, concurrency=2)
         sent = {
             "fraud": send_all(envoy.port(), [(FRAUD, {"x-user-id": u}) for u in USERS]),
-            "fraud_testers": send_all(envoy.port(), [(FRAUD, {"x-tester": "1"})] * 100),
+            "fraud_testers": send_all(envoy.port("trusted"), [(FRAUD, {"x-tester": "1"})] * 100),
             "churn": send_all(envoy.port(), [(CHURN, {"x-user-id": u}) for u in USERS[:1000]]),
             "keyless": send_all(envoy.port(), [(CHURN, {})] * 200),
             "unmatched": send_all(envoy.port(), [("/v2/models/other/infer", {})] * 50),
@@ -347,7 +347,7 @@ def test_without_stats_tags_labels_are_folded_into_names(procs):
     cfg = EnvoyConfig().upstreams({"model_stable": stable.port, "model_canary": canary.port})
     del cfg.doc["stats_config"]["stats_tags"]
     envoy = Envoy(procs, cfg)
-    send_all(envoy.port(), [(FRAUD, {"x-tester": "1"})] * 7)
+    send_all(envoy.port("trusted"), [(FRAUD, {"x-tester": "1"})] * 7)
 
     def folded():
         exp = Exposition(envoy.prometheus())

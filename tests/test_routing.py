@@ -83,7 +83,8 @@ def test_route_follows_the_variant_header_set_by_the_filter(stack):
     header the filter sets, so a canary answer proves the route was re-evaluated."""
     _, _, canary, _, envoy = stack
     before = canary.stats()["requests"]
-    r = send_all(envoy.port(), [(FRAUD, {"x-tester": "yes"})])[0]
+    # the trusted listener keeps x-tester (the public one sets it from a verified JWT only)
+    r = send_all(envoy.port("trusted"), [(FRAUD, {"x-tester": "yes"})])[0]
     assert r.headers["x-model-variant"] == "canary"
     assert r.json()["model_version"] == "canary"
     assert canary.stats()["requests"] == before + 1
@@ -181,9 +182,10 @@ def test_targeting_pins_matching_requests(stack):
     _, _, _, _, envoy = stack
     canary_users = [u for u in USERS[:3000] if expected_bucket("fraud-v2", u) >= 9000]
     stable_users = [u for u in USERS[:3000] if expected_bucket("fraud-v2", u) < 9000][:300]
-    eu = send_all(envoy.port(), [(FRAUD, {"x-user-id": u, "x-region": "eu"}) for u in canary_users])
+    # on the trusted listener: the public one strips both (tests/test_trust.py)
+    eu = send_all(envoy.port("trusted"), [(FRAUD, {"x-user-id": u, "x-region": "eu"}) for u in canary_users])
     assert {r.headers["x-model-variant"] for r in eu} == {"stable"}
-    testers = send_all(envoy.port(), [(FRAUD, {"x-user-id": u, "x-tester": "1"}) for u in stable_users])
+    testers = send_all(envoy.port("trusted"), [(FRAUD, {"x-user-id": u, "x-tester": "1"}) for u in stable_users])
     assert {r.headers["x-model-variant"] for r in testers} == {"canary"}
     assert {r.json()["model_version"] for r in testers} == {"canary"}
 
@@ -217,10 +219,11 @@ def test_correlation_ids(stack):
         assert uuid.UUID(rid).version == 4
         assert r.json()["parameters"]["headers"]["x-request-id"] == rid  # upstream saw the same id
 
+    # a client's own id is never kept: the proxy mints the key that attributes outcomes
     mine = "trace-0af7651916cd43dd8448eb211c80319c"
     r = send_all(envoy.port(), [(FRAUD, {"x-request-id": mine})])[0]
-    assert r.headers["x-request-id"] == mine
-    assert r.json()["parameters"]["headers"]["x-request-id"] == mine
+    assert r.headers["x-request-id"] != mine and uuid.UUID(r.headers["x-request-id"]).version == 4
+    assert r.json()["parameters"]["headers"]["x-request-id"] == r.headers["x-request-id"]
     r = send_all(envoy.port(), [(FRAUD, {"x-request-id": "<bad id>"})])[0]
     assert r.headers["x-request-id"] != "<bad id>"
     assert uuid.UUID(r.headers["x-request-id"]).version == 4
@@ -250,7 +253,7 @@ def test_echo_by_envoy_as_shipped_or_by_the_filter(procs):
             assert r.headers["x-model-variant"] == upstream["x-model-variant"]
             assert r.headers["x-request-id"] == upstream["x-request-id"]
         assert {r.headers["x-model-variant"] for r in rs} == {"stable", "canary"}
-        assert rs[-1].headers["x-request-id"] == "trace-0af7651916cd43dd"
+        assert rs[-1].headers["x-request-id"] != "trace-0af7651916cd43dd"  # the proxy's own id
         # an unmatched request is not assigned: no variant is echoed
         other = send_all(envoy.port(), [("/v2/models/other/infer", {})])[0]
         assert other.status == 200 and "x-model-variant" not in other.headers

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 use crate::fields::{check_authority, check_cluster, check_path, check_timeout_ms};
 use crate::plan::{parse_plan, Plan, PlanSpec};
+use crate::trust::check_targeting_sources;
 use crate::wire::PollRequest;
 
 fn d_authority() -> String {
@@ -285,7 +286,10 @@ pub enum PollOutcome {
 
 /// Judges one poll response. `body` is fetched by the caller only when
 /// `body_size <= max_plan_bytes` (pass `None` otherwise); for statuses other than
-/// 200 its first bytes suffice.
+/// 200 its first bytes suffice. `trusted`: the headers the plan's targeting may read
+/// (`crate::trust`); a plan reading others is invalid.
+// Each argument is one independent fact of the poll; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn judge(
     status: Option<u32>,
     body_size: usize,
@@ -294,6 +298,7 @@ pub fn judge(
     in_force: u64,
     in_force_epoch: Option<&str>,
     source: PlanSource,
+    trusted: &[String],
 ) -> PollOutcome {
     match status {
         None => PollOutcome::Failed(PollError::Unreachable),
@@ -323,6 +328,9 @@ pub fn judge(
                     PollOutcome::Rejected(reason, e.to_string())
                 }
                 Ok((spec, plan)) => {
+                    if let Err(e) = check_targeting_sources(&spec, trusted) {
+                        return PollOutcome::Rejected(Rejection::Invalid, e.to_string());
+                    }
                     if supersedes(
                         plan.version,
                         spec.epoch.as_deref(),
@@ -368,7 +376,40 @@ mod tests {
             in_force,
             None,
             src,
+            &[],
         )
+    }
+
+    #[test]
+    fn a_plan_reading_an_undeclared_header_is_refused() {
+        let body = r#"{"version":5,"rollouts":[{"name":"r","salt":"s","variants":[{"name":"a","weight":50},{"name":"b","weight":50}],
+            "targeting":[{"variant":"b","when":[{"header":"x-tester","present":true}]}]}]}"#;
+        let o = judge(
+            Some(200),
+            body.len(),
+            Some(body.as_bytes().to_vec()),
+            1 << 20,
+            1,
+            None,
+            PlanSource::Control,
+            &[],
+        );
+        assert!(
+            matches!(&o, PollOutcome::Rejected(Rejection::Invalid, m) if m.contains("rollouts[0].targeting[0].when[0].header")),
+            "{o:?}"
+        );
+        let trusted = ["x-tester".to_string()];
+        let o = judge(
+            Some(200),
+            body.len(),
+            Some(body.as_bytes().to_vec()),
+            1 << 20,
+            1,
+            None,
+            PlanSource::Control,
+            &trusted,
+        );
+        assert!(matches!(o, PollOutcome::Accepted { .. }));
     }
 
     #[test]
@@ -394,6 +435,7 @@ mod tests {
             9,
             Some("a"),
             c,
+            &[],
         );
         assert!(matches!(o, PollOutcome::Accepted { .. }));
         let o = judge(
@@ -404,6 +446,7 @@ mod tests {
             9,
             Some("a"),
             c,
+            &[],
         );
         assert!(matches!(
             o,
@@ -464,6 +507,7 @@ mod tests {
             1,
             None,
             PlanSource::Control,
+            &[],
         );
         assert!(matches!(o, PollOutcome::Rejected(Rejection::Oversized, _)));
     }

@@ -44,6 +44,7 @@ pub mod request;
 pub mod shadow;
 pub mod stats;
 pub mod transitions;
+pub mod trust;
 pub mod wire;
 
 pub use config::{parse_plugin_config, FilterConfig, PluginConfigSpec};

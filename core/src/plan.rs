@@ -134,6 +134,10 @@ pub struct ConditionSpec {
     pub prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub present: Option<bool>,
+    /// The operator's statement that this input is the client's word (not in the
+    /// plugin configuration's `trusted_headers`); see `crate::trust`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub client_controlled: bool,
 }
 
 // ---------------------------------------------------------------------------
