@@ -13,6 +13,7 @@ use rollout_control::http::roles::CredentialFiles;
 use rollout_control::http::server::HttpLimits;
 use rollout_control::serve::{serve, ServeOptions};
 use rollout_control::store::proxies::ProxyLimits;
+use rollout_control::util::timefmt::now_unix_ms;
 
 /// The engine's options from the `serve` flags; `None` without `--envoy-admin` and
 /// `--prometheus-url`.
@@ -27,6 +28,7 @@ fn engine_options(args: &PolicyArgs) -> Option<EngineOptions> {
         stats_format: args.stats_format,
         prometheus,
         tick: Duration::from_millis(args.analysis_tick_ms),
+        wall_clock: now_unix_ms,
     })
 }
 

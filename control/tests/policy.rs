@@ -16,11 +16,13 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use rollout_control::api::status::StatsFormat;
+use rollout_control::engine::clock::WallClock;
 use rollout_control::engine::commit::AUTHOR;
 use rollout_control::engine::options::EngineOptions;
 use rollout_control::engine::runner::EngineHandle;
 use rollout_control::store::{Change, Op};
 use rollout_control::testutil::TempDir;
+use rollout_control::util::timefmt::now_unix_ms;
 use rollout_control::{app, AppState, Store};
 use rollout_core::policy::ProgressState;
 use rollout_core::stats;
@@ -365,6 +367,8 @@ struct Harness {
     sim: Shared,
     admin: String,
     format: StatsFormat,
+    /// The wall clock the engine is anchored to.
+    wall_clock: WallClock,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -419,6 +423,7 @@ impl Harness {
             sim,
             admin,
             format,
+            wall_clock: now_unix_ms,
             tasks: vec![server, traffic],
         };
         h.start_engine();
@@ -436,6 +441,7 @@ impl Harness {
                     stats_format: self.format,
                     prometheus: None,
                     tick: Duration::from_millis(100),
+                    wall_clock: self.wall_clock,
                 },
                 None,
             )
@@ -819,6 +825,28 @@ async fn no_traffic_is_inconclusive_and_never_advances() {
     assert_eq!(h.progress(), Some((1, ProgressState::Progressing)));
     h.wait_for(5.0, "step 2", |h| h.progress().is_some_and(|p| p.0 >= 2))
         .await;
+}
+
+/// The wall clock of `a_backward_clock_step_does_not_delay_an_evaluation`: the real
+/// time at its first reading, then an hour further back at every later one.
+fn stepping_back_wall() -> u64 {
+    static READINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = READINGS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    now_unix_ms().saturating_sub(n * 3_600_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backward_clock_step_does_not_delay_an_evaluation() {
+    let mut h = Harness::new(plan(None, ""), StatsFormat::Json, 20_000.0).await;
+    h.stop_engine().await;
+    // the system clock steps back an hour after the engine starts (and again at
+    // every reading): an engine scheduling on wall time would not evaluate for hours
+    h.wall_clock = stepping_back_wall;
+    h.start_engine();
+    h.wait_for(10.0, "step 2 on time", |h| {
+        h.progress().is_some_and(|p| p.0 >= 2)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,6 +10,7 @@
 //! | [`tick`] | one tick, step by step: read the source, follow the rollouts, evaluate the due ones, commit transitions, store decisions |
 //! | [`source`] | where the numbers come from: the [`source::MetricsSource`] trait, one file per backend (`envoy_admin`, `prometheus`) |
 //! | [`rollout_metrics`], [`stat_selectors`] | the filter's metrics and the `stat` checks' stats in a tick, per rollout |
+//! | [`clock`] | the engine's time: the wall clock read once at start, advanced monotonically |
 //! | [`window`] | the per-rollout time series and the windows the checks judge |
 //! | [`evaluate`] | judging a due rollout: checks, streaks, baselines, `analysis::decide` |
 //! | [`decision`] | the decision records and their reasons |
@@ -27,6 +28,7 @@
 //! backend is a new file in `source/`.
 
 pub mod ab;
+pub mod clock;
 pub mod commit;
 pub mod decision;
 pub mod evaluate;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::api::status::StatsFormat;
+use crate::engine::clock::WallClock;
 use crate::engine::source::prometheus::PrometheusOptions;
 
 #[derive(Debug, Clone)]
@@ -16,4 +17,6 @@ pub struct EngineOptions {
     pub prometheus: Option<PrometheusOptions>,
     /// How often the source is read (and due evaluations run).
     pub tick: Duration,
+    /// The wall clock the engine's monotonic clock is anchored to (read once at start).
+    pub wall_clock: WallClock,
 }

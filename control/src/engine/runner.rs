@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::engine::ab::{AbSource, ExperimentsAb};
+use crate::engine::clock::EngineClock;
 use crate::engine::options::EngineOptions;
 use crate::engine::proxies_behind::proxies_behind;
 use crate::engine::source::factory;
@@ -50,7 +51,12 @@ pub fn start(
     // A read never takes longer than a tick, but at least 500 ms (at most 5 s).
     let timeout = tick.clamp(Duration::from_millis(500), Duration::from_secs(5));
     let source = factory::open(&opts, timeout)?;
-    let engine = Arc::new(Engine::new(tick_ms, opts.stats_format, source.statuses()));
+    let engine = Arc::new(Engine::new(
+        tick_ms,
+        EngineClock::start(opts.wall_clock),
+        opts.stats_format,
+        source.statuses(),
+    ));
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run(
         Arc::clone(&engine),

@@ -16,6 +16,7 @@ use rollout_core::policy::ProgressState;
 
 use crate::api::analysis::{SeriesPoint, WindowSummary};
 use crate::api::status::{EngineView, EnvoyStatus, StatsFormat};
+use crate::engine::clock::EngineClock;
 use crate::engine::window::SeriesStore;
 use crate::util::timefmt::rfc3339_ms;
 
@@ -99,14 +100,21 @@ pub struct EngineState {
 /// The engine's shared state (read by status and the analysis endpoint).
 pub struct Engine {
     tick_ms: u64,
+    clock: EngineClock,
     format: StatsFormat,
     state: Mutex<EngineState>,
 }
 
 impl Engine {
-    pub fn new(tick_ms: u64, format: StatsFormat, envoys: Vec<EnvoyStatus>) -> Engine {
+    pub fn new(
+        tick_ms: u64,
+        clock: EngineClock,
+        format: StatsFormat,
+        envoys: Vec<EnvoyStatus>,
+    ) -> Engine {
         Engine {
             tick_ms,
+            clock,
             format,
             state: Mutex::new(EngineState {
                 envoys,
@@ -117,6 +125,11 @@ impl Engine {
 
     pub fn tick_ms(&self) -> u64 {
         self.tick_ms
+    }
+
+    /// The engine's time (monotonic, see `engine::clock`), Unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn lock(&self) -> MutexGuard<'_, EngineState> {

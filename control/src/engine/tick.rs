@@ -33,7 +33,6 @@ use crate::engine::state::{Basis, Engine, EngineState, Runtime};
 use crate::store::blocking::blocking;
 use crate::store::decisions::write_decisions;
 use crate::store::{Current, Store, StoreError};
-use crate::util::timefmt::now_unix_ms;
 
 /// Non-transition decisions are made durable at least this often.
 const DURABLE_EVERY_MS: u64 = 10_000;
@@ -53,7 +52,7 @@ pub async fn run_tick(
 ) -> anyhow::Result<()> {
     let cur = store.current();
     let (tick, statuses, reads) = read_source(source, cur.as_deref()).await?;
-    let now = now_unix_ms();
+    let now = engine.now_ms();
     engine.lock().source_reads = reads;
     let Some(cur) = cur else {
         let mut st = engine.lock();

@@ -9,6 +9,7 @@ use axum::{Json, Router};
 
 use crate::api::status::{ProxySummary, Status, StatusProxy, StatusRollout, StatusVariant};
 use crate::engine::proxies_behind::ACTIVE_PROXY;
+use crate::engine::state::Engine;
 use crate::engine::status::rollout_status;
 use crate::http::state::AppState;
 use crate::util::timefmt::now_unix_ms;
@@ -56,7 +57,8 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         })
         .collect();
     let engine = state.policy_engine();
-    let now_ms = now_unix_ms();
+    // the engine's schedule is on its own (monotonic) clock
+    let now_ms = engine.as_deref().map_or_else(now_unix_ms, Engine::now_ms);
     let rollouts = cur
         .as_ref()
         .map(|c| {
