@@ -13,7 +13,7 @@ use crate::http::counters::Metrics;
 use crate::http::roles::{Credentials, Role};
 use crate::http::server::HttpLimits;
 use crate::notify::Notifier;
-use crate::store::proxies::ProxyTable;
+use crate::store::proxies::{ProxyLimits, ProxyTable};
 use crate::store::Store;
 use crate::util::token::TokenFile;
 
@@ -65,6 +65,15 @@ impl AppState {
             hooks: OnceLock::new(),
             notifier: OnceLock::new(),
         }))
+    }
+
+    /// The same state with a proxies table bounded by `limits` (`serve`'s
+    /// `--max-proxies`, `--proxy-expiry-s`); only before the state is shared.
+    pub fn with_proxy_limits(mut self, limits: ProxyLimits) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.proxies = Arc::new(ProxyTable::new(limits));
+        }
+        self
     }
 
     pub fn store(&self) -> &Arc<Store> {
