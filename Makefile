@@ -1,7 +1,8 @@
 # model-rollout — build, test, demo, bench.
 #   make test    everything CI runs (installs what is missing on a fresh machine)
 #   make demo    Envoy + demo models locally, live split per variant (Ctrl-C stops)
-#   make bench   pinned, interleaved wrk benchmark: none / native / noop / floor / ours, mirror vs shadow
+#   make bench   pinned, interleaved wrk benchmark: none / native / noop / floor / ours, mirror vs shadow;
+#                then the fleet run (bench/fleet.py; alone: make bench-fleet)
 #   make oci     OCI image of the filter, digest pinned into istio/, gateway-api/, envoy-gateway/
 #   make fuzz    coverage-guided fuzzing of core's parsers, FUZZ_SECONDS per target (default 300)
 SHELL := /bin/bash
@@ -23,7 +24,7 @@ OCI_DIR := target/oci/model-rollout
 OCI_TAR := target/oci/model-rollout.tar
 
 .PHONY: all deps rust-deps py-deps node-deps prom-deps bench-deps build wasm native \
-        test lint unit wasm-unit integration demo bench clean oci oci-check oci-deps \
+        test lint unit wasm-unit integration demo bench bench-fleet clean oci oci-check oci-deps \
         fuzz-deps fuzz-smoke fuzz
 
 all: build
@@ -61,7 +62,7 @@ wasm: rust-deps
 	$(CARGO_WASM) -p model-rollout -p noop-filter -p floor-filter
 
 native:
-	cargo build --profile native -p rollout-demo -p rollout-control
+	cargo build --profile native -p rollout-demo -p rollout-control -p fleet-load
 
 # ---------------------------------------------------------------- test
 test: deps lint unit wasm-unit fuzz-smoke build integration
@@ -127,6 +128,11 @@ demo: py-deps build
 
 bench: py-deps bench-deps build
 	$(PY) bench/run.py --envoy $(ENVOY)
+	$(PY) bench/fleet.py
+
+# Only the fleet run: 20,000 authenticated proxies polling the sidecar every second.
+bench-fleet: py-deps build
+	$(PY) bench/fleet.py
 
 # OCI image of the filter (Istio's compat layout: one layer holding plugin.wasm), and
 # its manifest digest pinned into the manifests of istio/, gateway-api/ and envoy-gateway/

@@ -471,12 +471,13 @@ PROMETHEUS = Path("/usr/bin/prometheus")  # Debian's package (`make prom-deps`)
 
 
 class Prometheus:
-    """A real Prometheus scraping the given Envoy admin endpoints' /stats/prometheus every
-    `interval`, on a free 127.0.0.1 port, its storage in the test's temporary directory,
+    """A real Prometheus scraping the given Envoy admin endpoints' /stats/prometheus (and
+    the `models`' /metrics, when given) every `interval`, on a free 127.0.0.1 port, its storage in the test's temporary directory,
     nothing remote (no remote read/write, no alerting). Stopped by PID with the other
     processes of `procs`."""
 
-    def __init__(self, procs: Processes, targets: list[str], interval: str = "1s") -> None:
+    def __init__(self, procs: Processes, targets: list[str], interval: str = "1s",
+                 models: list[str] | None = None) -> None:
         if not PROMETHEUS.exists():
             raise RuntimeError(f"{PROMETHEUS} missing: `make prom-deps` installs Debian's prometheus")
         self.port = free_port()
@@ -487,13 +488,26 @@ class Prometheus:
             "scrape_configs": [{"job_name": "envoy", "metrics_path": "/stats/prometheus",
                                 "static_configs": [{"targets": self.targets}]}],
         }
+        if models:  # demo model servers' own /metrics (business counters)
+            config["scrape_configs"].append({
+                "job_name": "models", "metrics_path": "/metrics",
+                "static_configs": [{"targets": [t.removeprefix("http://").rstrip("/") for t in models]}]})
         self.config = self.dir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.proc = procs.start([str(PROMETHEUS), f"--config.file={self.config}",
-                                 f"--storage.tsdb.path={self.dir / 'data'}",
-                                 f"--web.listen-address=127.0.0.1:{self.port}",
-                                 "--storage.tsdb.retention.time=1h", "--log.level=warn"], "prometheus")
+        self.procs = procs
+        self.start()
+
+    def start(self) -> None:
+        """Starts (again: same port, same storage) and waits until it is ready."""
+        self.proc = self.procs.start([str(PROMETHEUS), f"--config.file={self.config}",
+                                      f"--storage.tsdb.path={self.dir / 'data'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}",
+                                      "--storage.tsdb.retention.time=1h", "--log.level=warn"], "prometheus")
         wait_http(self.url + "/-/ready", timeout=30, proc=self.proc)
+
+    def stop(self) -> None:
+        """Stops it by PID (SIGTERM, then SIGKILL after 5 s)."""
+        self.procs.stop(self.proc)
 
     @property
     def url(self) -> str:

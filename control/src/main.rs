@@ -8,16 +8,25 @@ use std::time::Duration;
 use rollout_control::cli::args::{Cli, Command, PolicyArgs, StoreArgs};
 use rollout_control::cli::run_client;
 use rollout_control::engine::options::EngineOptions;
+use rollout_control::engine::source::prometheus::PrometheusOptions;
 use rollout_control::http::roles::CredentialFiles;
 use rollout_control::http::server::HttpLimits;
 use rollout_control::serve::{serve, ServeOptions};
+use rollout_control::store::proxies::ProxyLimits;
 use rollout_control::util::timefmt::now_unix_ms;
 
-/// The engine's options from the `serve` flags; `None` without `--envoy-admin`.
+/// The engine's options from the `serve` flags; `None` without `--envoy-admin` and
+/// `--prometheus-url`.
 fn engine_options(args: &PolicyArgs) -> Option<EngineOptions> {
-    (!args.envoy_admin.is_empty()).then(|| EngineOptions {
+    let prometheus = args.prometheus_url.as_ref().map(|url| PrometheusOptions {
+        url: url.clone(),
+        timeout: Duration::from_millis(args.prometheus_timeout_ms),
+        min_range_ms: args.prometheus_min_range_ms,
+    });
+    (!args.envoy_admin.is_empty() || prometheus.is_some()).then(|| EngineOptions {
         envoy_admin: args.envoy_admin.clone(),
         stats_format: args.stats_format,
+        prometheus,
         tick: Duration::from_millis(args.analysis_tick_ms),
         wall_clock: now_unix_ms,
     })
@@ -51,6 +60,10 @@ fn main() -> ExitCode {
                 initial_plan: args.initial_plan,
                 start_fresh: args.store.start_fresh,
                 limits: http_limits(&args.store),
+                proxies: ProxyLimits {
+                    capacity: usize::try_from(args.proxies.max_proxies).unwrap_or(usize::MAX),
+                    expire_after: Duration::from_secs(args.proxies.proxy_expiry_s),
+                },
                 policy: engine_options(&args.policy),
             };
             tokio::runtime::Builder::new_multi_thread()

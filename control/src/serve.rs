@@ -28,7 +28,10 @@ pub struct ServeOptions {
     pub start_fresh: bool,
     /// HTTP timeouts and limits.
     pub limits: crate::http::server::HttpLimits,
-    /// The policy engine (`--envoy-admin`); `None`: policies are not driven.
+    /// Bounds of the proxies table (`--max-proxies`, `--proxy-expiry-s`).
+    pub proxies: crate::store::proxies::ProxyLimits,
+    /// The policy engine (`--envoy-admin` or `--prometheus-url`); `None`: policies
+    /// are not driven.
     pub policy: Option<crate::engine::options::EngineOptions>,
 }
 
@@ -105,16 +108,27 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store);
-    let state = AppState::with_limits(Arc::clone(&store), credentials, opts.limits);
+    let state = AppState::with_limits(Arc::clone(&store), credentials, opts.limits)
+        .with_proxy_limits(opts.proxies);
     let engine = match &opts.policy {
         Some(p) => {
             let handle = state.start_engine(p.clone(), None)?;
-            eprintln!(
-                "rollout-control: policy engine: reading {} every {} ms ({:?})",
-                p.envoy_admin.join(", "),
-                p.tick.as_millis(),
-                p.stats_format
-            );
+            match &p.prometheus {
+                Some(prom) => eprintln!(
+                    "rollout-control: policy engine: querying Prometheus {} every {} ms \
+                     (ranges of at least {} ms, timeout {} ms)",
+                    prom.url,
+                    p.tick.as_millis(),
+                    prom.min_range_ms,
+                    prom.timeout.as_millis()
+                ),
+                None => eprintln!(
+                    "rollout-control: policy engine: reading {} every {} ms ({:?})",
+                    p.envoy_admin.join(", "),
+                    p.tick.as_millis(),
+                    p.stats_format
+                ),
+            }
             Some(handle)
         }
         None => None,

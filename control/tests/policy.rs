@@ -439,6 +439,7 @@ impl Harness {
                 EngineOptions {
                     envoy_admin: vec![self.admin.clone()],
                     stats_format: self.format,
+                    prometheus: None,
                     tick: Duration::from_millis(100),
                     wall_clock: self.wall_clock,
                 },

@@ -102,6 +102,10 @@ struct Stats {
     nan: u64,
     null: u64,
     disagreed: u64,
+    /// Answered predictions by the business decision they lead to: a fraud score
+    /// below 0.5 approves the transaction, 0.5 or more declines it (`GET /metrics`).
+    approved: u64,
+    declined: u64,
 }
 
 /// One entry of the request log (`GET /admin/requests`).
@@ -262,7 +266,9 @@ impl AppState {
             match output {
                 Some(Output::NaN) => stats.nan += 1,
                 Some(Output::Null) => stats.null += 1,
-                _ => {}
+                Some(Output::Number(p)) if p < 0.5 => stats.approved += 1,
+                Some(Output::Number(_)) => stats.declined += 1,
+                None => {}
             }
             if entry.disagreed {
                 stats.disagreed += 1;
@@ -311,6 +317,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/models/{name}/infer", post(infer_latest))
         .route("/v2/models/{name}/versions/{v}/infer", post(infer_version))
         .route("/admin/stats", get(admin_stats))
+        .route("/metrics", get(metrics))
         .route(
             "/admin/faults",
             get(admin_get_faults).post(admin_post_faults),
@@ -590,6 +597,29 @@ async fn infer(
     (
         StatusCode::OK,
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /metrics`: the business counter a custom PromQL check reads, in the
+/// Prometheus text format: `demo_model_answers_total{version, decision}` with
+/// `decision` = `approve` (score < 0.5) or `decline`.
+async fn metrics(State(st): State<AppState>) -> Response {
+    let s = lock(&st.inner.stats).clone();
+    let v = st.inner.version.replace(['\\', '"', '\n'], "_");
+    let text = format!(
+        "# HELP demo_model_answers_total Predictions answered, by the decision they lead to.\n\
+         # TYPE demo_model_answers_total counter\n\
+         demo_model_answers_total{{version=\"{v}\",decision=\"approve\"}} {}\n\
+         demo_model_answers_total{{version=\"{v}\",decision=\"decline\"}} {}\n",
+        s.approved, s.declined
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

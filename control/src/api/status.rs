@@ -16,8 +16,13 @@ pub struct Status {
     /// Seconds since then.
     pub age_seconds: Option<f64>,
     pub rollouts: Vec<StatusRollout>,
+    /// The polling proxies: those behind the latest version first, then by id; at
+    /// most 1,000 (`proxy_summary` counts them all).
     pub proxies: Vec<StatusProxy>,
-    /// The policy engine (`null` when `serve` runs without `--envoy-admin`).
+    /// Every tracked proxy counted (absent from older sidecars).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_summary: Option<ProxySummary>,
+    /// The policy engine (`null` when `serve` runs without `--envoy-admin` or `--prometheus-url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_engine: Option<EngineView>,
 }
@@ -39,6 +44,24 @@ pub struct StatusVariant {
     /// The variant's model metadata, as in the plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelSpec>,
+}
+
+/// The proxies table summed up in `GET /v1/status` (proxies that polled in the last
+/// 30 s are `active`; `current` + `behind` + `unknown` = `active`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxySummary {
+    pub tracked: usize,
+    /// `--max-proxies`.
+    pub capacity: usize,
+    pub active: usize,
+    /// Active proxies on the latest plan version.
+    pub current: usize,
+    /// Active proxies on an older one.
+    pub behind: usize,
+    /// Active proxies that reported no version.
+    pub unknown: usize,
+    /// Polls the full table could not track since start.
+    pub untracked_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

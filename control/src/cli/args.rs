@@ -225,12 +225,29 @@ pub struct ServeArgs {
     /// Store and HTTP limits (`--start-fresh`, ...).
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The progressive-delivery engine (`--envoy-admin`, `--stats-format`, `--analysis-tick-ms`).
+    /// The progressive-delivery engine (`--envoy-admin` or `--prometheus-url`,
+    /// `--stats-format`, `--analysis-tick-ms`).
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// One credential per role (README, "Security model").
     #[command(flatten)]
     pub credentials: CredentialArgs,
+    /// The proxies table (`--max-proxies`, `--proxy-expiry-s`).
+    #[command(flatten)]
+    pub proxies: ProxyArgs,
+}
+
+/// `serve` flags of the table of polling proxies.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Proxies tracked at most (about 150 bytes each). When the table is full of live
+    /// proxies a new one is not tracked and advancing holds (the gate cannot tell
+    /// that every proxy runs the latest plan).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_proxies: u64,
+    /// A proxy that has not polled for this many seconds is forgotten.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(31..=604_800))]
+    pub proxy_expiry_s: u64,
 }
 
 /// `serve` flags of the credentials: each file holds its role's tokens, one a line
@@ -288,7 +305,26 @@ pub struct PolicyArgs {
     /// How to read the stats: `json` (Envoy's detailed histogram bins) or `prometheus`.
     #[arg(long, value_enum, default_value_t = StatsFormat::Json)]
     pub stats_format: StatsFormat,
-    /// Read the Envoys (and run due evaluations) this often, in milliseconds.
+    /// Read the fleet's figures from this Prometheus server (which scrapes every
+    /// proxy's /stats/prometheus) instead of Envoy admin endpoints: the checks are
+    /// judged on sums over every proxy. Without it and without --envoy-admin the
+    /// policy engine does not run.
+    #[arg(
+        long = "prometheus-url",
+        value_name = "URL",
+        conflicts_with = "envoy_admin"
+    )]
+    pub prometheus_url: Option<String>,
+    /// Bound of each Prometheus request and of a whole read, in milliseconds; a read
+    /// that takes longer is inconclusive (and counted).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub prometheus_timeout_ms: u64,
+    /// Shortest range Prometheus is queried over (`increase(...[R])`), in
+    /// milliseconds: at least twice its scrape interval, so every range holds two
+    /// scrapes of each proxy. Ticks in between add nothing; the next read covers them.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub prometheus_min_range_ms: u64,
+    /// Read the metrics source (and run due evaluations) this often, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub analysis_tick_ms: u64,
 }

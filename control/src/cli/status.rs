@@ -127,7 +127,7 @@ pub fn print_policies(
         }
         None => writeln!(
             out,
-            "policy engine: not running (serve without --envoy-admin): policies do not move"
+            "policy engine: not running (serve without --envoy-admin or --prometheus-url): policies do not move"
         )?,
     }
     for (r, p) in with {

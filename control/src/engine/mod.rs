@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`runner`] | start / stop: the task that runs a tick every `--analysis-tick-ms` ([`options`]) |
 //! | [`tick`] | one tick, step by step: read the source, follow the rollouts, evaluate the due ones, commit transitions, store decisions |
-//! | [`source`] | where the numbers come from: the [`source::MetricsSource`] trait, one file per backend (`envoy_admin`) |
+//! | [`source`] | where the numbers come from: the [`source::MetricsSource`] trait, one file per backend (`envoy_admin`, `prometheus`) |
 //! | [`rollout_metrics`], [`stat_selectors`] | the filter's metrics and the `stat` checks' stats in a tick, per rollout |
 //! | [`clock`] | the engine's time: the wall clock read once at start, advanced monotonically |
 //! | [`window`] | the per-rollout time series and the windows the checks judge |

@@ -92,6 +92,8 @@ pub struct EngineState {
     pub baselines: HashMap<String, Baselines>,
     pub series: SeriesStore,
     pub envoys: Vec<EnvoyStatus>,
+    /// The source's reads by result (`MetricsSource::read_counts`).
+    pub source_reads: Vec<(&'static str, &'static str, u64)>,
     pub last_tick_ms: Option<u64>,
 }
 
@@ -144,6 +146,11 @@ impl Engine {
             envoys: st.envoys.clone(),
             last_tick: st.last_tick_ms.map(rfc3339_ms),
         }
+    }
+
+    /// The source's reads by result, for `GET /metrics`.
+    pub fn source_reads(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.lock().source_reads.clone()
     }
 
     /// The live series of a rollout over `(from_ms, to_ms]`.

@@ -76,7 +76,8 @@ pub fn rollout_status(
             .to_string(),
             at_ms: next_eval.filter(|_| !r.paused),
             text: if engine.is_none() {
-                "the policy engine is not running (serve without --envoy-admin)".to_string()
+                "the policy engine is not running (serve without --envoy-admin or --prometheus-url)"
+                    .to_string()
             } else if r.paused {
                 "paused: no automatic change until resume".to_string()
             } else {

@@ -51,8 +51,9 @@ pub async fn run_tick(
     last_durable_ms: &mut u64,
 ) -> anyhow::Result<()> {
     let cur = store.current();
-    let (tick, statuses) = read_source(source, cur.as_deref()).await?;
+    let (tick, statuses, reads) = read_source(source, cur.as_deref()).await?;
     let now = engine.now_ms();
+    engine.lock().source_reads = reads;
     let Some(cur) = cur else {
         let mut st = engine.lock();
         st.envoys = statuses;
@@ -91,12 +92,16 @@ pub async fn run_tick(
     store_decisions(store, decisions, transitions, last_durable_ms, now).await
 }
 
+/// The source's reads by result: `(source, result, count)`.
+type SourceReads = Vec<(&'static str, &'static str, u64)>;
+
 /// Step 1: reads the source (on the blocking pool) for the stats the plan's checks
-/// name; returns the tick's increases and each backend's last answer.
+/// name; returns the tick's increases, each backend's last answer and the reads by
+/// result.
 async fn read_source(
     source: &SharedSource,
     cur: Option<&Current>,
-) -> anyhow::Result<(TickData, Vec<EnvoyStatus>)> {
+) -> anyhow::Result<(TickData, Vec<EnvoyStatus>, SourceReads)> {
     let selectors = cur
         .map(|c| plan_selectors(&c.record.plan))
         .unwrap_or_default();
@@ -104,7 +109,7 @@ async fn read_source(
     Ok(tokio::task::spawn_blocking(move || {
         let mut s = source.lock().unwrap_or_else(PoisonError::into_inner);
         let t = s.read(&selectors);
-        (t, s.statuses())
+        (t, s.statuses(), s.read_counts())
     })
     .await?)
 }

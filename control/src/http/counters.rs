@@ -12,6 +12,8 @@
 //! | `rollout_control_assignments_refused_total` | counter | | assignments refused since start: the id was already assigned to another rollout or variant (assignments are immutable) |
 //! | `rollout_control_feedback_total` | counter | result (`accepted` `unknown` `dropped`) | outcomes received since start |
 //! | `rollout_control_proxies` | gauge | | proxies in the polling table |
+//! | `rollout_control_proxies_untracked_total` | counter | | polls of new proxies the full table could not track (`--max-proxies`); advancing holds meanwhile |
+//! | `rollout_control_metrics_source_reads_total` | counter | source (`prometheus`, `envoy_admin`), result (`ok` `timeout` `unreachable` `error` `empty`) | the policy engine's reads of its metrics source (only while it runs); anything but `ok` leaves the tick without figures: inconclusive |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -84,7 +86,14 @@ impl Metrics {
     }
 
     /// The exposition text. Blocking (reads the store).
-    pub fn render(&self, store: &Store, proxies: &ProxyTable) -> Result<String, StoreError> {
+    /// `source_reads`: the engine's reads of its metrics source, `(source, result,
+    /// count)` (empty when the engine does not run).
+    pub fn render(
+        &self,
+        store: &Store,
+        proxies: &ProxyTable,
+        source_reads: &[(&'static str, &'static str, u64)],
+    ) -> Result<String, StoreError> {
         let mut out = String::with_capacity(2048);
         let version = store.current().map_or(0, |c| c.version());
         header(
@@ -226,6 +235,34 @@ impl Metrics {
             &[],
             proxies.len() as u64,
         );
+        header(
+            &mut out,
+            "rollout_control_proxies_untracked_total",
+            "counter",
+            "Polls of new proxies the full proxies table could not track (--max-proxies).",
+        );
+        line(
+            &mut out,
+            "rollout_control_proxies_untracked_total",
+            &[],
+            proxies.untracked_total(),
+        );
+        if !source_reads.is_empty() {
+            header(
+                &mut out,
+                "rollout_control_metrics_source_reads_total",
+                "counter",
+                "Reads of the policy engine's metrics source, by result (anything but ok: the tick is inconclusive).",
+            );
+            for (source, result, n) in source_reads {
+                line(
+                    &mut out,
+                    "rollout_control_metrics_source_reads_total",
+                    &[("source", source), ("result", result)],
+                    *n,
+                );
+            }
+        }
         Ok(out)
     }
 }

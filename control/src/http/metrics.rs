@@ -16,8 +16,13 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// `GET /metrics`.
 pub async fn serve(State(state): State<AppState>) -> Response {
     let st = state.clone();
+    let reads = state
+        .policy_engine()
+        .map(|e| e.source_reads())
+        .unwrap_or_default();
     let text =
-        tokio::task::spawn_blocking(move || st.metrics().render(st.store(), st.proxies())).await;
+        tokio::task::spawn_blocking(move || st.metrics().render(st.store(), st.proxies(), &reads))
+            .await;
     match text {
         Ok(Ok(text)) => {
             let mut resp = text.into_response();

@@ -11,7 +11,7 @@ use crate::engine::state::Engine;
 use crate::http::counters::Metrics;
 use crate::http::roles::{Credentials, Role};
 use crate::http::server::HttpLimits;
-use crate::store::proxies::ProxyTable;
+use crate::store::proxies::{ProxyLimits, ProxyTable};
 use crate::store::Store;
 use crate::util::token::TokenFile;
 
@@ -57,6 +57,15 @@ impl AppState {
             metrics: Metrics::default(),
             policy: OnceLock::new(),
         }))
+    }
+
+    /// The same state with a proxies table bounded by `limits` (`serve`'s
+    /// `--max-proxies`, `--proxy-expiry-s`); only before the state is shared.
+    pub fn with_proxy_limits(mut self, limits: ProxyLimits) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.proxies = Arc::new(ProxyTable::new(limits));
+        }
+        self
     }
 
     pub fn store(&self) -> &Arc<Store> {

@@ -7,11 +7,15 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::api::status::{Status, StatusProxy, StatusRollout, StatusVariant};
+use crate::api::status::{ProxySummary, Status, StatusProxy, StatusRollout, StatusVariant};
+use crate::engine::proxies_behind::ACTIVE_PROXY;
 use crate::engine::state::Engine;
 use crate::engine::status::rollout_status;
 use crate::http::state::AppState;
 use crate::util::timefmt::now_unix_ms;
+
+/// Proxies listed at most (the summary counts every one).
+const MAX_LISTED: usize = 1_000;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/status", get(status))
@@ -26,9 +30,19 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
     let cur = state.store().current();
     let now = Instant::now();
     let latest = cur.as_ref().map(|c| c.version());
+    let summary = state.proxies().summary(latest, now, ACTIVE_PROXY);
+    let proxy_summary = ProxySummary {
+        tracked: summary.tracked,
+        capacity: summary.capacity,
+        active: summary.active,
+        current: summary.current,
+        behind: summary.behind,
+        unknown: summary.unknown,
+        untracked_total: summary.untracked_total,
+    };
     let proxies = state
         .proxies()
-        .snapshot()
+        .listing(latest, MAX_LISTED)
         .into_iter()
         .map(|(id, seen)| StatusProxy {
             id,
@@ -79,6 +93,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         }),
         rollouts,
         proxies,
+        proxy_summary: Some(proxy_summary),
         policy_engine: engine.map(|e| e.view()),
     })
 }

@@ -50,7 +50,8 @@ fn regex_escape(s: &str) -> String {
 pub fn filter_for(format: StatsFormat, selectors: &[Selector]) -> Option<String> {
     let mut f = BASE_FILTER.to_string();
     for s in selectors {
-        if s.is_ours() {
+        // ours are in the base filter; a PromQL expression is for Prometheus only
+        if s.is_ours() || s.promql.is_some() {
             continue;
         }
         match (format, s.envoy_name()) {
@@ -80,6 +81,9 @@ pub struct EnvoyAdmin {
     agent: ureq::Agent,
     format: StatsFormat,
     admins: Vec<Admin>,
+    /// Reads of one Envoy that succeeded / failed.
+    reads_ok: u64,
+    reads_failed: u64,
 }
 
 impl EnvoyAdmin {
@@ -118,6 +122,8 @@ impl EnvoyAdmin {
             agent,
             format,
             admins,
+            reads_ok: 0,
+            reads_failed: 0,
         })
     }
 
@@ -230,6 +236,7 @@ impl MetricsSource for EnvoyAdmin {
                 Ok(snap) => {
                     tick.add(increments(src.last.as_ref(), &snap));
                     tick.envoys_ok += 1;
+                    self.reads_ok += 1;
                     src.status.ok = true;
                     src.status.last_ok_ms = Some(now);
                     src.status.error = None;
@@ -237,6 +244,7 @@ impl MetricsSource for EnvoyAdmin {
                     src.last = Some(snap);
                 }
                 Err(e) => {
+                    self.reads_failed += 1;
                     src.status.ok = false;
                     src.status.error = Some(e);
                 }
@@ -247,6 +255,13 @@ impl MetricsSource for EnvoyAdmin {
 
     fn statuses(&self) -> Vec<EnvoyStatus> {
         self.admins.iter().map(|s| s.status.clone()).collect()
+    }
+
+    fn read_counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        vec![
+            ("envoy_admin", "ok", self.reads_ok),
+            ("envoy_admin", "error", self.reads_failed),
+        ]
     }
 }
 

@@ -7,13 +7,19 @@
 //! - [`envoy_admin`]: the Envoys' admin endpoints (`--envoy-admin`), parsed by
 //!   [`envoy_stats`] (JSON or Prometheus text) into cumulative [`snapshot`]s whose
 //!   differences are the tick's increases.
+//! - [`prometheus`]: a Prometheus server scraping every proxy (`--prometheus-url`),
+//!   queried with the PromQL of [`promql`] (answers read by [`prom_answer`]):
+//!   fleet-wide increases over the range since the previous read.
 //!
-//! A new backend (e.g. a Prometheus server) is a new file here implementing
-//! [`MetricsSource`], and a case in [`factory::open`]; the engine does not change.
+//! A new backend is a new file here implementing [`MetricsSource`], and a case in
+//! [`factory::open`]; the engine does not change.
 
 pub mod envoy_admin;
 pub mod envoy_stats;
 pub mod factory;
+pub mod prom_answer;
+pub mod prometheus;
+pub mod promql;
 pub mod series;
 pub mod snapshot;
 
@@ -30,4 +36,11 @@ pub trait MetricsSource: Send {
 
     /// Each instance's last answer, for `GET /v1/status` (`policy_engine.envoys`).
     fn statuses(&self) -> Vec<EnvoyStatus>;
+
+    /// Reads so far by result: `(source, result, count)` for
+    /// `rollout_control_metrics_source_reads_total` (`ok`, `timeout`, `unreachable`,
+    /// `error`, `empty`).
+    fn read_counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        Vec::new()
+    }
 }

@@ -122,25 +122,52 @@ impl TickData {
 /// `metric{k="v",...}` is a Prometheus-style selector; a dotted name of ours
 /// (`[wasmcustom.]model_rollout.rollout.fraud.variant.canary.requests_total`) is split
 /// like the JSON names; any other name is an Envoy stat name as written.
+///
+/// A `stat` with a `(` is a PromQL expression (a custom query, like Flagger's
+/// MetricTemplate): only the Prometheus source runs it (`promql` holds it with
+/// `{rollout}` and `{interval}` substituted), and its one value is the series keyed by
+/// the `stat` text itself (`metric`, no labels). Envoy admin endpoints cannot run it:
+/// its check finds nothing and is inconclusive.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Selector {
     pub metric: String,
     pub labels: Vec<(String, String)>,
+    pub promql: Option<String>,
+}
+
+/// Whether a `stat` is a PromQL expression rather than a series name or selector.
+pub fn is_expression(stat: &str) -> bool {
+    stat.contains('(')
 }
 
 impl Selector {
+    /// The selector of a PromQL expression: keyed by `key` (the `stat` with its
+    /// `{variant}` replaced), run as `promql`.
+    pub fn expression(key: &str, promql: String) -> Selector {
+        Selector {
+            metric: key.to_string(),
+            labels: Vec::new(),
+            promql: Some(promql),
+        }
+    }
+
     pub fn parse(text: &str) -> Selector {
         let text = text.trim();
         if let Some(open) = text.find('{') {
             let metric = text.get(..open).unwrap_or("").to_string();
             let rest = text.get(open..).unwrap_or("");
             let labels = parse_labels(rest).map(|(l, _)| l).unwrap_or_default();
-            return Selector { metric, labels };
+            return Selector {
+                metric,
+                labels,
+                promql: None,
+            };
         }
         let k = SeriesKey::from_envoy_name(text);
         Selector {
             metric: k.metric,
             labels: k.labels,
+            promql: None,
         }
     }
 
@@ -157,10 +184,14 @@ impl Selector {
         self.metric.starts_with("model_rollout_")
     }
 
-    /// The dotted Envoy name it stands for, when it is one (no labels, not ours).
+    /// The dotted Envoy name it stands for, when it is one (no labels, not ours, no
+    /// expression).
     pub fn envoy_name(&self) -> Option<&str> {
-        (!self.is_ours() && self.labels.is_empty() && self.metric.contains('.'))
-            .then_some(self.metric.as_str())
+        (!self.is_ours()
+            && self.promql.is_none()
+            && self.labels.is_empty()
+            && self.metric.contains('.'))
+        .then_some(self.metric.as_str())
     }
 }
 
