@@ -204,6 +204,11 @@ def expected_istio_plugin_config() -> dict:
     cfg = copy.deepcopy(demo_plugin_config())
     cfg["control"].update(cluster=CONTROL_CLUSTER, authority="rollout-control.models.svc.cluster.local:9090",
                           token=PROXY_TOKEN_PLACEHOLDER)
+    # envoy/demo.yaml lets its connection manager echo the id and the variant
+    # (always_set_request_id_in_response, %REQ(x-model-variant)%); Istio's gateway
+    # connection manager is not ours to configure, so there the filter echoes them.
+    assert cfg["echo"] == {"correlation_id": False, "variant": False}
+    cfg["echo"] = {"correlation_id": True, "variant": True}
     for r in cfg["plan"]["rollouts"]:
         if "shadow" in r:
             assert r["shadow"]["cluster"] == "model_shadow"
