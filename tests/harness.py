@@ -411,9 +411,12 @@ class Load:
 
     def __init__(self, port: int, users: list[str], path: str = "/v2/models/fraud/infer",
                  threads: int = 4, max_seconds: float = 120.0, pause: float = 0.0,
-                 vary_body: bool = False) -> None:
+                 vary_body: bool = False, body_of=None) -> None:
+        """`vary_body`: each request's inputs differ (non-negative); `body_of(i)`: the
+        body of the i-th request, for a test that needs a given spread of scores."""
         self.port, self.users, self.path, self.pause = port, users, path, pause
         self.vary_body = vary_body
+        self.body_of = body_of
         self.results: list[tuple[float, int, str, str, str]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -433,7 +436,7 @@ class Load:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                body = INFER_BODY if not self.vary_body else json.dumps(
+                body = self.body_of(i) if self.body_of else INFER_BODY if not self.vary_body else json.dumps(
                     {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [i % 997, i % 991]}]}).encode()
                 conn.request("POST", self.path, body=body,
                              headers={"content-type": "application/json", "x-user-id": user})

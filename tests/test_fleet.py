@@ -199,3 +199,35 @@ def test_candidate_failing_behind_one_gateway_caught_when_the_fleet_rate_crosses
     # the figure judged is the fleet's (~0.2), far below what the one gateway saw (0.6)
     assert 0.1 < quoted < 0.35, quoted
 
+
+
+def test_custom_promql_check_on_a_business_metric(procs):
+    # The demo models export demo_model_answers_total{version, decision} (a fraud score
+    # >= 0.5 declines the transaction); Prometheus scrapes them too. The candidate's
+    # scores are shifted up: healthy by status and latency, but it declines far more.
+    # The check's own PromQL is judged per variant ({variant} substituted).
+    decline = ('sum(increase(demo_model_answers_total{version="{variant}",decision="decline"}[10s]))'
+               ' / sum(increase(demo_model_answers_total{version="{variant}"}[10s]))')
+    checks = [{"metric": "error_rate", "max": 0.1, "min_samples": 30},
+              {"metric": "stat", "name": "decline_rate", "stat": decline, "max_increase": 0.2, "min_samples": 30}]
+    f = Fleet(procs, policy([step(30, gate=True), step(100)], checks), models_scraped=True,
+              canary_args=("--score-shift", "8"))
+    # inputs summing to -100..100: the stable model's score sigmoid(0.1 * sum) declines
+    # about half of them, the candidate's (+8 logits) about 90 %
+    def body_of(i: int) -> bytes:
+        return json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                       "data": [(i % 201) - 100, 0]}]}).encode()
+
+    loads = f.load(body_of=body_of)
+    try:
+        rolled = wait_for(lambda: f.progress().get("state") == "rolled_back", timeout=60, interval=0.3)
+        shares = f.prom.values('sum by (version) (increase(demo_model_answers_total{decision="decline"}[20s]))'
+                               ' / sum by (version) (increase(demo_model_answers_total[20s]))', "version")
+        status = f.policy_status()
+    finally:
+        stop_all(loads)
+    assert rolled, (status, shares)
+    reason = next(x for x in f.reasons() if "rollback" in x)
+    print(f"\ndecline share by version (Prometheus): {shares}\n{reason}")
+    assert "decline_rate" in reason and "error_rate" not in reason, reason
+    assert shares["canary"] > shares["stable"] + 0.2, shares
