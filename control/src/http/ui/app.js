@@ -194,17 +194,22 @@ function drawChecks(r, analysis) {
   box.replaceChildren(...nodes);
 }
 
-function drawShadow(report) {
+function drawShadow(r, report) {
   if (!report) {
     $("shadow-summary").textContent = "no shadow for this rollout";
     fill($("disagreements"), []);
     return;
   }
-  // the records are a sample (every disagreement, some agreements): the estimate
-  // weighs the agreements back up
+  // The engine's shadow_disagreement_rate check counts every comparison the proxies
+  // made (exact, over its last window): that figure leads. The stored records are a
+  // sample (every disagreement, some agreements), so theirs is only an estimate.
+  const check = ((r.policy && r.policy.checks) || []).find((c) => c.metric === "shadow_disagreement_rate");
+  const pct = (v) => (v === null || v === undefined ? "-" : (v * 100).toFixed(2) + " %");
   const est = report.estimated_agreement_rate ?? report.agreement_rate;
-  const rate = est === null || est === undefined ? "-" : (est * 100).toFixed(2) + " %";
-  $("shadow-summary").textContent = `agreement ${rate} (estimated from ${report.records} records: ${report.disagree} disagreements)`;
+  const sample = `estimated ${pct(est)} from ${report.records} stored records, ${report.disagree} disagreements`;
+  $("shadow-summary").textContent = check && check.candidate !== null && check.candidate !== undefined
+    ? `agreement ${pct(1 - check.candidate)} over ${check.candidate_samples} comparisons (engine, last window); ${sample}`
+    : `agreement ${sample}`;
   fill($("disagreements"), (report.recent_disagreements || []).slice(0, 10).map((d) => [
     el("code", {}, d.correlation_id), d.verdict, pred(d.primary_prediction), pred(d.shadow_prediction),
   ]));
@@ -272,7 +277,7 @@ async function refresh() {
     drawSummary(r, plan);
     drawWeights(r, history);
     drawChecks(r, analysis);
-    drawShadow(shadow);
+    drawShadow(r, shadow);
     drawTrips(r, events.events);
     drawProxies(status);
     drawEvents(events.events);
