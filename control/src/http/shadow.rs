@@ -3,6 +3,13 @@
 //! `{"stored": n}` after the durable commit) and
 //! `GET /v1/shadow-report?rollout=R[&since_ms=T][&limit=N]` (agreement, verdicts,
 //! latency percentiles, recent disagreements: `report::shadow`).
+//!
+//! Each arriving record is kept within `--max-record-bytes` of JSON
+//! (`ShadowRecord::fit`): a larger one has its predictions replaced by
+//! `{"truncated_from_bytes": N, "prefix": "<its JSON, cut>"}` and is counted in
+//! `rollout_control_shadow_records_truncated_total`. Every other field of a record is
+//! bounded by its validation (names, ids, cluster, proxy id) and unknown fields are
+//! not kept, so a stored record is never larger than that setting.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +29,7 @@ use crate::api::shadow::ShadowReport;
 use crate::http::error::ApiError;
 use crate::http::extract::{ingest_body, parse_object, parse_u64_param, query, MAX_INGEST_BODY};
 use crate::http::state::AppState;
-use crate::report::shadow::shadow_report;
+use crate::report::shadow::{shadow_report, Bounds};
 use crate::store::blocking::blocking;
 use crate::store::shadow_records::store_records;
 use crate::util::timefmt::now_unix_ms;
@@ -53,13 +60,19 @@ async fn post_records(
     // The sender's clock orders retention: a time ahead of ours (u64::MAX would be
     // kept for ever) becomes our receive time.
     let now = now_unix_ms();
+    let max = state.limits().max_record_bytes;
+    let mut cut = 0u64;
     for r in &mut records {
         r.proxy.clone_from(&proxy);
         r.unix_ms = r.unix_ms.min(now);
+        if r.fit(max).1 {
+            cut += 1;
+        }
     }
     let store = Arc::clone(state.store());
     let stored = blocking(move || store_records(&store, &records)).await?;
     state.metrics().shadow_records_stored(stored);
+    state.metrics().shadow_records_truncated(cut);
     Ok(Json(Stored { stored, refused: 0 }))
 }
 
@@ -110,8 +123,13 @@ async fn report(
     };
     let (sp, models) = plan_facts(&state, &rollout);
     let store = Arc::clone(state.store());
+    let bounds = Bounds {
+        limit,
+        max_bytes: state.limits().max_report_bytes,
+    };
     let _permit = state.heavy_read().await;
-    let mut report = blocking(move || shadow_report(&store, &rollout, since_ms, limit, sp)).await?;
+    let mut report =
+        blocking(move || shadow_report(&store, &rollout, since_ms, bounds, sp)).await?;
     report.models = models;
     Ok(Json(report))
 }
