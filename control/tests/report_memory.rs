@@ -2,11 +2,11 @@
 //!
 //! The largest report: one rollout holding the most records a rollout keeps
 //! (`MAX_RECORDS_PER_ROLLOUT`, 100,000) and, newest, 1,000 disagreements (the most a
-//! report lists) each as large as `--max-record-bytes` allows (64 KiB, the default),
+//! report lists) each as large as `--max-record-bytes` allows (128 KiB, the default),
 //! their predictions arrays of numbers (the JSON that grows most when parsed). The
 //! other records are small agreements: a record's size adds nothing to a report's
 //! memory except through the disagreements listed, so the store is scaled in bytes
-//! (about 100 MB instead of 100,000 × 64 KiB = 6.4 GB) but not in anything the
+//! (about 170 MB instead of 100,000 × 128 KiB = 13 GB) but not in anything the
 //! report keeps. The store is written through the library, as the ingest path would
 //! keep it (each record already within `--max-record-bytes`).
 //!
@@ -20,9 +20,10 @@
 //! with BASE = 80 MiB for the process with its runtime and a full redb page cache
 //! (measured: 36 MiB at rest once the store is open; the 16 MiB cache fills while
 //! the report scans; the rest is allocator slack): 80 + 32 + 1.6 ≈ 114 MiB with the
-//! defaults. Measured here: a peak near 87 MiB. Before the bound, the same report held 1,000 × 64 KiB of
-//! predictions as parsed trees (about 16 times their text) and its answer: about a
-//! gigabyte. The figures are printed; `rollout-control shadow-report --limit 1000`
+//! defaults. Measured here: a peak near 88 MiB. Before the bound, the same report
+//! held 1,000 × 128 KiB of predictions as parsed trees (an array of small numbers
+//! takes up to 16 times its text) and its answer: about two gigabytes by that
+//! estimate. The figures are printed; `rollout-control shadow-report --limit 1000`
 //! (the CLI) reads the same report whole.
 
 // Test helpers: failing loudly is their job (clippy.toml only covers #[test] fns).
@@ -40,7 +41,7 @@ use rollout_core::wire::{json_len, ShadowRecord};
 use serde_json::json;
 
 /// `--max-record-bytes` and `--max-report-bytes` (their defaults).
-const MAX_RECORD_BYTES: usize = 64 * 1024;
+const MAX_RECORD_BYTES: usize = 128 * 1024;
 const MAX_REPORT_BYTES: usize = 16 * 1024 * 1024;
 /// Disagreements the report lists at most (`?limit=1000`).
 const LISTED: u64 = 1000;
@@ -170,11 +171,11 @@ fn peak_rss_of_the_largest_shadow_report_stays_bounded() {
     let listed = j["recent_disagreements"].as_array().unwrap();
     let bytes: usize = listed.iter().map(|d| d.to_string().len() + 1).sum();
     assert!(bytes <= MAX_REPORT_BYTES, "{bytes} bytes listed");
-    // the byte bound is what held: about 16 MiB / 64 KiB of them, the newest
-    assert!(listed.len() > 200 && (listed.len() as u64) < LISTED);
+    // the byte bound is what held: about 16 MiB / 128 KiB of them, the newest
+    assert!(listed.len() > 100 && (listed.len() as u64) < LISTED);
     assert_eq!(j["disagreements_omitted"], LISTED - listed.len() as u64);
     assert_eq!(listed[0]["correlation_id"], "req-099999-abc");
-    assert!(listed[0]["primary_prediction"].as_array().unwrap().len() > 10_000);
+    assert!(listed[0]["primary_prediction"].as_array().unwrap().len() > 30_000);
 
     let peak = peak_rss(server.pid());
     let bound = BASE + 2 * MAX_REPORT_BYTES as u64 + 16 * MAX_RECORDS_PER_ROLLOUT;
@@ -196,9 +197,9 @@ fn peak_rss_of_the_largest_shadow_report_stays_bounded() {
         mib(bound)
     );
 
-    // The CLI reads the same report whole (it once stopped at 10 MiB).
+    // The CLI reads and prints the same report whole (it once stopped at 10 MiB).
     let out = Command::new(BIN)
-        .args(["--server", &server.url, "--json", "shadow-report"])
+        .args(["--server", &server.url, "shadow-report"])
         .args(["--rollout", "fraud", "--limit", &LISTED.to_string()])
         .env_remove("ROLLOUT_CONTROL_SERVER")
         .env_remove("ROLLOUT_CONTROL_TOKEN_FILE")
@@ -209,17 +210,8 @@ fn peak_rss_of_the_largest_shadow_report_stays_bounded() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.stdout.len() > 10 * 1024 * 1024);
-    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(cli["recent_disagreements"], j["recent_disagreements"]);
-    let out = Command::new(BIN)
-        .args(["--server", &server.url, "shadow-report"])
-        .args(["--rollout", "fraud", "--limit", &LISTED.to_string()])
-        .env_remove("ROLLOUT_CONTROL_SERVER")
-        .env_remove("ROLLOUT_CONTROL_TOKEN_FILE")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("req-099999-abc"), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains(" req-0")).collect();
+    assert_eq!(rows.len(), listed.len(), "{text}");
+    assert!(rows[0].contains("req-099999-abc"), "{text}");
 }

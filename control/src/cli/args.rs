@@ -340,8 +340,9 @@ pub struct StoreArgs {
     pub heavy_reads: u64,
     /// A shadow record is stored within this many bytes of JSON: a larger one's
     /// predictions are replaced by `{"truncated_from_bytes": N, "prefix": ...}`
-    /// (counted in rollout_control_shadow_records_truncated_total).
-    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(4096..=4_194_304))]
+    /// (counted in rollout_control_shadow_records_truncated_total). The default is
+    /// the filter's own cut, so what a filter posts is stored whole.
+    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u64).range(4096..=4_194_304))]
     pub max_record_bytes: u64,
     /// The recent disagreements of one shadow report hold at most this many bytes of
     /// JSON together (older ones are left out and counted); a report's memory is

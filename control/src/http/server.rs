@@ -40,8 +40,9 @@ pub struct HttpLimits {
     pub max_report_bytes: usize,
 }
 
-/// Default of `--max-record-bytes`.
-pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Default of `--max-record-bytes`: the filter's own cut (`wire::MAX_RECORD_BYTES`,
+/// 128 KiB), so what a filter posts is stored whole.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = rollout_core::wire::MAX_RECORD_BYTES;
 /// Default of `--max-report-bytes`.
 pub const DEFAULT_MAX_REPORT_BYTES: usize = 16 * 1024 * 1024;
 
