@@ -414,13 +414,16 @@ def gateway_envoy(ports: dict[str, int], *, with_lua: bool = True, with_wasm: bo
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": lua_code()}}})
     # request-authn.yaml as Istio builds it: jwt_authn after the AUTHN-phase Lua rule,
-    # claims to headers, a missing token allowed, an invalid one refused
+    # claims to headers, the payload under the issuer, a missing token allowed, an
+    # invalid one refused
     ra = one("RequestAuthentication", "model-rollout-testers")["spec"]["jwtRules"][0]
     filters.append({"name": "envoy.filters.http.jwt_authn", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
         "providers": {"origins-0": {
             "issuer": ra["issuer"], "local_jwks": {"inline_string": ra["jwks"]},
             "forward": ra.get("forwardOriginalToken", False),
+            # Istio stores the verified payload under the issuer
+            "payload_in_metadata": ra["issuer"],
             "claim_to_headers": [{"header_name": c["header"], "claim_name": c["claim"]}
                                  for c in ra["outputClaimToHeaders"]]}},
         "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [

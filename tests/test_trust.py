@@ -159,6 +159,78 @@ def test_an_invalid_token_is_ignored(shipped, bad):
     assert rs[0].headers["x-model-variant"] == rs[0].json()["model_version"] == "stable", bad
 
 
+# ---------------------------------------------------------------- verified identity
+
+def test_a_verified_sub_is_the_subject_whatever_the_client_sends(shipped):
+    """subject.claim "sub" (jwt_authn's payload_in_metadata, read through properties)
+    decides the bucket; the x-user-id header and uid cookie sent alongside change nothing.
+    Anonymous traffic keeps its client-controlled key (test above)."""
+    subs = USERS[:200]
+    # each token's sub paired with a client id of the other bucket
+    other = {True: next(u for u in USERS if expected_bucket("fraud-v2", u) >= 9000),
+             False: next(u for u in USERS if expected_bucket("fraud-v2", u) < 9000)}
+    reqs = []
+    for u in subs:
+        theirs = other[expected_bucket("fraud-v2", u) < 9000]
+        reqs.append((FRAUD, {"authorization": f"Bearer {token({}, sub=u)}", "x-user-id": theirs,
+                             "cookie": f"uid={theirs}"}))
+    rs = send_all(shipped.port(), reqs)
+    for u, r in zip(subs, rs):
+        want = "canary" if expected_bucket("fraud-v2", u) >= 9000 else "stable"
+        assert r.status == 200 and r.headers["x-model-variant"] == r.json()["model_version"] == want, u
+    # an invalid token's sub is nobody's: the client's key decides
+    stale = token({}, sub=other[True], exp=int(time.time()) - 3600, iat=int(time.time()) - 7200)
+    r = send_all(shipped.port(), [(FRAUD, {"authorization": f"Bearer {stale}",
+                                           "x-user-id": other[False]})])[0]
+    assert r.json()["model_version"] == "stable"
+
+
+@pytest.fixture(scope="module")
+def groups():
+    """envoy/demo.yaml whose fraud rollout pins the "testers" group (a list claim read
+    from jwt_authn's dynamic metadata) to the canary; the plan served by the real
+    sidecar, adopted by the filter."""
+    from harness import Sidecar
+    procs = Processes()
+    try:
+        models = {"model_stable": Model(procs, "stable"), "model_canary": Model(procs, "canary"),
+                  "model_shadow": Model(procs, "shadow")}
+        cfg = EnvoyConfig()
+        plan = cfg.plugin()["plan"]
+        fraud = next(r for r in plan["rollouts"] if r["name"] == "fraud")
+        fraud["targeting"].insert(0, {"name": "tester-group", "variant": "canary",
+                                      "when": [{"claim": "groups", "contains": "testers"}]})
+        sidecar = Sidecar(procs, plan=plan)
+        cfg.upstreams({**{k: m.port for k, m in models.items()}, "rollout_control": sidecar.port})
+        envoy = Envoy(procs, cfg, concurrency=2)
+        from harness import metric, metric_samples, wait_for
+        assert wait_for(lambda: metric(metric_samples(envoy.prometheus()),
+                                       "model_rollout_control_plans_accepted_total") >= 1, timeout=20)
+        yield envoy
+    finally:
+        procs.stop_all()
+
+
+def test_a_groups_claim_pins_testers_and_a_bad_token_does_not(groups):
+    stable = [u for u in USERS if expected_bucket("fraud-v2", u) < 9000][:100]
+    now = int(time.time())
+    other = ec.generate_private_key(ec.SECP256R1())
+    cases = {
+        "member": (token({"groups": ["staff", "testers"]}), "canary"),
+        "single": (token({"groups": "testers"}), "canary"),
+        "not-a-member": (token({"groups": ["staff", "testers-2"]}), "stable"),
+        "expired": (token({"groups": ["testers"]}, exp=now - 3600, iat=now - 7200), "stable"),
+        "other-key": (token({"groups": ["testers"]}, key=other), "stable"),
+    }
+    for name, (t, want) in cases.items():
+        # sub "tester-1" is in the stable bucket, so only the group can pin the canary
+        assert expected_bucket("fraud-v2", "tester-1") < 9000
+        rs = send_all(groups.port(), [(FRAUD, {"x-user-id": u, "authorization": f"Bearer {t}"})
+                                      for u in stable])
+        got = {(r.status, r.headers["x-model-variant"], r.json()["model_version"]) for r in rs}
+        assert got == {(200, want, want)}, name
+
+
 # ---------------------------------------------------------------- attribution
 
 CHURN = "/v2/models/churn/infer"

@@ -32,8 +32,6 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub const NAMES: [&'static str; 3] = ["uri_san", "dns_san", "subject"];
-
     /// Parses a configured name (`uri_san`, `dns_san`, `subject`); errors name `field`.
     pub fn parse(field: &str, name: &str) -> Result<Peer, ConfigError> {
         match name {
