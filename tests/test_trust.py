@@ -301,3 +301,97 @@ def test_a_reused_client_id_cannot_move_outcomes_between_arms(experiment):
         assert s == 403
     s, _, _ = sidecar.call("POST", "/v1/feedback", {"outcomes": []}, role="proxy")
     assert s == 403
+
+
+# ---------------------------------------------------------------- mTLS peer
+
+def _cert(subject_cn: str, issuer_key, issuer_name, key, *, ca=False, uri=None, dns=None):
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name or name)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(hours=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    sans = [x509.UniformResourceIdentifier(uri)] if uri else []
+    sans += [x509.DNSName(dns)] if dns else []
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(directory: Path, name: str, cert, key) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    c, k = directory / f"{name}.crt", directory / f"{name}.key"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return c, k
+
+
+def test_a_client_certificates_uri_san_is_the_subject_and_a_target(tmp_path):
+    """A throwaway CA signs the listener's and the clients' certificates; the public
+    listener (127.0.0.1) requires and verifies a client certificate. subject.peer
+    "uri_san" decides the bucket whatever x-user-id says, and a condition on the peer
+    pins a tester's SAN to the canary."""
+    import http.client
+    import ssl
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("model-rollout test CA", ca_key, None, ca_key, ca=True)
+    ca_pem, _ = _pem(tmp_path, "ca", ca, ca_key)
+    srv_key = ec.generate_private_key(ec.SECP256R1())
+    srv_crt, srv_k = _pem(tmp_path, "server", _cert("localhost", ca_key, ca.subject, srv_key,
+                                                     dns="localhost"), srv_key)
+    procs = Processes()
+    try:
+        models = {"model_stable": Model(procs, "stable"), "model_canary": Model(procs, "canary"),
+                  "model_shadow": Model(procs, "shadow")}
+        cfg = EnvoyConfig().upstreams({k: m.port for k, m in models.items()})
+        public = next(x for x in cfg.doc["static_resources"]["listeners"] if x["name"] == "public")
+        public["filter_chains"][0]["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": True,
+                "common_tls_context": {
+                    "tls_certificates": [{"certificate_chain": {"filename": str(srv_crt)},
+                                          "private_key": {"filename": str(srv_k)}}],
+                    "validation_context": {"trusted_ca": {"filename": str(ca_pem)}}}}}
+
+        def plugin(c):
+            c["subject"] = {"peer": "uri_san", "header": "x-user-id", "client_controlled": True}
+            fraud = next(r for r in c["plan"]["rollouts"] if r["name"] == "fraud")
+            fraud["targeting"].insert(0, {"variant": "canary", "when": [
+                {"peer": "uri_san", "prefix": "spiffe://model-rollout.test/testers/"}]})
+        cfg.edit_plugin(plugin)
+        envoy = Envoy(procs, cfg)
+
+        def san(prefix, canary):
+            return next(f"spiffe://model-rollout.test/{prefix}/{i}" for i in range(10_000)
+                        if (expected_bucket("fraud-v2", f"spiffe://model-rollout.test/{prefix}/{i}")
+                            >= 9000) == canary)
+        cases = [(san("users", True), "canary"), (san("users", False), "stable"),
+                 (san("testers", False), "canary")]
+        stable_id = next(u for u in USERS if expected_bucket("fraud-v2", u) < 9000)
+        canary_id = next(u for u in USERS if expected_bucket("fraud-v2", u) >= 9000)
+        for i, (uri, want) in enumerate(cases):
+            key = ec.generate_private_key(ec.SECP256R1())
+            crt, k = _pem(tmp_path, f"client-{i}", _cert(f"client-{i}", ca_key, ca.subject, key, uri=uri), key)
+            ctx = ssl.create_default_context(cafile=str(ca_pem))
+            ctx.load_cert_chain(str(crt), str(k))
+            conn = http.client.HTTPSConnection("localhost", envoy.port(), context=ctx, timeout=10)
+            # the client's own id names the other bucket: the certificate decides
+            conn.request("POST", FRAUD, body=b'{"inputs":[]}', headers={
+                "x-user-id": stable_id if want == "canary" else canary_id,
+                "content-type": "application/json"})
+            r = conn.getresponse()
+            body = json.loads(r.read())
+            conn.close()
+            assert r.status == 200, (uri, r.status)
+            assert (r.getheader("x-model-variant"), body["model_version"]) == (want, want), uri
+    finally:
+        procs.stop_all()
