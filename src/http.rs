@@ -4,7 +4,9 @@
 //! Host calls on a matched request: `:path` (plus `:authority` only when some
 //! rollout matches on host), the subject header (and `cookie` when needed), the
 //! correlation header, one removal of the override header, setting the variant
-//! header (and the correlation id when minted), the clock; on the response
+//! header (and the correlation id when minted), the clock; one property read per
+//! verified claim or peer field the decision needs, only when the configuration
+//! names one (`subject.claim`/`peer`, a `claim`/`peer` condition); on the response
 //! `:status`, the clock, one histogram sample and the echoed headers (the model
 //! header only with `echo.model`). Counters, prediction bins included, cost no host
 //! call (see `metrics`).

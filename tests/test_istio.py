@@ -605,6 +605,14 @@ def test_testers_come_from_a_verified_claim_only(mesh):
     assert r_good.json()["model_version"] == "canary"
     assert r_raw.json()["model_version"] == "stable"
     assert r_bad.status == 401
+    # the verified sub is the subject key, read under the issuer (where Istio puts the
+    # payload): a canary user's token wins over the stable user's x-user-id
+    canary_user = next(u for u in USERS if expected_bucket("fraud-v2", u) >= 9000)
+    plain = {k: v for k, v in claims.items() if k != "tester"}
+    as_user = jwt.encode({**plain, "sub": canary_user}, key, algorithm="ES256",
+                         headers={"kid": "model-rollout-demo-1"})
+    r = send_all(gw.port, [(FRAUD, {"x-user-id": user, "authorization": f"Bearer {as_user}"})])[0]
+    assert r.json()["model_version"] == "canary"
 
 
 @pytest.mark.parametrize("with_lua, variant_sent, expected", [
