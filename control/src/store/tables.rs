@@ -5,7 +5,10 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTra
 
 use crate::store::error::{db_err, StoreError};
 
-/// Store-wide sequence numbers of the data tables: `shadow`, `assignment`, `outcome`.
+/// Store-wide sequence numbers of the data tables: `data`, shared by shadow records,
+/// assignments and outcomes (their arrival order across kinds, which the data budget
+/// evicts by); stores written before the budget also hold `shadow`, `assignment`,
+/// `outcome` (no longer advanced).
 const SEQ: TableDefinition<&str, u64> = TableDefinition::new("data_seq");
 
 /// Opens a table for reading; `None` when it was never written.
@@ -20,10 +23,25 @@ pub fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     }
 }
 
-/// Reserves `n` sequence numbers of `kind`; returns the first.
-pub fn reserve_seq(tx: &WriteTransaction, kind: &str, n: u64) -> Result<u64, StoreError> {
+/// The shared sequence of the data tables.
+const DATA: &str = "data";
+
+/// Reserves `n` numbers of the shared data sequence; returns the first.
+pub fn reserve_seq(tx: &WriteTransaction, n: u64) -> Result<u64, StoreError> {
     let mut t = tx.open_table(SEQ).map_err(db_err)?;
-    let first = t.get(kind).map_err(db_err)?.map_or(0, |g| g.value());
-    t.insert(kind, first.saturating_add(n)).map_err(db_err)?;
+    let first = t.get(DATA).map_err(db_err)?.map_or(0, |g| g.value());
+    t.insert(DATA, first.saturating_add(n)).map_err(db_err)?;
     Ok(first)
+}
+
+/// Starts the shared sequence above every number handed out before it existed
+/// (`at_least`, and each kind's own old sequence).
+pub(crate) fn start_shared_seq(tx: &WriteTransaction, at_least: u64) -> Result<(), StoreError> {
+    let mut t = tx.open_table(SEQ).map_err(db_err)?;
+    let mut next = at_least;
+    for kind in [DATA, "shadow", "assignment", "outcome"] {
+        next = next.max(t.get(kind).map_err(db_err)?.map_or(0, |g| g.value()));
+    }
+    t.insert(DATA, next).map_err(db_err)?;
+    Ok(())
 }
