@@ -5,7 +5,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `rollout_control_plan_version` | gauge | | latest plan version (0 before any plan) |
-//! | `rollout_control_plan_changes_total` | counter | op | plan versions in the store by operation (counted from the durable history, so it survives restarts) |
+//! | `rollout_control_plan_changes_total` | counter | op | plan versions in the store by operation (counted from the durable history, so it survives restarts; after a restart, from the versions `--history-keep` kept) |
 //! | `rollout_control_http_requests_total` | counter | route, status | answered requests by route template (`unmatched` for unknown paths) and status |
 //! | `rollout_control_shadow_records_total` | counter | | shadow records stored since start |
 //! | `rollout_control_assignments_total` | counter | | experiment assignments stored since start |
@@ -82,6 +82,10 @@ impl Metrics {
     fn plan_changes(&self, store: &Store) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut ops = self.plan_ops.lock().unwrap_or_else(PoisonError::into_inner);
         let latest = store.current().map_or(0, |c| c.version());
+        if ops.through == 0 {
+            // Versions before the oldest kept were dropped (`--history-keep`).
+            ops.through = store.oldest_version()?.map_or(0, |v| v.saturating_sub(1));
+        }
         while ops.through < latest {
             let v = ops.through + 1;
             if let Some(record) = store.get(v)? {

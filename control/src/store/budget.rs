@@ -242,7 +242,9 @@ pub(crate) fn enforce(tx: &WriteTransaction, budget: u64) -> Result<u64, StoreEr
     let mut evicted = 0u64;
     let mut records = tx.open_table(shadow_records::RECORDS).map_err(db_err)?;
     let mut a_by_id = tx.open_table(assignments::ASSIGNMENTS).map_err(db_err)?;
-    let mut a_order = tx.open_table(assignments::ASSIGNMENT_ORDER).map_err(db_err)?;
+    let mut a_order = tx
+        .open_table(assignments::ASSIGNMENT_ORDER)
+        .map_err(db_err)?;
     let mut o_by_id = tx.open_table(outcomes::OUTCOMES).map_err(db_err)?;
     let mut o_order = tx.open_table(outcomes::OUTCOME_ORDER).map_err(db_err)?;
     let mut o_lost = tx.open_table(OUTCOME_EVICTED).map_err(db_err)?;
@@ -381,7 +383,8 @@ pub fn usage(store: &Store) -> Result<Usage, StoreError> {
 }
 
 fn usage_in(tx: &ReadTransaction, budget: u64) -> Result<Usage, StoreError> {
-    let mut kinds: Vec<(Kind, Totals)> = Kind::ALL.iter().map(|k| (*k, Totals::default())).collect();
+    let mut kinds: Vec<(Kind, Totals)> =
+        Kind::ALL.iter().map(|k| (*k, Totals::default())).collect();
     if let Some(t) = read_table(tx, TOTALS)? {
         for (k, slot) in &mut kinds {
             if let Some(g) = t.get(*k as u8).map_err(db_err)? {

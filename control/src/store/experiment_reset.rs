@@ -2,8 +2,8 @@
 //! its assignments and its outcomes, in one transaction.
 
 use crate::api::experiment::ResetResult;
-use crate::store::error::{db_err, StoreError};
 use crate::store::budget::Ledger;
+use crate::store::error::{db_err, StoreError};
 use crate::store::{assignments, outcomes, Store};
 
 /// Deletes every assignment and outcome of a rollout. Blocking.
