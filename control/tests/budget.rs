@@ -386,6 +386,16 @@ fn sidecar_keeps_the_budget_counts_evictions_and_keeps_its_figures_across_a_rest
         json!(1_700_000_000_000u64 + batches * per - 1)
     );
     assert_eq!(r["first_unix_ms"], json!(1_700_000_000_000u64 + evicted));
+    // The status says the same, with how far back the data reaches.
+    let (s, st, _) = call(&a, "GET", &format!("{}/v1/status", server.url), None).unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(st["data"]["budget_bytes"], json!(budget));
+    assert_eq!(st["data"]["bytes"], json!(held));
+    assert_eq!(
+        st["data"]["kinds"]["shadow_records"]["evicted_items"],
+        json!(evicted)
+    );
+    assert!(st["data"]["oldest_age_seconds"].as_f64().unwrap() < 600.0);
     // kill -9 and start again: the same figures, from the store.
     server.kill9();
     let server = ServerProc::start(&data, &flags);
