@@ -99,7 +99,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             ),
         }
     }
-    if let Ok(u) = crate::store::budget::usage(&store) {
+    if let Ok(u) = store.data_usage() {
         eprintln!(
             "rollout-control: data budget {} bytes, {} held; history keeps {} plan versions",
             u.budget,

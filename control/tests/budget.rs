@@ -13,6 +13,7 @@ use rollout_control::api::experiment::Outcome;
 use rollout_control::http::error::ApiError;
 use rollout_control::report::shadow::shadow_report;
 use rollout_control::store::budget::{self, record_bytes, Kind, Totals, Usage};
+use rollout_control::store::plans::DEFAULT_HISTORY_KEEP;
 use rollout_control::store::{assignments, outcomes, shadow_records, OpenOptions, Store};
 use rollout_core::wire::{Assignment, ShadowRecord};
 use serde_json::{json, Value};
@@ -94,7 +95,7 @@ fn over_budget_the_oldest_go_first_and_outcomes_last() {
         .collect();
     assignments::store_assignments(&store, &batch).unwrap();
     assert_eq!(feedback(&store, &ids), 40);
-    let before = budget::usage(&store).unwrap();
+    let before = store.data_usage().unwrap();
     assert_eq!(kind(&before, Kind::Assignment).items, 40);
     assert_eq!(kind(&before, Kind::Outcome).items, 40);
     // Then 200 records of about 700 bytes: more than the budget holds.
@@ -106,14 +107,14 @@ fn over_budget_the_oldest_go_first_and_outcomes_last() {
         posted += recs.iter().map(cost).sum::<u64>();
         last = b * 20 + 19;
         shadow_records::store_records(&store, &recs).unwrap();
-        let u = budget::usage(&store).unwrap();
+        let u = store.data_usage().unwrap();
         assert!(
             u.bytes() <= budget,
             "after batch {b}: {} > {budget}",
             u.bytes()
         );
     }
-    let u = budget::usage(&store).unwrap();
+    let u = store.data_usage().unwrap();
     assert!(posted > budget);
     let recs = kind(&u, Kind::ShadowRecord);
     // Every byte posted is either held or counted as evicted.
@@ -164,7 +165,7 @@ fn outcomes_go_last_and_the_report_says_so() {
     let outcome_bytes = {
         let store = open(dir.path(), 1 << 30);
         assert_eq!(assign_and_feed(&store, 0, 200), 200);
-        let u = budget::usage(&store).unwrap();
+        let u = store.data_usage().unwrap();
         store.close().unwrap();
         kind(&u, Kind::Outcome).bytes
     };
@@ -172,7 +173,7 @@ fn outcomes_go_last_and_the_report_says_so() {
     // every assignment goes first, then the oldest outcomes.
     let budget = outcome_bytes / 2;
     let store = open(dir.path(), budget);
-    let u = budget::usage(&store).unwrap();
+    let u = store.data_usage().unwrap();
     assert!(u.bytes() <= budget);
     assert_eq!(kind(&u, Kind::Assignment).items, 0);
     assert_eq!(kind(&u, Kind::Assignment).evicted_items, 200);
@@ -183,8 +184,8 @@ fn outcomes_go_last_and_the_report_says_so() {
     // what it lost.
     let kept = outcomes::variant_outcomes(&store, "exp", &["a", "b"], 1_000).unwrap();
     assert_eq!(kept[0].0 + kept[1].0, out.items);
-    let lost = budget::outcomes_evicted(&store, "exp", "a").unwrap()
-        + budget::outcomes_evicted(&store, "exp", "b").unwrap();
+    let lost =
+        store.outcomes_evicted("exp", "a").unwrap() + store.outcomes_evicted("exp", "b").unwrap();
     assert_eq!(lost, out.evicted_items);
     let mut replayed = 0u64;
     outcomes::replay_pair(&store, "exp", "a", "b", 1_000, &mut |_, _| replayed += 1).unwrap();
@@ -209,13 +210,13 @@ fn outcomes_go_last_and_the_report_says_so() {
     // With the budget full of outcomes, new assignments are evicted before any kept
     // outcome: their feedback is `unknown`, the evidence kept does not move.
     assert_eq!(assign_and_feed(&store, 1000, 20), 0);
-    let after = budget::usage(&store).unwrap();
+    let after = store.data_usage().unwrap();
     assert_eq!(kind(&after, Kind::Outcome), out);
     assert_eq!(kind(&after, Kind::Assignment).evicted_items, 220);
     // A reset forgets the experiment's data and its losses, and releases its bytes.
     rollout_control::store::experiment_reset::reset(&store, "exp").unwrap();
-    assert_eq!(budget::usage(&store).unwrap().bytes(), 0);
-    assert_eq!(budget::outcomes_evicted(&store, "exp", "a").unwrap(), 0);
+    assert_eq!(store.data_usage().unwrap().bytes(), 0);
+    assert_eq!(store.outcomes_evicted("exp", "a").unwrap(), 0);
     let report = rollout_control::report::experiment::report(&store, &rollout)
         .unwrap()
         .unwrap();
@@ -265,7 +266,7 @@ fn accounting_survives_reopen_and_is_rebuilt_for_an_older_store() {
     let written = {
         let store = open(dir.path(), big);
         fill(&store, 100);
-        let u = budget::usage(&store).unwrap();
+        let u = store.data_usage().unwrap();
         store.close().unwrap();
         u
     };
@@ -275,18 +276,18 @@ fn accounting_survives_reopen_and_is_rebuilt_for_an_older_store() {
     // Reopened: the same figures, read from the store.
     {
         let store = open(dir.path(), big);
-        assert_eq!(budget::usage(&store).unwrap(), written);
+        assert_eq!(store.data_usage().unwrap(), written);
         store.close().unwrap();
     }
     // A store from before the budget: its items are charged once, at open.
     strip_budget(dir.path(), 45);
     {
         let store = open(dir.path(), big);
-        let rebuilt = budget::usage(&store).unwrap();
+        let rebuilt = store.data_usage().unwrap();
         assert_eq!(rebuilt.kinds, written.kinds);
         // New items take numbers after the old ones: nothing collides.
         fill(&store, 200);
-        let u = budget::usage(&store).unwrap();
+        let u = store.data_usage().unwrap();
         assert_eq!(kind(&u, Kind::ShadowRecord).items, 60);
         assert_eq!(kind(&u, Kind::Assignment).items, 20);
         assert_eq!(kind(&u, Kind::Outcome).items, 10);
@@ -296,7 +297,7 @@ fn accounting_survives_reopen_and_is_rebuilt_for_an_older_store() {
     // Opened with a smaller budget: evicted at open, oldest first.
     let small = written.bytes();
     let store = open(dir.path(), small);
-    let u = budget::usage(&store).unwrap();
+    let u = store.data_usage().unwrap();
     assert!(u.bytes() <= small, "{} > {small}", u.bytes());
     let recs = kind(&u, Kind::ShadowRecord);
     assert!(recs.evicted_items >= 30, "{u:?}");
@@ -483,4 +484,28 @@ fn history_retention_keeps_the_newest_and_the_plan_in_force() {
     assert_eq!(canary(&server.url), (7, 4.0));
     put(&server.url, 8);
     assert_eq!(history(&server.url), vec![8]);
+}
+
+#[test]
+fn serve_flags_default_to_the_store_defaults() {
+    use clap::Parser;
+    use rollout_control::cli::args::{Cli, Command};
+    let parse = |extra: &[&str]| {
+        let mut argv = vec!["rollout-control", "serve", "--data", "d"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+    };
+    let Command::Serve(args) = parse(&[]).unwrap().command else {
+        panic!("not serve");
+    };
+    assert_eq!(args.store.data_budget_bytes, budget::DEFAULT_DATA_BUDGET);
+    assert_eq!(args.store.history_keep, DEFAULT_HISTORY_KEEP);
+    let min = budget::MIN_DATA_BUDGET.to_string();
+    assert!(parse(&["--data-budget-bytes", &min]).is_ok());
+    let below = (budget::MIN_DATA_BUDGET - 1).to_string();
+    let err = parse(&["--data-budget-bytes", &below])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--data-budget-bytes"), "{err}");
+    assert!(parse(&["--history-keep", "0"]).is_err());
 }

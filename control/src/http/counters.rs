@@ -282,7 +282,7 @@ impl Metrics {
 
 /// The data budget's figures (`store::budget`). Blocking (one read transaction).
 fn render_budget(out: &mut String, store: &Store) -> Result<(), StoreError> {
-    let usage = budget::usage(store)?;
+    let usage = store.data_usage()?;
     header(
         out,
         "rollout_control_data_budget_bytes",

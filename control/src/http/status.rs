@@ -15,7 +15,6 @@ use crate::engine::state::Engine;
 use crate::engine::status::rollout_status;
 use crate::http::state::AppState;
 use crate::store::blocking::blocking;
-use crate::store::budget;
 use crate::util::timefmt::now_unix_ms;
 
 /// Proxies listed at most (the summary counts every one).
@@ -107,7 +106,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
 /// cannot be read (the rest of the status still answers).
 async fn data_budget(state: &AppState) -> Option<DataBudget> {
     let store = std::sync::Arc::clone(state.store());
-    let usage = blocking(move || budget::usage(&store)).await.ok()?;
+    let usage = blocking(move || store.data_usage()).await.ok()?;
     Some(DataBudget {
         budget_bytes: usage.budget,
         bytes: usage.bytes(),

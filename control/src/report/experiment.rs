@@ -220,7 +220,7 @@ fn evicted_note(
 ) -> Result<Option<String>, StoreError> {
     let mut lost = Vec::new();
     for v in variants {
-        let n = crate::store::budget::outcomes_evicted(store, rollout, v)?;
+        let n = store.outcomes_evicted(rollout, v)?;
         if n > 0 {
             lost.push(format!("{v} {n}"));
         }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use rollout_core::wire::Assignment;
 
 use crate::store::budget::{self, assignment_bytes, Kind, Ledger};
@@ -23,13 +23,7 @@ pub const MAX_ASSIGNMENTS_PER_ROLLOUT: u64 = 1_000_000;
 /// Entries deleted per step of a reset (keeps memory flat).
 pub(crate) const RESET_CHUNK: usize = 10_000;
 
-/// Read by the outcomes' join (`store::outcomes`).
-pub(crate) const ASSIGNMENTS: TableDefinition<&str, (&str, &str, u64, u64)> =
-    TableDefinition::new("assignments");
-pub(crate) const ASSIGNMENT_ORDER: TableDefinition<(&str, u64, u64), &str> =
-    TableDefinition::new("assignment_order");
-pub(crate) const ASSIGNMENT_COUNTS: TableDefinition<&str, u64> =
-    TableDefinition::new("assignment_counts");
+use crate::store::tables::{ASSIGNMENTS, ASSIGNMENT_COUNTS, ASSIGNMENT_ORDER};
 
 /// What a batch did: `stored` (new, or repeats of the same assignment) and `refused`
 /// (an id already assigned to another rollout or variant: assignments are immutable,

@@ -37,8 +37,10 @@ use std::collections::BTreeMap;
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::store::error::{db_err, StoreError};
-use crate::store::tables::read_table;
-use crate::store::{assignments, outcomes, shadow_records, Store};
+use crate::store::tables::{
+    read_table, ASSIGNMENTS, ASSIGNMENT_COUNTS, ASSIGNMENT_ORDER, OUTCOMES, OUTCOME_COUNTS,
+    OUTCOME_ORDER, SHADOW_RECORDS, SHADOW_RECORD_COUNTS,
+};
 
 /// The budget without `--data-budget-bytes`: 1 GiB.
 pub const DEFAULT_DATA_BUDGET: u64 = 1 << 30;
@@ -240,13 +242,11 @@ pub(crate) fn enforce(tx: &WriteTransaction, budget: u64) -> Result<u64, StoreEr
         return Ok(0);
     }
     let mut evicted = 0u64;
-    let mut records = tx.open_table(shadow_records::RECORDS).map_err(db_err)?;
-    let mut a_by_id = tx.open_table(assignments::ASSIGNMENTS).map_err(db_err)?;
-    let mut a_order = tx
-        .open_table(assignments::ASSIGNMENT_ORDER)
-        .map_err(db_err)?;
-    let mut o_by_id = tx.open_table(outcomes::OUTCOMES).map_err(db_err)?;
-    let mut o_order = tx.open_table(outcomes::OUTCOME_ORDER).map_err(db_err)?;
+    let mut records = tx.open_table(SHADOW_RECORDS).map_err(db_err)?;
+    let mut a_by_id = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
+    let mut a_order = tx.open_table(ASSIGNMENT_ORDER).map_err(db_err)?;
+    let mut o_by_id = tx.open_table(OUTCOMES).map_err(db_err)?;
+    let mut o_order = tx.open_table(OUTCOME_ORDER).map_err(db_err)?;
     let mut o_lost = tx.open_table(OUTCOME_EVICTED).map_err(db_err)?;
     // Count tables are updated once per rollout (or variant) at the end.
     let mut record_counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -319,21 +319,19 @@ pub(crate) fn enforce(tx: &WriteTransaction, budget: u64) -> Result<u64, StoreEr
         evicted += 1;
     }
     {
-        let mut c = tx.open_table(shadow_records::COUNTS).map_err(db_err)?;
+        let mut c = tx.open_table(SHADOW_RECORD_COUNTS).map_err(db_err)?;
         for (r, n) in record_counts {
             let have = c.get(r.as_str()).map_err(db_err)?.map_or(0, |g| g.value());
             c.insert(r.as_str(), have.saturating_sub(n))
                 .map_err(db_err)?;
         }
-        let mut c = tx
-            .open_table(assignments::ASSIGNMENT_COUNTS)
-            .map_err(db_err)?;
+        let mut c = tx.open_table(ASSIGNMENT_COUNTS).map_err(db_err)?;
         for (r, n) in assignment_counts {
             let have = c.get(r.as_str()).map_err(db_err)?.map_or(0, |g| g.value());
             c.insert(r.as_str(), have.saturating_sub(n))
                 .map_err(db_err)?;
         }
-        let mut c = tx.open_table(outcomes::OUTCOME_COUNTS).map_err(db_err)?;
+        let mut c = tx.open_table(OUTCOME_COUNTS).map_err(db_err)?;
         for ((r, v), n) in outcome_counts {
             let key = (r.as_str(), v.as_str());
             let have = c.get(key).map_err(db_err)?.map_or(0, |g| g.value());
@@ -347,10 +345,13 @@ pub(crate) fn enforce(tx: &WriteTransaction, budget: u64) -> Result<u64, StoreEr
     Ok(evicted)
 }
 
-/// Outcomes of a variant the budget evicted. Blocking.
-pub fn outcomes_evicted(store: &Store, rollout: &str, variant: &str) -> Result<u64, StoreError> {
-    let tx = store.begin_read()?;
-    let Some(t) = read_table(&tx, OUTCOME_EVICTED)? else {
+/// Outcomes of a variant the budget evicted.
+pub fn outcomes_evicted(
+    tx: &ReadTransaction,
+    rollout: &str,
+    variant: &str,
+) -> Result<u64, StoreError> {
+    let Some(t) = read_table(tx, OUTCOME_EVICTED)? else {
         return Ok(0);
     };
     let n = t
@@ -376,13 +377,8 @@ pub(crate) fn reset_rollout(tx: &WriteTransaction, rollout: &str) -> Result<(), 
     Ok(())
 }
 
-/// The budget's figures, read in one transaction (three rows and two ledger ends).
-pub fn usage(store: &Store) -> Result<Usage, StoreError> {
-    let tx = store.begin_read()?;
-    usage_in(&tx, store.data_budget())
-}
-
-fn usage_in(tx: &ReadTransaction, budget: u64) -> Result<Usage, StoreError> {
+/// The budget's figures (three rows and two ledger ends).
+pub fn usage(tx: &ReadTransaction, budget: u64) -> Result<Usage, StoreError> {
     let mut kinds: Vec<(Kind, Totals)> =
         Kind::ALL.iter().map(|k| (*k, Totals::default())).collect();
     if let Some(t) = read_table(tx, TOTALS)? {
@@ -446,7 +442,7 @@ fn charge_existing(tx: &WriteTransaction) -> Result<(), StoreError> {
     let mut ledger = Ledger::open(tx)?;
     let mut max_seq = 0u64;
     {
-        let t = tx.open_table(shadow_records::RECORDS).map_err(db_err)?;
+        let t = tx.open_table(SHADOW_RECORDS).map_err(db_err)?;
         for e in t.iter().map_err(db_err)? {
             let (k, v) = e.map_err(db_err)?;
             let (r, ms, seq) = k.value();
@@ -456,10 +452,8 @@ fn charge_existing(tx: &WriteTransaction) -> Result<(), StoreError> {
         }
     }
     {
-        let by_id = tx.open_table(assignments::ASSIGNMENTS).map_err(db_err)?;
-        let order = tx
-            .open_table(assignments::ASSIGNMENT_ORDER)
-            .map_err(db_err)?;
+        let by_id = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
+        let order = tx.open_table(ASSIGNMENT_ORDER).map_err(db_err)?;
         for e in order.iter().map_err(db_err)? {
             let (k, v) = e.map_err(db_err)?;
             let (r, ms, seq) = k.value();
@@ -475,7 +469,7 @@ fn charge_existing(tx: &WriteTransaction) -> Result<(), StoreError> {
         }
     }
     {
-        let order = tx.open_table(outcomes::OUTCOME_ORDER).map_err(db_err)?;
+        let order = tx.open_table(OUTCOME_ORDER).map_err(db_err)?;
         for e in order.iter().map_err(db_err)? {
             let (k, v) = e.map_err(db_err)?;
             let (r, variant, seq) = k.value();

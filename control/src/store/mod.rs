@@ -9,7 +9,7 @@
 //! | [`outcomes`] | `outcomes`, `outcome_order`, `outcome_counts` | rewards joined with assignments (A/B) |
 //! | [`decisions`] | `policy_decisions`, `policy_decision_versions` | the policy engine's decisions |
 //! | [`budget`] | `data_ledger`, `data_totals`, `outcome_evicted` | the data budget shared by records, assignments and outcomes: every item's cost and arrival order, totals per kind |
-//! | [`tables`] | `data_seq` | store-wide sequence numbers of the data tables |
+//! | [`tables`] | `data_seq` | store-wide sequence numbers of the data tables; the definitions of the tables several families write |
 //! | here | `meta` | `format -> "1"` |
 //!
 //! Plus [`proxies`], the in-memory table of polling proxies (not in redb).
@@ -103,6 +103,17 @@ impl Store {
     /// Bytes records, assignments and outcomes may hold together.
     pub fn data_budget(&self) -> u64 {
         self.data_budget
+    }
+
+    /// The data budget's figures (`store::budget`): bytes and items held and evicted
+    /// per kind, the oldest item's arrival. One small read transaction.
+    pub fn data_usage(&self) -> Result<budget::Usage, StoreError> {
+        budget::usage(&self.begin_read()?, self.data_budget)
+    }
+
+    /// Outcomes of a variant the data budget evicted.
+    pub fn outcomes_evicted(&self, rollout: &str, variant: &str) -> Result<u64, StoreError> {
+        budget::outcomes_evicted(&self.begin_read()?, rollout, variant)
     }
 
     /// Plan versions kept (the newest; `--history-keep`).

@@ -12,15 +12,16 @@
 
 use std::collections::HashMap;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use rollout_core::abtest::Summary;
 use rollout_core::experiment::ExperimentMetric;
 use rollout_core::ConfigError;
 
 use crate::api::experiment::{FeedbackResult, Outcome};
-use crate::store::assignments::{ASSIGNMENTS, RESET_CHUNK};
+use crate::store::assignments::RESET_CHUNK;
 use crate::store::budget::{self, outcome_bytes, Kind, Ledger};
 use crate::store::error::{db_err, StoreError};
+use crate::store::tables::ASSIGNMENTS;
 use crate::store::tables::{read_table, reserve_seq};
 use crate::store::Store;
 
@@ -28,12 +29,7 @@ use crate::store::Store;
 /// above this can never complete.
 pub const MAX_OUTCOMES_PER_VARIANT: u64 = 1_000_000;
 
-pub(crate) const OUTCOMES: TableDefinition<&str, (&str, &str, u64, f64)> =
-    TableDefinition::new("outcomes");
-pub(crate) const OUTCOME_ORDER: TableDefinition<(&str, &str, u64), (&str, f64)> =
-    TableDefinition::new("outcome_order");
-pub(crate) const OUTCOME_COUNTS: TableDefinition<(&str, &str), u64> =
-    TableDefinition::new("outcome_counts");
+use crate::store::tables::{OUTCOMES, OUTCOME_COUNTS, OUTCOME_ORDER};
 
 /// A reward is a finite number, and 0 or 1 for a conversion experiment (`metric`: the
 /// experiment of the rollout it belongs to, when known). `field` names it in the error.

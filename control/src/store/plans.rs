@@ -264,7 +264,7 @@ fn prune(
 ) -> Result<u64, StoreError> {
     let first_kept = latest.saturating_sub(keep.max(1)).saturating_add(1);
     let mut summaries = tx
-        .open_table(crate::store::decisions::DECISION_VERSIONS)
+        .open_table(crate::store::tables::DECISION_VERSIONS)
         .map_err(db_err)?;
     let mut deleted = 0;
     loop {

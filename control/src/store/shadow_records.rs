@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use rollout_core::wire::ShadowRecord;
 
 use crate::store::budget::{self, record_bytes, Kind, Ledger};
@@ -21,9 +21,7 @@ use crate::store::Store;
 /// Records kept per rollout; the oldest go first.
 pub const MAX_RECORDS_PER_ROLLOUT: u64 = 100_000;
 
-pub(crate) const RECORDS: TableDefinition<(&str, u64, u64), &[u8]> =
-    TableDefinition::new("shadow_records");
-pub(crate) const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("shadow_record_counts");
+use crate::store::tables::{SHADOW_RECORDS as RECORDS, SHADOW_RECORD_COUNTS as COUNTS};
 
 /// Stores a batch in one transaction, trimming every touched rollout to
 /// [`MAX_RECORDS_PER_ROLLOUT`]. Blocking.

@@ -1,9 +1,40 @@
 //! Helpers every table family shares: opening a table that may never have been
-//! written, and the store-wide sequence numbers (table `data_seq`).
+//! written, the store-wide sequence numbers (table `data_seq`), and the definitions of
+//! the tables more than one family writes (the data tables, which the data budget
+//! evicts from; the engine's version summaries, which the history retention deletes):
+//! kept here so the families import this file, not each other.
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction};
 
 use crate::store::error::{db_err, StoreError};
+
+/// Shadow records (`store::shadow_records`): `(rollout, unix_ms, seq) -> JSON`.
+pub(crate) const SHADOW_RECORDS: TableDefinition<(&str, u64, u64), &[u8]> =
+    TableDefinition::new("shadow_records");
+/// rollout -> shadow records kept.
+pub(crate) const SHADOW_RECORD_COUNTS: TableDefinition<&str, u64> =
+    TableDefinition::new("shadow_record_counts");
+/// Assignments (`store::assignments`): correlation id -> (rollout, variant, unix_ms, seq).
+pub(crate) const ASSIGNMENTS: TableDefinition<&str, (&str, &str, u64, u64)> =
+    TableDefinition::new("assignments");
+/// (rollout, unix_ms, seq) -> correlation id.
+pub(crate) const ASSIGNMENT_ORDER: TableDefinition<(&str, u64, u64), &str> =
+    TableDefinition::new("assignment_order");
+/// rollout -> assignments kept.
+pub(crate) const ASSIGNMENT_COUNTS: TableDefinition<&str, u64> =
+    TableDefinition::new("assignment_counts");
+/// Outcomes (`store::outcomes`): correlation id -> (rollout, variant, seq, reward).
+pub(crate) const OUTCOMES: TableDefinition<&str, (&str, &str, u64, f64)> =
+    TableDefinition::new("outcomes");
+/// (rollout, variant, seq) -> (correlation id, reward).
+pub(crate) const OUTCOME_ORDER: TableDefinition<(&str, &str, u64), (&str, f64)> =
+    TableDefinition::new("outcome_order");
+/// (rollout, variant) -> outcomes kept.
+pub(crate) const OUTCOME_COUNTS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("outcome_counts");
+/// The engine's summary per plan version (`store::decisions`).
+pub(crate) const DECISION_VERSIONS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("policy_decision_versions");
 
 /// Store-wide sequence numbers of the data tables: `data`, shared by shadow records,
 /// assignments and outcomes (their arrival order across kinds, which the data budget
