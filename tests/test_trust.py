@@ -219,6 +219,7 @@ def test_a_groups_claim_pins_testers_and_a_bad_token_does_not(groups):
         "member": (token({"groups": ["staff", "testers"]}), "canary"),
         "single": (token({"groups": "testers"}), "canary"),
         "not-a-member": (token({"groups": ["staff", "testers-2"]}), "stable"),
+        "an-object": (token({"groups": {"testers": True}}), "stable"),
         "expired": (token({"groups": ["testers"]}, exp=now - 3600, iat=now - 7200), "stable"),
         "other-key": (token({"groups": ["testers"]}, key=other), "stable"),
     }

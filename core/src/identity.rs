@@ -108,8 +108,9 @@ fn u32_at(b: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(w)).ok()
 }
 
-/// Envoy's serialization of a list: a pairs map whose keys are the elements. Exact:
-/// every length must add up to the buffer, else it is not a list.
+/// Envoy's serialization of a list: a pairs map whose keys are the elements and whose
+/// values are empty. Exact: every length must add up to the buffer, else it is not a
+/// list (an object claim, serialized with values, is none either).
 fn decode_list(b: &[u8]) -> Option<Vec<String>> {
     let n = u32_at(b, 0)?;
     if n > MAX_CLAIM_VALUES {
@@ -128,7 +129,11 @@ fn decode_list(b: &[u8]) -> Option<Vec<String>> {
         if b.get(at) != Some(&0) {
             return None;
         }
-        at += 1 + v;
+        // a list's entries carry no value; a map (an object claim) is not a list
+        if v != 0 {
+            return None;
+        }
+        at += 1;
         if b.get(at) != Some(&0) {
             return None;
         }
@@ -176,6 +181,12 @@ mod tests {
             Claim::decode(&pairs(&refs)),
             Some(Claim::List(_))
         ));
+        // an object claim (values present) is no list
+        let mut map = 1u32.to_le_bytes().to_vec();
+        map.extend(7u32.to_le_bytes());
+        map.extend(1u32.to_le_bytes());
+        map.extend(b"testers\0x\0");
+        assert!(!matches!(Claim::decode(&map), Some(Claim::List(_))));
         // a truncated list is no list
         let mut b = pairs(&["a", "b"]);
         b.pop();
