@@ -403,6 +403,21 @@ fn sidecar_keeps_the_budget_counts_evictions_and_keeps_its_figures_across_a_rest
         json!(evicted)
     );
     assert!(st["data"]["oldest_age_seconds"].as_f64().unwrap() < 600.0);
+    // `rollout-control status` shows the budget and the evictions per kind.
+    let cli = std::process::Command::new(common::BIN)
+        .args(["--server", &server.url, "status"])
+        .output()
+        .unwrap();
+    assert!(cli.status.success());
+    let human = String::from_utf8(cli.stdout).unwrap();
+    let row = human
+        .lines()
+        .find(|l| l.starts_with("shadow_records "))
+        .unwrap_or_else(|| panic!("{human}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], items.to_string(), "{row}");
+    assert_eq!(cells[4], evicted.to_string(), "{row}");
+    assert!(human.contains("of the 8.0 MiB budget"), "{human}");
     // kill -9 and start again: the same figures, from the store.
     server.kill9();
     let server = ServerProc::start(&data, &flags);
