@@ -247,7 +247,7 @@ def plugin_config(shadow: bool) -> str:
     )
     return """\
 {
-  "subject": {"header": "x-user-id", "cookie": "uid"},
+  "subject": {"header": "x-user-id", "cookie": "uid", "client_controlled": true},
   "trusted_headers": ["x-tester", "x-region"],
   "correlation_header": "x-request-id",
   "variant_header": "x-model-variant",

@@ -481,6 +481,7 @@ pub mod mock {
         pub request_chunk: RefCell<Vec<u8>>,
         pub response_chunk: RefCell<Vec<u8>>,
         pub queue: RefCell<Vec<Vec<u8>>>,
+        pub properties: RefCell<BTreeMap<String, Vec<u8>>>,
     }
 
     impl MockHost {
@@ -628,8 +629,17 @@ pub mod mock {
                 b
             }))
         }
-        fn property(&self, _path: &[&str]) -> HostResult<Option<Vec<u8>>> {
-            Ok(Some(b"test-node".to_vec()))
+        /// The node id for the root; a request's verified identity from `properties`
+        /// (keyed by the path joined with '/'), counted as a host call.
+        fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
+            if path.first() == Some(&"node") {
+                return Ok(Some(b"test-node".to_vec()));
+            }
+            self.call("property");
+            match self.properties.borrow().get(&path.join("/")) {
+                Some(v) => Ok(Some(v.clone())),
+                None => Err(HostError::NotFound),
+            }
         }
         fn request_headers_all(&self) -> HostResult<HeaderSnapshot> {
             self.call("request_headers_all");

@@ -4,7 +4,9 @@
 //! Host calls on a matched request: `:path` (plus `:authority` only when some
 //! rollout matches on host), the subject header (and `cookie` when needed), the
 //! correlation header, one removal of the override header, setting the variant
-//! header (and the correlation id when minted), the clock; on the response
+//! header (and the correlation id when minted), the clock; one property read per
+//! verified claim or peer field the decision needs, only when the configuration
+//! names one (`subject.claim`/`peer`, a `claim`/`peer` condition); on the response
 //! `:status`, the clock, one histogram sample and the echoed headers (the model
 //! header only with `echo.model`). Counters, prediction bins included, cost no host
 //! call (see `metrics`).
@@ -18,13 +20,14 @@ use rollout_core::answer::Health;
 use rollout_core::correlation;
 use rollout_core::decide::{decide, subject_key};
 use rollout_core::hash::BUCKETS;
+use rollout_core::identity::{claim_path, Claim, Peer, MAX_CLAIM_BYTES};
 use rollout_core::request::{CachedHeaders, RequestHeaders};
 use rollout_core::stats::{class_index, RecordDrop, ShadowSkip};
 use rollout_core::wire::Assignment;
 
 use crate::active::Active;
 use crate::answer::{self, Wanted};
-use crate::host::{HeaderSnapshot, Host, ProxyHost};
+use crate::host::{HeaderSnapshot, Host, HostError, ProxyHost};
 use crate::hub::{Half, Hub, Job, JOIN_GRACE_MS};
 use crate::metrics::{count_bin, Metrics};
 use crate::rng::Random;
@@ -32,18 +35,54 @@ use crate::trip::Observed;
 use crate::trip_share;
 
 /// Request headers for the decision: a snapshot from one host call, or (should
-/// that fail) one host call per distinct header.
-struct Headers<F: FnMut(&str) -> Option<String>> {
+/// that fail) one host call per distinct header. The verified identity is read
+/// through properties only when the configuration names it (one host call per
+/// distinct claim or peer field, cached for the request; bounded by
+/// `rollout_core::identity`).
+struct Headers<'k, F: FnMut(&str) -> Option<String>, P: FnMut(&[&str]) -> Option<Vec<u8>>> {
     snapshot: Option<HeaderSnapshot>,
     fallback: CachedHeaders<F>,
+    property: P,
+    /// `jwt.payload_in_metadata`; without it no claim is read.
+    jwt_key: Option<&'k str>,
+    claims: Vec<(String, Option<Claim>)>,
+    peers: Vec<(Peer, Option<String>)>,
 }
 
-impl<F: FnMut(&str) -> Option<String>> RequestHeaders for Headers<F> {
+/// Distinct claims cached per request; beyond this they are read again.
+const MAX_CACHED_CLAIMS: usize = 8;
+
+impl<F: FnMut(&str) -> Option<String>, P: FnMut(&[&str]) -> Option<Vec<u8>>> RequestHeaders
+    for Headers<'_, F, P>
+{
     fn header(&mut self, name: &str) -> Option<String> {
         match &self.snapshot {
             Some(snapshot) => snapshot.get(name).map(|v| v.into_owned()),
             None => self.fallback.header(name),
         }
+    }
+
+    fn claim(&mut self, name: &str) -> Option<Claim> {
+        let key = self.jwt_key?;
+        if let Some((_, c)) = self.claims.iter().find(|(n, _)| n == name) {
+            return c.clone();
+        }
+        let c = (self.property)(&claim_path(key, name)).and_then(|b| Claim::decode(&b));
+        if self.claims.len() < MAX_CACHED_CLAIMS {
+            self.claims.push((name.to_string(), c.clone()));
+        }
+        c
+    }
+
+    fn peer(&mut self, field: Peer) -> Option<String> {
+        if let Some((_, v)) = self.peers.iter().find(|(p, _)| *p == field) {
+            return v.clone();
+        }
+        let v = (self.property)(&field.path())
+            .filter(|b| b.len() <= MAX_CLAIM_BYTES)
+            .and_then(|b| String::from_utf8(b).ok());
+        self.peers.push((field, v.clone()));
+        v
     }
 }
 
@@ -135,6 +174,18 @@ impl<H: Host> Http<H> {
                     None
                 }
             }),
+            // An absent property (no token, no client certificate) is no error.
+            property: |path: &[&str]| match host.property(path) {
+                Ok(v) => v,
+                Err(HostError::NotFound) => None,
+                Err(_) => {
+                    m.bump(m.host_errors);
+                    None
+                }
+            },
+            jwt_key: cfg.jwt_key.as_deref(),
+            claims: Vec::new(),
+            peers: Vec::new(),
         };
         let path = headers.header(":path").unwrap_or_default();
         let authority = if cfg.plan.needs_host {

@@ -22,6 +22,7 @@
 use rollout_core::control::{
     judge, supersedes, ControlSpec, Head, Lease, PlanSource, PollError, PollOutcome, Rejection,
 };
+use rollout_core::trust::TrustedSources;
 use rollout_core::{parse_plan, ConfigError, Plan, PlanSpec};
 
 use crate::host::{Host, HostError};
@@ -72,7 +73,7 @@ pub enum Polled {
 pub struct PlanPoller {
     spec: ControlSpec,
     /// What a polled plan's targeting may read (`rollout_core::trust`).
-    trusted_headers: Vec<String>,
+    trusted: TrustedSources,
     plan_key: String,
     head_key: String,
     lease_key: String,
@@ -94,15 +95,15 @@ fn host_error(m: Option<&Metrics>) {
 impl PlanPoller {
     /// A poller of `spec`'s sidecar; `me` (non-zero) holds the lease, `node_id` (the
     /// Envoy node id, may be empty) names the proxy.
-    /// `trusted_headers`: what a polled plan's targeting may read (`rollout_core::trust`).
-    pub fn new(spec: ControlSpec, me: u64, node_id: String, trusted_headers: Vec<String>) -> Self {
+    /// `trusted`: what a polled plan's targeting may read (`rollout_core::trust`).
+    pub fn new(spec: ControlSpec, me: u64, node_id: String, trusted: TrustedSources) -> Self {
         let prefix = spec.key_prefix();
         let proxy_id = Some(node_id)
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("envoy-{me:016x}"));
         PlanPoller {
             spec,
-            trusted_headers,
+            trusted,
             plan_key: format!("{prefix}/plan"),
             head_key: format!("{prefix}/head"),
             lease_key: format!("{prefix}/lease"),
@@ -257,7 +258,7 @@ impl PlanPoller {
             in_force.version,
             in_force.epoch.as_deref(),
             in_force.source,
-            &self.trusted_headers,
+            &self.trusted,
         );
         let m = m?;
         Some(match outcome {

@@ -103,7 +103,7 @@ impl<H: Host + Clone> Root<H> {
         };
         self.poller = config.control.clone().map(|spec| {
             let me = self.random.id(|| self.host.now_ms()) | 1;
-            PlanPoller::new(spec, me, node_id, config.trusted_headers.clone())
+            PlanPoller::new(spec, me, node_id, config.trusted.clone())
         });
         let (version, rollouts) = (config.plan.version, config.plan.rollouts.len());
         if !self.install(config, PlanSource::Static) {

@@ -12,7 +12,7 @@ use crate::root::Root;
 type H = Rc<MockHost>;
 
 const CONFIG: &str = r#"{
-  "subject": {"header": "x-user-id", "cookie": "uid"},
+  "subject": {"header": "x-user-id", "cookie": "uid", "client_controlled": true},
   "trusted_headers": ["x-tester"],
   "plan": {"version": 7, "rollouts": [
     {"name": "fraud", "match": {"path_prefix": "/v2/models/fraud/"}, "salt": "fraud-v2",
@@ -235,7 +235,7 @@ fn counters_survive_a_reconfiguration_mid_request() {
 // ---------------------------------------------------------------- live plans
 
 const CONTROLLED: &str = r#"{
-  "subject": {"header": "x-user-id"},
+  "subject": {"header": "x-user-id", "client_controlled": true},
   "control": {"cluster": "rollout_control", "poll_interval_ms": 1000, "timeout_ms": 500},
   "plan": {"version": 1, "rollouts": [
     {"name": "fraud", "match": {"path_prefix": "/v2/"}, "salt": "s",
@@ -405,7 +405,7 @@ fn unknown_callout_tokens_are_ignored() {
 // ---------------------------------------------------------------- local trip
 
 const TRIPPING: &str = r#"{
-  "subject": {"header": "x-user-id"},
+  "subject": {"header": "x-user-id", "client_controlled": true},
   "plan": {"version": 3, "rollouts": [
     {"name": "fraud", "match": {"path_prefix": "/v2/"}, "salt": "s",
      "variants": [{"name": "stable", "weight": 50}, {"name": "canary", "weight": 50}],
@@ -464,7 +464,7 @@ fn candidate_errors_trip_the_proxy_and_other_workers_follow() {
 }
 
 const BINNED: &str = r#"{
-  "subject": {"header": "x-user-id"},
+  "subject": {"header": "x-user-id", "client_controlled": true},
   "trusted_headers": ["x-tester", "x-stable"],
   "echo": {"model": "x-model-version"},
   "plan": {"version": 1, "rollouts": [
@@ -571,7 +571,7 @@ fn the_shipped_stats_tags_are_cores() {
 /// envoy/demo.yaml's routing configuration as shipped (issue 13): Envoy echoes the
 /// correlation id and the variant, the filter does not.
 const DEMO_ROUTING: &str = r#"{
-  "subject": {"header": "x-user-id", "cookie": "uid"},
+  "subject": {"header": "x-user-id", "cookie": "uid", "client_controlled": true},
   "trusted_headers": ["x-tester", "x-region"],
   "correlation_header": "x-request-id",
   "variant_header": "x-model-variant",
@@ -859,4 +859,93 @@ fn host_calls_of_a_shadowed_request() {
         ],
         "the answer: clock, status, body, then both latencies of the completed join"
     );
+}
+
+/// A verified identity (README "Security model"): read through properties only when
+/// the configuration names it, one host call per distinct claim or peer field per
+/// request, and it decides before any client header.
+#[test]
+fn verified_identity_is_read_only_when_configured() {
+    let fraud = (":path", "/v2/models/fraud/infer");
+    let config = DEMO_ROUTING
+        .replace(
+            r#""subject": {"header""#,
+            r#""jwt": {"payload_in_metadata": "demo"}, "subject": {"claim": "sub", "header""#,
+        )
+        .replace(
+            r#"{"name": "eu-stays-stable""#,
+            r#"{"name": "testers", "variant": "canary", "when": [{"claim": "groups", "contains": "testers"}]},
+       {"name": "eu-stays-stable""#,
+        );
+    let (h, root) = root_with(&config);
+    let claim =
+        |name: &str| format!("metadata/filter_metadata/envoy.filters.http.jwt_authn/demo/{name}");
+    // anonymous: the groups claim and the sub claim are looked up (absent), then the
+    // client-controlled header decides
+    let anon = host_calls(&h, &root, &[fraud, ("x-user-id", "u1")]);
+    assert_eq!(
+        anon[0],
+        vec![
+            "request_headers_all",
+            "property",
+            "property",
+            "set_request_header",
+            "set_request_header",
+            "now_nanos"
+        ]
+    );
+    // unmatched requests read no property
+    assert_eq!(
+        host_calls(&h, &root, &[(":path", "/healthz")])[0],
+        vec!["request_headers_all"]
+    );
+    // a verified sub decides the bucket, whatever x-user-id says
+    let sub = (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|u| rollout_core::bucket("fraud-v2", u) >= 9000)
+        .unwrap();
+    h.properties
+        .borrow_mut()
+        .insert(claim("sub"), sub.clone().into_bytes());
+    let mallory = (0..)
+        .map(|i| format!("m-{i}"))
+        .find(|u| rollout_core::bucket("fraud-v2", u) < 9000)
+        .unwrap();
+    host_calls(&h, &root, &[fraud, ("x-user-id", &mallory)]);
+    assert_eq!(
+        h.request
+            .borrow()
+            .get("x-model-variant")
+            .map(String::as_str),
+        Some("canary")
+    );
+    // a groups list claim (Envoy's serialization: a pairs map of the elements) pins
+    let mut groups = 2u32.to_le_bytes().to_vec();
+    for g in ["staff", "testers"] {
+        groups.extend((g.len() as u32).to_le_bytes());
+        groups.extend(0u32.to_le_bytes());
+    }
+    for g in ["staff", "testers"] {
+        groups.extend(g.as_bytes());
+        groups.extend([0, 0]);
+    }
+    h.properties.borrow_mut().clear();
+    h.properties.borrow_mut().insert(claim("groups"), groups);
+    let pinned = host_calls(&h, &root, &[fraud, ("x-user-id", &mallory)]);
+    assert_eq!(
+        h.request
+            .borrow()
+            .get("x-model-variant")
+            .map(String::as_str),
+        Some("canary")
+    );
+    assert_eq!(
+        pinned[0].iter().filter(|c| **c == "property").count(),
+        1,
+        "{pinned:?}"
+    );
+    // the shipped routing without a verified source reads none
+    let (h2, root2) = root_with(DEMO_ROUTING);
+    let plain = host_calls(&h2, &root2, &[fraud, ("x-user-id", "u1")]);
+    assert!(!plain[0].contains(&"property"), "{plain:?}");
 }

@@ -1,7 +1,8 @@
 """Nonsense configuration is refused, naming the field (issue 11, item 8): reserved,
 hop-by-hop and pseudo headers for the filter's header roles, one header in two roles,
-control characters in header names and values, authorities and paths, and plan
-versions above 2^53 - 1.
+control characters in header names and values, authorities and paths, plan
+versions above 2^53 - 1; and (issue 10) a subject key or targeting condition reading an
+undeclared client header, a cookie, or a claim without a configured JWT payload.
 
 Each configuration is the shipped envoy/demo.yaml with one edit, checked by the real
 filter in a real Envoy (`envoy --mode validate` loads the .wasm and runs its
@@ -35,6 +36,15 @@ CASES = [
     (lambda c: c["plan"]["rollouts"][0]["targeting"][0]["when"][0].update(equals="eu\x00"),
      "plan.rollouts[0].targeting[0].when[0].equals", "control character"),
     (lambda c: c["plan"].update(version=18446744073709551615), "plan.version", "2^53"),
+    # issue 10: the subject key and targeting read only declared or verified sources
+    (lambda c: c["subject"].pop("client_controlled"), "subject.header", "sent by clients"),
+    (lambda c: c.update(subject={"cookie": "uid"}), "subject.cookie", "set by clients"),
+    (lambda c: c.pop("jwt"), "subject.claim", "jwt.payload_in_metadata"),
+    (lambda c: (c.pop("jwt"), c["subject"].pop("claim"),
+                c["plan"]["rollouts"][0]["targeting"][0].update(
+                    when=[{"claim": "groups", "contains": "testers"}])),
+     "plan.rollouts[0].targeting[0].when[0].claim", "jwt.payload_in_metadata"),
+    (lambda c: c["subject"].update(peer="spiffe"), "subject.peer", "uri_san"),
 ]
 IDS = [c[1] + ":" + c[2].split()[0] for c in CASES]
 

@@ -414,13 +414,16 @@ def gateway_envoy(ports: dict[str, int], *, with_lua: bool = True, with_wasm: bo
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": lua_code()}}})
     # request-authn.yaml as Istio builds it: jwt_authn after the AUTHN-phase Lua rule,
-    # claims to headers, a missing token allowed, an invalid one refused
+    # claims to headers, the payload under the issuer, a missing token allowed, an
+    # invalid one refused
     ra = one("RequestAuthentication", "model-rollout-testers")["spec"]["jwtRules"][0]
     filters.append({"name": "envoy.filters.http.jwt_authn", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
         "providers": {"origins-0": {
             "issuer": ra["issuer"], "local_jwks": {"inline_string": ra["jwks"]},
             "forward": ra.get("forwardOriginalToken", False),
+            # Istio stores the verified payload under the issuer
+            "payload_in_metadata": ra["issuer"],
             "claim_to_headers": [{"header_name": c["header"], "claim_name": c["claim"]}
                                  for c in ra["outputClaimToHeaders"]]}},
         "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
@@ -602,6 +605,14 @@ def test_testers_come_from_a_verified_claim_only(mesh):
     assert r_good.json()["model_version"] == "canary"
     assert r_raw.json()["model_version"] == "stable"
     assert r_bad.status == 401
+    # the verified sub is the subject key, read under the issuer (where Istio puts the
+    # payload): a canary user's token wins over the stable user's x-user-id
+    canary_user = next(u for u in USERS if expected_bucket("fraud-v2", u) >= 9000)
+    plain = {k: v for k, v in claims.items() if k != "tester"}
+    as_user = jwt.encode({**plain, "sub": canary_user}, key, algorithm="ES256",
+                         headers={"kid": "model-rollout-demo-1"})
+    r = send_all(gw.port, [(FRAUD, {"x-user-id": user, "authorization": f"Bearer {as_user}"})])[0]
+    assert r.json()["model_version"] == "canary"
 
 
 @pytest.mark.parametrize("with_lua, variant_sent, expected", [

@@ -289,6 +289,17 @@ def test_gateway_api_wasmplugin_is_the_classic_one_bound_to_the_gateway():
     assert wp["metadata"]["name"] != istio_doc("WasmPlugin", "model-rollout")["metadata"]["name"]
 
 
+def test_the_wasmplugin_reads_the_jwt_payload_where_istio_stores_it():
+    """Istio's RequestAuthentication stores a verified payload under the issuer: the
+    pluginConfig's jwt.payload_in_metadata must name that issuer, or subject.claim
+    "sub" is never found (tests/test_istio.py runs it behind Istio's jwt filter)."""
+    issuers = [r["issuer"] for r in istio_doc("RequestAuthentication", "model-rollout-testers")
+               ["spec"]["jwtRules"]]
+    plugin = istio_plugin()
+    assert plugin["jwt"]["payload_in_metadata"] in issuers
+    assert plugin["subject"]["claim"] == "sub"
+
+
 def lua_strip() -> str:
     return istio_doc("TrafficExtension", "strip-model-routing-headers")["spec"]["lua"]["inlineCode"]
 

@@ -159,6 +159,79 @@ def test_an_invalid_token_is_ignored(shipped, bad):
     assert rs[0].headers["x-model-variant"] == rs[0].json()["model_version"] == "stable", bad
 
 
+# ---------------------------------------------------------------- verified identity
+
+def test_a_verified_sub_is_the_subject_whatever_the_client_sends(shipped):
+    """subject.claim "sub" (jwt_authn's payload_in_metadata, read through properties)
+    decides the bucket; the x-user-id header and uid cookie sent alongside change nothing.
+    Anonymous traffic keeps its client-controlled key (test above)."""
+    subs = USERS[:200]
+    # each token's sub paired with a client id of the other bucket
+    other = {True: next(u for u in USERS if expected_bucket("fraud-v2", u) >= 9000),
+             False: next(u for u in USERS if expected_bucket("fraud-v2", u) < 9000)}
+    reqs = []
+    for u in subs:
+        theirs = other[expected_bucket("fraud-v2", u) < 9000]
+        reqs.append((FRAUD, {"authorization": f"Bearer {token({}, sub=u)}", "x-user-id": theirs,
+                             "cookie": f"uid={theirs}"}))
+    rs = send_all(shipped.port(), reqs)
+    for u, r in zip(subs, rs):
+        want = "canary" if expected_bucket("fraud-v2", u) >= 9000 else "stable"
+        assert r.status == 200 and r.headers["x-model-variant"] == r.json()["model_version"] == want, u
+    # an invalid token's sub is nobody's: the client's key decides
+    stale = token({}, sub=other[True], exp=int(time.time()) - 3600, iat=int(time.time()) - 7200)
+    r = send_all(shipped.port(), [(FRAUD, {"authorization": f"Bearer {stale}",
+                                           "x-user-id": other[False]})])[0]
+    assert r.json()["model_version"] == "stable"
+
+
+@pytest.fixture(scope="module")
+def groups():
+    """envoy/demo.yaml whose fraud rollout pins the "testers" group (a list claim read
+    from jwt_authn's dynamic metadata) to the canary; the plan served by the real
+    sidecar, adopted by the filter."""
+    from harness import Sidecar
+    procs = Processes()
+    try:
+        models = {"model_stable": Model(procs, "stable"), "model_canary": Model(procs, "canary"),
+                  "model_shadow": Model(procs, "shadow")}
+        cfg = EnvoyConfig()
+        plan = cfg.plugin()["plan"]
+        fraud = next(r for r in plan["rollouts"] if r["name"] == "fraud")
+        fraud["targeting"].insert(0, {"name": "tester-group", "variant": "canary",
+                                      "when": [{"claim": "groups", "contains": "testers"}]})
+        sidecar = Sidecar(procs, plan=plan)
+        cfg.upstreams({**{k: m.port for k, m in models.items()}, "rollout_control": sidecar.port})
+        envoy = Envoy(procs, cfg, concurrency=2)
+        from harness import metric, metric_samples, wait_for
+        assert wait_for(lambda: metric(metric_samples(envoy.prometheus()),
+                                       "model_rollout_control_plans_accepted_total") >= 1, timeout=20)
+        yield envoy
+    finally:
+        procs.stop_all()
+
+
+def test_a_groups_claim_pins_testers_and_a_bad_token_does_not(groups):
+    stable = [u for u in USERS if expected_bucket("fraud-v2", u) < 9000][:100]
+    now = int(time.time())
+    other = ec.generate_private_key(ec.SECP256R1())
+    cases = {
+        "member": (token({"groups": ["staff", "testers"]}), "canary"),
+        "single": (token({"groups": "testers"}), "canary"),
+        "not-a-member": (token({"groups": ["staff", "testers-2"]}), "stable"),
+        "an-object": (token({"groups": {"testers": True}}), "stable"),
+        "expired": (token({"groups": ["testers"]}, exp=now - 3600, iat=now - 7200), "stable"),
+        "other-key": (token({"groups": ["testers"]}, key=other), "stable"),
+    }
+    for name, (t, want) in cases.items():
+        # sub "tester-1" is in the stable bucket, so only the group can pin the canary
+        assert expected_bucket("fraud-v2", "tester-1") < 9000
+        rs = send_all(groups.port(), [(FRAUD, {"x-user-id": u, "authorization": f"Bearer {t}"})
+                                      for u in stable])
+        got = {(r.status, r.headers["x-model-variant"], r.json()["model_version"]) for r in rs}
+        assert got == {(200, want, want)}, name
+
+
 # ---------------------------------------------------------------- attribution
 
 CHURN = "/v2/models/churn/infer"
@@ -229,3 +302,97 @@ def test_a_reused_client_id_cannot_move_outcomes_between_arms(experiment):
         assert s == 403
     s, _, _ = sidecar.call("POST", "/v1/feedback", {"outcomes": []}, role="proxy")
     assert s == 403
+
+
+# ---------------------------------------------------------------- mTLS peer
+
+def _cert(subject_cn: str, issuer_key, issuer_name, key, *, ca=False, uri=None, dns=None):
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name or name)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(hours=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    sans = [x509.UniformResourceIdentifier(uri)] if uri else []
+    sans += [x509.DNSName(dns)] if dns else []
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(directory: Path, name: str, cert, key) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    c, k = directory / f"{name}.crt", directory / f"{name}.key"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return c, k
+
+
+def test_a_client_certificates_uri_san_is_the_subject_and_a_target(tmp_path):
+    """A throwaway CA signs the listener's and the clients' certificates; the public
+    listener (127.0.0.1) requires and verifies a client certificate. subject.peer
+    "uri_san" decides the bucket whatever x-user-id says, and a condition on the peer
+    pins a tester's SAN to the canary."""
+    import http.client
+    import ssl
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("model-rollout test CA", ca_key, None, ca_key, ca=True)
+    ca_pem, _ = _pem(tmp_path, "ca", ca, ca_key)
+    srv_key = ec.generate_private_key(ec.SECP256R1())
+    srv_crt, srv_k = _pem(tmp_path, "server", _cert("localhost", ca_key, ca.subject, srv_key,
+                                                     dns="localhost"), srv_key)
+    procs = Processes()
+    try:
+        models = {"model_stable": Model(procs, "stable"), "model_canary": Model(procs, "canary"),
+                  "model_shadow": Model(procs, "shadow")}
+        cfg = EnvoyConfig().upstreams({k: m.port for k, m in models.items()})
+        public = next(x for x in cfg.doc["static_resources"]["listeners"] if x["name"] == "public")
+        public["filter_chains"][0]["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": True,
+                "common_tls_context": {
+                    "tls_certificates": [{"certificate_chain": {"filename": str(srv_crt)},
+                                          "private_key": {"filename": str(srv_k)}}],
+                    "validation_context": {"trusted_ca": {"filename": str(ca_pem)}}}}}
+
+        def plugin(c):
+            c["subject"] = {"peer": "uri_san", "header": "x-user-id", "client_controlled": True}
+            fraud = next(r for r in c["plan"]["rollouts"] if r["name"] == "fraud")
+            fraud["targeting"].insert(0, {"variant": "canary", "when": [
+                {"peer": "uri_san", "prefix": "spiffe://model-rollout.test/testers/"}]})
+        cfg.edit_plugin(plugin)
+        envoy = Envoy(procs, cfg)
+
+        def san(prefix, canary):
+            return next(f"spiffe://model-rollout.test/{prefix}/{i}" for i in range(10_000)
+                        if (expected_bucket("fraud-v2", f"spiffe://model-rollout.test/{prefix}/{i}")
+                            >= 9000) == canary)
+        cases = [(san("users", True), "canary"), (san("users", False), "stable"),
+                 (san("testers", False), "canary")]
+        stable_id = next(u for u in USERS if expected_bucket("fraud-v2", u) < 9000)
+        canary_id = next(u for u in USERS if expected_bucket("fraud-v2", u) >= 9000)
+        for i, (uri, want) in enumerate(cases):
+            key = ec.generate_private_key(ec.SECP256R1())
+            crt, k = _pem(tmp_path, f"client-{i}", _cert(f"client-{i}", ca_key, ca.subject, key, uri=uri), key)
+            ctx = ssl.create_default_context(cafile=str(ca_pem))
+            ctx.load_cert_chain(str(crt), str(k))
+            conn = http.client.HTTPSConnection("localhost", envoy.port(), context=ctx, timeout=10)
+            # the client's own id names the other bucket: the certificate decides
+            conn.request("POST", FRAUD, body=b'{"inputs":[]}', headers={
+                "x-user-id": stable_id if want == "canary" else canary_id,
+                "content-type": "application/json"})
+            r = conn.getresponse()
+            body = json.loads(r.read())
+            conn.close()
+            assert r.status == 200, (uri, r.status)
+            assert (r.getheader("x-model-variant"), body["model_version"]) == (want, want), uri
+    finally:
+        procs.stop_all()

@@ -90,6 +90,8 @@ fn main() -> ExitCode {
                 },
                 initial_plan: args.initial_plan,
                 start_fresh: args.store.start_fresh,
+                data_budget: args.store.data_budget_bytes,
+                history_keep: args.store.history_keep,
                 limits: http_limits(&args.store),
                 proxies: ProxyLimits {
                     capacity: usize::try_from(args.proxies.max_proxies).unwrap_or(usize::MAX),

@@ -28,6 +28,10 @@ pub struct ServeOptions {
     pub initial_plan: Option<PathBuf>,
     /// Move an empty or damaged store file aside instead of refusing to start.
     pub start_fresh: bool,
+    /// `--data-budget-bytes` (`store::budget`).
+    pub data_budget: u64,
+    /// `--history-keep` (`store::plans`).
+    pub history_keep: u64,
     /// HTTP timeouts and limits.
     pub limits: crate::http::server::HttpLimits,
     /// Bounds of the proxies table (`--max-proxies`, `--proxy-expiry-s`).
@@ -78,6 +82,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         &opts.data,
         OpenOptions {
             start_fresh: opts.start_fresh,
+            data_budget: opts.data_budget,
+            history_keep: opts.history_keep,
             ..OpenOptions::default()
         },
     )?;
@@ -92,6 +98,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 file.display()
             ),
         }
+    }
+    if let Ok(u) = store.data_usage() {
+        eprintln!(
+            "rollout-control: data budget {} bytes, {} held; history keeps {} plan versions",
+            u.budget,
+            u.bytes(),
+            store.history_keep()
+        );
     }
     match store.current() {
         Some(c) => eprintln!(

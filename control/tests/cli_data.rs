@@ -57,7 +57,8 @@ fn ok(args: &[&str]) -> String {
 #[test]
 fn validate_config_and_plan() {
     let dir = TempDir::new("cli-validate");
-    let config = format!(r#"{{"subject":{{"header":"x-user-id"}},"plan":{PLAN}}}"#);
+    let config =
+        format!(r#"{{"subject":{{"header":"x-user-id","client_controlled":true}},"plan":{PLAN}}}"#);
     let good = write_file(dir.path(), "config.json", &config);
     let out = ok(&["validate-config", good.to_str().unwrap()]);
     assert_eq!(out, "ok: plan version 1, 1 rollout(s)\n");
@@ -91,6 +92,15 @@ fn validate_config_and_plan() {
         "stderr: {err:?}"
     );
     assert_eq!(err.lines().count(), 1);
+    // a subject key from a header nobody strips, not declared as the client's word
+    let out = run(
+        &["validate-config", "-"],
+        Some(r#"{"plan":{"version":1,"rollouts":[]},"subject":{"header":"x-user-id"}}"#),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .starts_with("subject.header: x-user-id is sent by clients"));
     let out = run(
         &["validate-config", "-"],
         Some(r#"{"plan":{"version":1,"rollouts":[]},"echo":{"variant":"yes"}}"#),

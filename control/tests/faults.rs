@@ -105,6 +105,7 @@ fn fillable_store(dir: &Path, full: &Arc<AtomicBool>) -> Store {
                 full: Arc::clone(&full),
             })
         }),
+        ..OpenOptions::default()
     };
     Store::open_with(dir, opts).unwrap()
 }

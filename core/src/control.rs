@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 use crate::fields::{check_authority, check_cluster, check_path, check_timeout_ms};
 use crate::plan::{parse_plan, Plan, PlanSpec};
-use crate::trust::check_targeting_sources;
+use crate::trust::{check_targeting_sources, TrustedSources};
 use crate::wire::PollRequest;
 
 fn d_authority() -> String {
@@ -286,7 +286,7 @@ pub enum PollOutcome {
 
 /// Judges one poll response. `body` is fetched by the caller only when
 /// `body_size <= max_plan_bytes` (pass `None` otherwise); for statuses other than
-/// 200 its first bytes suffice. `trusted`: the headers the plan's targeting may read
+/// 200 its first bytes suffice. `trusted`: what the plan's targeting may read
 /// (`crate::trust`); a plan reading others is invalid.
 // Each argument is one independent fact of the poll; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
@@ -298,7 +298,7 @@ pub fn judge(
     in_force: u64,
     in_force_epoch: Option<&str>,
     source: PlanSource,
-    trusted: &[String],
+    trusted: &TrustedSources,
 ) -> PollOutcome {
     match status {
         None => PollOutcome::Failed(PollError::Unreachable),
@@ -376,7 +376,7 @@ mod tests {
             in_force,
             None,
             src,
-            &[],
+            &TrustedSources::default(),
         )
     }
 
@@ -392,13 +392,16 @@ mod tests {
             1,
             None,
             PlanSource::Control,
-            &[],
+            &TrustedSources::default(),
         );
         assert!(
             matches!(&o, PollOutcome::Rejected(Rejection::Invalid, m) if m.contains("rollouts[0].targeting[0].when[0].header")),
             "{o:?}"
         );
-        let trusted = ["x-tester".to_string()];
+        let trusted = TrustedSources {
+            headers: vec!["x-tester".to_string()],
+            jwt: false,
+        };
         let o = judge(
             Some(200),
             body.len(),
@@ -435,7 +438,7 @@ mod tests {
             9,
             Some("a"),
             c,
-            &[],
+            &TrustedSources::default(),
         );
         assert!(matches!(o, PollOutcome::Accepted { .. }));
         let o = judge(
@@ -446,7 +449,7 @@ mod tests {
             9,
             Some("a"),
             c,
-            &[],
+            &TrustedSources::default(),
         );
         assert!(matches!(
             o,
@@ -507,7 +510,7 @@ mod tests {
             1,
             None,
             PlanSource::Control,
-            &[],
+            &TrustedSources::default(),
         );
         assert!(matches!(o, PollOutcome::Rejected(Rejection::Oversized, _)));
     }

@@ -4,12 +4,16 @@
 //! sticky bucket of the subject key -> random bucket for requests without a key.
 
 use crate::hash::{bucket, bucket_from_random};
+use crate::identity::{Claim, Peer};
 use crate::plan::{Condition, Op, Rollout, Source};
 use crate::request::{cookie_value, RequestHeaders};
 
-/// Where the subject key of a request comes from: header first, then cookie.
+/// Where the subject key of a request comes from, first present wins: the verified
+/// claim, the verified peer certificate field, then the header, then the cookie.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubjectSource {
+    pub claim: Option<String>,
+    pub peer: Option<Peer>,
     pub header: Option<String>,
     pub cookie: Option<String>,
 }
@@ -104,8 +108,23 @@ pub fn decide(
     }
 }
 
-/// The subject key: the configured header, else the configured cookie; empty is absent.
+/// The subject key: the configured claim (a non-empty text claim), else the peer
+/// field, else the configured header, else the configured cookie; empty is absent.
 pub fn subject_key(subject: &SubjectSource, headers: &mut impl RequestHeaders) -> Option<String> {
+    if let Some(c) = &subject.claim {
+        if let Some(v) = headers.claim(c) {
+            if let Some(k) = v.as_key() {
+                return Some(k.to_string());
+            }
+        }
+    }
+    if let Some(p) = subject.peer {
+        if let Some(v) = headers.peer(p) {
+            if !v.is_empty() {
+                return Some(v);
+            }
+        }
+    }
     if let Some(h) = &subject.header {
         if let Some(v) = headers.header(h) {
             if !v.is_empty() {
@@ -131,11 +150,24 @@ fn holds(c: &Condition, headers: &mut impl RequestHeaders) -> bool {
         Source::Cookie(name) => headers
             .header("cookie")
             .and_then(|all| cookie_value(&all, name).map(str::to_string)),
+        Source::Peer(p) => headers.peer(*p),
+        Source::Claim(name) => {
+            let claim = headers.claim(name);
+            return match (&c.op, claim) {
+                (Op::Present(p), v) => v.is_some() == *p,
+                (Op::Contains(e), Some(v)) => v.contains(e),
+                (Op::Equals(e), Some(Claim::Text(v))) => &v == e,
+                (Op::Prefix(p), Some(Claim::Text(v))) => v.starts_with(p.as_str()),
+                _ => false,
+            };
+        }
     };
     match &c.op {
         Op::Present(p) => value.is_some() == *p,
         Op::Equals(e) => value.as_deref() == Some(e.as_str()),
         Op::Prefix(p) => value.is_some_and(|v| v.starts_with(p.as_str())),
+        // compiled for claims only
+        Op::Contains(_) => false,
     }
 }
 
@@ -175,7 +207,84 @@ mod tests {
         SubjectSource {
             header: Some("x-user-id".into()),
             cookie: Some("uid".into()),
+            ..SubjectSource::default()
         }
+    }
+
+    /// Headers plus a verified identity.
+    struct Verified(Map, Vec<(String, Claim)>, Option<String>);
+    impl RequestHeaders for Verified {
+        fn header(&mut self, name: &str) -> Option<String> {
+            self.0.header(name)
+        }
+        fn claim(&mut self, name: &str) -> Option<Claim> {
+            self.1
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| c.clone())
+        }
+        fn peer(&mut self, field: Peer) -> Option<String> {
+            (field == Peer::UriSan).then(|| self.2.clone()).flatten()
+        }
+    }
+
+    #[test]
+    fn a_verified_claim_or_peer_is_the_subject_before_any_header() {
+        let r = rollout((50.0, 50.0));
+        let s = SubjectSource {
+            claim: Some("sub".into()),
+            peer: Some(Peer::UriSan),
+            ..subject()
+        };
+        let sub = ("sub".to_string(), Claim::Text("alice".into()));
+        let mut v = Verified(hdrs(&[("x-user-id", "mallory")]), vec![sub], None);
+        assert_eq!(subject_key(&s, &mut v).as_deref(), Some("alice"));
+        let mut v = Verified(
+            hdrs(&[("x-user-id", "mallory")]),
+            vec![],
+            Some("spiffe://a".into()),
+        );
+        assert_eq!(subject_key(&s, &mut v).as_deref(), Some("spiffe://a"));
+        // anonymous: the (client-controlled) header
+        let mut v = Verified(hdrs(&[("x-user-id", "mallory")]), vec![], None);
+        assert_eq!(subject_key(&s, &mut v).as_deref(), Some("mallory"));
+        // a list claim is no key
+        let groups = ("sub".to_string(), Claim::List(vec!["a".into()]));
+        let mut v = Verified(hdrs(&[]), vec![groups], None);
+        assert_eq!(decide(&r, &s, None, &mut v, || 0).reason, Reason::Random);
+    }
+
+    #[test]
+    fn claim_and_peer_conditions() {
+        let json = r#"{"version":1,"rollouts":[{"name":"fraud","salt":"s",
+            "variants":[{"name":"stable","weight":100},{"name":"canary","weight":0}],
+            "targeting":[
+              {"variant":"canary","when":[{"claim":"groups","contains":"testers"}]},
+              {"variant":"canary","when":[{"claim":"tier","equals":"gold"}]},
+              {"variant":"canary","when":[{"peer":"uri_san","prefix":"spiffe://t/"}]}]}]}"#;
+        let r = parse_plan(json.as_bytes()).unwrap().1.rollouts.remove(0);
+        let s = subject();
+        let go = |claims: Vec<(&str, Claim)>, peer: Option<&str>| {
+            let claims = claims
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), c))
+                .collect();
+            let mut v = Verified(hdrs(&[("x-user-id", "u")]), claims, peer.map(String::from));
+            decide(&r, &s, None, &mut v, || 0).variant
+        };
+        let list = |l: &[&str]| Claim::List(l.iter().map(|x| x.to_string()).collect());
+        assert_eq!(go(vec![("groups", list(&["staff", "testers"]))], None), 1);
+        assert_eq!(go(vec![("groups", list(&["staff"]))], None), 0);
+        assert_eq!(go(vec![("groups", Claim::Text("testers".into()))], None), 1);
+        assert_eq!(go(vec![("tier", Claim::Text("gold".into()))], None), 1);
+        assert_eq!(
+            go(vec![("tier", list(&["gold"]))], None),
+            0,
+            "a list equals nothing"
+        );
+        assert_eq!(go(vec![], Some("spiffe://t/alice")), 1);
+        assert_eq!(go(vec![], Some("spiffe://u/alice")), 0);
+        assert_eq!(go(vec![], None), 0);
     }
 
     #[test]

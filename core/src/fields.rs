@@ -114,6 +114,19 @@ pub fn check_cookie_name(field: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A JWT claim name or a metadata key: a segment of a property path (non-empty, no
+/// control character: a NUL would split the path).
+pub fn check_claim_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    check_no_control(field, name)?;
+    if name.is_empty() || name.len() > MAX_NAME_LEN * 4 {
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?}: 1 to {} bytes", MAX_NAME_LEN * 4),
+        ));
+    }
+    Ok(())
+}
+
 /// A correlation id as the filter keeps or mints them (`correlation::is_valid`).
 pub fn check_correlation_id(field: &str, id: &str) -> Result<(), ConfigError> {
     if !crate::correlation::is_valid(id) {

@@ -5,7 +5,7 @@
 //! Layers (a module imports only from layers below its own; no cycles):
 //!
 //! 1. Leaves: [`error`] (ConfigError, UnknownRollout, OpError), [`hash`],
-//!    [`correlation`], [`request`], [`stats`] (stat names, reason enums), [`abtest`],
+//!    [`correlation`], [`identity`] (verified claims and peer fields), [`request`], [`stats`] (stat names, reason enums), [`abtest`],
 //!    [`json_at`] (only what JSON pointers need from a document), [`answer`]
 //!    (predictions, output health, the comparison of two answers; on [`json_at`]);
 //!    [`msprt`] (sequential A/B tests, on [`abtest`]'s summaries).
@@ -35,6 +35,7 @@ pub mod experiment;
 pub mod fields;
 pub mod hash;
 pub mod headers;
+pub mod identity;
 pub mod json_at;
 pub mod model;
 pub mod msprt;

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, UnknownRollout};
 use crate::fields::{
-    check_cookie_name, check_json_safe, check_name, check_salt, check_value, expect_object,
-    has_control, weight_to_bp, MAX_VALUE_LEN,
+    check_claim_name, check_cookie_name, check_json_safe, check_name, check_salt, check_value,
+    expect_object, has_control, weight_to_bp, MAX_VALUE_LEN,
 };
 use crate::hash::BUCKETS;
 use crate::headers::{check_role_header, Role};
@@ -132,8 +132,18 @@ pub struct ConditionSpec {
     pub header: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
+    /// A claim of the verified JWT (`crate::identity`; the plugin configuration's
+    /// `jwt` says where Envoy put the payload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// A field of the verified mTLS peer certificate: `uri_san`, `dns_san`, `subject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equals: Option<String>,
+    /// A list claim (`groups`) has this element (a text claim: equals it). Claims only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -213,6 +223,8 @@ pub struct Condition {
 pub enum Source {
     Header(String),
     Cookie(String),
+    Claim(String),
+    Peer(crate::identity::Peer),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +232,7 @@ pub enum Op {
     Equals(String),
     Prefix(String),
     Present(bool),
+    Contains(String),
 }
 
 // ---------------------------------------------------------------------------
@@ -496,33 +509,50 @@ impl TargetRuleSpec {
 
 impl ConditionSpec {
     fn compile(&self) -> Result<Condition, ConfigError> {
-        let source = match (&self.header, &self.cookie) {
-            (Some(h), None) => Source::Header(check_role_header("header", h, Role::Read)?),
-            (None, Some(c)) => {
+        let source = match (&self.header, &self.cookie, &self.claim, &self.peer) {
+            (Some(h), None, None, None) => {
+                Source::Header(check_role_header("header", h, Role::Read)?)
+            }
+            (None, Some(c), None, None) => {
                 check_cookie_name("cookie", c)?;
                 Source::Cookie(c.clone())
             }
+            (None, None, Some(c), None) => {
+                check_claim_name("claim", c)?;
+                Source::Claim(c.clone())
+            }
+            (None, None, None, Some(p)) => Source::Peer(crate::identity::Peer::parse("peer", p)?),
             _ => {
                 return Err(ConfigError::new(
                     "",
-                    "needs exactly one of \"header\" or \"cookie\"",
+                    "needs exactly one of \"header\", \"cookie\", \"claim\" or \"peer\"",
                 ))
             }
         };
-        let op = match (&self.equals, &self.prefix, self.present) {
-            (Some(v), None, None) => {
+        let op = match (&self.equals, &self.prefix, self.present, &self.contains) {
+            (Some(v), None, None, None) => {
                 check_value("equals", v)?;
                 Op::Equals(v.clone())
             }
-            (None, Some(v), None) => {
+            (None, Some(v), None, None) => {
                 check_value("prefix", v)?;
                 Op::Prefix(v.clone())
             }
-            (None, None, Some(p)) => Op::Present(p),
+            (None, None, Some(p), None) => Op::Present(p),
+            (None, None, None, Some(v)) => {
+                check_value("contains", v)?;
+                if !matches!(source, Source::Claim(_)) {
+                    return Err(ConfigError::new(
+                        "contains",
+                        "applies to a claim only (a list claim such as groups)",
+                    ));
+                }
+                Op::Contains(v.clone())
+            }
             _ => {
                 return Err(ConfigError::new(
                     "",
-                    "needs exactly one of \"equals\", \"prefix\" or \"present\"",
+                    "needs exactly one of \"equals\", \"prefix\", \"present\" or \"contains\"",
                 ))
             }
         };

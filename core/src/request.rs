@@ -1,9 +1,21 @@
 //! What the decision needs to know about a request, fetched lazily: the filter
 //! implements `RequestHeaders` over host calls, tests over a map.
 
-/// Lower-case header lookups; each distinct header is fetched at most once.
+use crate::identity::{Claim, Peer};
+
+/// Lower-case header lookups; each distinct header is fetched at most once. The
+/// verified identity (`crate::identity`) is read only when a configuration names it;
+/// a source without one (tests over headers alone) has none.
 pub trait RequestHeaders {
     fn header(&mut self, name: &str) -> Option<String>;
+    /// Claim `name` of the verified JWT payload, if the request carried a valid token.
+    fn claim(&mut self, _name: &str) -> Option<Claim> {
+        None
+    }
+    /// A field of the verified mTLS peer certificate.
+    fn peer(&mut self, _field: Peer) -> Option<String> {
+        None
+    }
 }
 
 /// The value of cookie `name` in a `Cookie` header (`a=1; b="2"`).

@@ -68,7 +68,7 @@ fn variants_follow_bucket_ranges() {
     let r = &plan.rollouts[0];
     let subject = SubjectSource {
         header: Some("x-user-id".into()),
-        cookie: None,
+        ..SubjectSource::default()
     };
     for c in cases()
         .iter()

@@ -25,6 +25,31 @@ pub struct Status {
     /// The policy engine (`null` when `serve` runs without `--envoy-admin` or `--prometheus-url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_engine: Option<EngineView>,
+    /// The data budget (absent from older sidecars, or when the store cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataBudget>,
+}
+
+/// The data budget in `GET /v1/status` (`--data-budget-bytes`): what shadow records,
+/// assignments and outcomes hold together, and what it evicted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataBudget {
+    pub budget_bytes: u64,
+    pub bytes: u64,
+    /// Age of the oldest item held, by the sidecar's arrival time; `null` when empty.
+    /// Short, with evictions climbing: the budget is too small for the incoming rate.
+    pub oldest_age_seconds: Option<f64>,
+    /// `shadow_records`, `assignments`, `outcomes`.
+    pub kinds: std::collections::BTreeMap<String, DataKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKind {
+    pub bytes: u64,
+    pub items: u64,
+    /// Evicted by the budget since the store began (kept in the store).
+    pub evicted_items: u64,
+    pub evicted_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -338,6 +338,17 @@ pub struct StoreArgs {
     /// Heavy reads (shadow and experiment reports, history) running at once; more wait.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub heavy_reads: u64,
+    /// Bytes shadow records, assignments and outcomes may hold together (default
+    /// 1 GiB, at least 8 MiB). A write beyond it evicts the oldest data first, in the
+    /// same transaction: records and assignments before any outcome (an experiment's
+    /// evidence). Metrics: rollout_control_data_*. The file grows to about twice this.
+    #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range((8 << 20)..))]
+    pub data_budget_bytes: u64,
+    /// Plan versions kept: a new version deletes those older than the newest N (the
+    /// plan in force, the newest, is never deleted); GET /v1/plan/versions/V of a
+    /// dropped one answers 404 saying so.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_keep: u64,
 }
 
 /// `serve` flags of the engine.

@@ -95,7 +95,7 @@ fn find_rollout<'a>(plan: &'a Plan, name: &str) -> anyhow::Result<&'a Rollout> {
 pub fn assign_one(rollout: &Rollout, user: &str) -> (usize, u16, &'static str) {
     let subject = SubjectSource {
         header: Some(SUBJECT_HEADER.to_string()),
-        cookie: None,
+        ..SubjectSource::default()
     };
     // A non-empty key never draws a random bucket.
     let d = decide(rollout, &subject, None, &mut OnlySubject(user), || 0);

@@ -1,11 +1,12 @@
 //! `status`: plan version and age, weights per rollout, each policy (step, state,
-//! streaks, checks, next action), the engine's sources, the polling proxies.
+//! streaks, checks, next action), the engine's sources, the polling proxies, the
+//! data budget.
 
 use std::io::Write;
 
 use rollout_core::analysis::IntervalVerdict;
 
-use crate::api::status::{EngineView, PolicyStatus, Status, StatusRollout};
+use crate::api::status::{DataBudget, EngineView, PolicyStatus, Status, StatusRollout};
 use crate::cli::checks::{checks_table, state_str};
 use crate::cli::client::Client;
 use crate::cli::table::{fmt_age, fmt_weight, fmt_weights, table};
@@ -89,7 +90,51 @@ pub fn print_status(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             .collect();
         table(out, &["PROXY", "PLAN", "BEHIND", "LAST POLL"], &rows)?;
     }
+    if let Some(d) = &s.data {
+        print_data(out, d)?;
+    }
     Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// The data budget: what is held, how far back it reaches, what was evicted.
+fn print_data(out: &mut impl Write, d: &DataBudget) -> std::io::Result<()> {
+    writeln!(out)?;
+    let share = if d.budget_bytes > 0 {
+        100.0 * d.bytes as f64 / d.budget_bytes as f64
+    } else {
+        0.0
+    };
+    let reach = d.oldest_age_seconds.map_or(String::new(), |a| {
+        format!(", oldest item {} old", fmt_age(a))
+    });
+    writeln!(
+        out,
+        "data: {} of the {} budget ({share:.0} %){reach}",
+        mib(d.bytes),
+        mib(d.budget_bytes)
+    )?;
+    let rows: Vec<Vec<String>> = d
+        .kinds
+        .iter()
+        .map(|(kind, k)| {
+            vec![
+                kind.clone(),
+                k.items.to_string(),
+                mib(k.bytes),
+                k.evicted_items.to_string(),
+                mib(k.evicted_bytes),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["DATA", "HELD", "BYTES", "EVICTED", "EVICTED BYTES"],
+        &rows,
+    )
 }
 
 /// The policy part of `rollout-control status`.

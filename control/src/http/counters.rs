@@ -5,12 +5,18 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `rollout_control_plan_version` | gauge | | latest plan version (0 before any plan) |
-//! | `rollout_control_plan_changes_total` | counter | op | plan versions in the store by operation (counted from the durable history, so it survives restarts) |
+//! | `rollout_control_plan_changes_total` | counter | op | plan versions in the store by operation (counted from the durable history, so it survives restarts; after a restart, from the versions `--history-keep` kept) |
 //! | `rollout_control_http_requests_total` | counter | route, status | answered requests by route template (`unmatched` for unknown paths) and status |
 //! | `rollout_control_shadow_records_total` | counter | | shadow records stored since start |
 //! | `rollout_control_assignments_total` | counter | | experiment assignments stored since start |
 //! | `rollout_control_assignments_refused_total` | counter | | assignments refused since start: the id was already assigned to another rollout or variant (assignments are immutable) |
 //! | `rollout_control_feedback_total` | counter | result (`accepted` `unknown` `dropped`) | outcomes received since start |
+//! | `rollout_control_data_budget_bytes` | gauge | | `--data-budget-bytes`: what shadow records, assignments and outcomes may hold together |
+//! | `rollout_control_data_bytes` | gauge | kind (`shadow_records` `assignments` `outcomes`) | bytes held under the budget (read from the store: right after a restart) |
+//! | `rollout_control_data_items` | gauge | kind | items held |
+//! | `rollout_control_data_evicted_total` | counter | kind | items the budget evicted, oldest first (kept in the store: survives restarts) |
+//! | `rollout_control_data_evicted_bytes_total` | counter | kind | bytes the budget evicted |
+//! | `rollout_control_data_oldest_age_seconds` | gauge | | age of the oldest item held (server arrival time; 0 when empty): how far back the budget reaches. When it is short and evictions climb, the budget is too small for the incoming rate |
 //! | `rollout_control_proxies` | gauge | | proxies in the polling table |
 //! | `rollout_control_proxies_untracked_total` | counter | | polls of new proxies the full table could not track (`--max-proxies`); advancing holds meanwhile |
 //! | `rollout_control_metrics_source_reads_total` | counter | source (`prometheus`, `envoy_admin`), result (`ok` `timeout` `unreachable` `error` `empty`) | the policy engine's reads of its metrics source (only while it runs); anything but `ok` leaves the tick without figures: inconclusive |
@@ -20,6 +26,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use crate::store::budget;
 use crate::store::proxies::ProxyTable;
 use crate::store::{Store, StoreError};
 
@@ -75,6 +82,10 @@ impl Metrics {
     fn plan_changes(&self, store: &Store) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut ops = self.plan_ops.lock().unwrap_or_else(PoisonError::into_inner);
         let latest = store.current().map_or(0, |c| c.version());
+        if ops.through == 0 {
+            // Versions before the oldest kept were dropped (`--history-keep`).
+            ops.through = store.oldest_version()?.map_or(0, |v| v.saturating_sub(1));
+        }
         while ops.through < latest {
             let v = ops.through + 1;
             if let Some(record) = store.get(v)? {
@@ -133,6 +144,8 @@ impl Metrics {
                 n,
             );
         }
+
+        render_budget(&mut out, store)?;
 
         header(
             &mut out,
@@ -265,6 +278,62 @@ impl Metrics {
         }
         Ok(out)
     }
+}
+
+/// The data budget's figures (`store::budget`). Blocking (one read transaction).
+fn render_budget(out: &mut String, store: &Store) -> Result<(), StoreError> {
+    let usage = store.data_usage()?;
+    header(
+        out,
+        "rollout_control_data_budget_bytes",
+        "gauge",
+        "Bytes shadow records, assignments and outcomes may hold together (--data-budget-bytes).",
+    );
+    line(out, "rollout_control_data_budget_bytes", &[], usage.budget);
+    type Pick = fn(&budget::Totals) -> u64;
+    let series: [(&str, &str, &str, Pick); 4] = [
+        (
+            "rollout_control_data_bytes",
+            "gauge",
+            "Bytes held under the data budget, by kind.",
+            |t| t.bytes,
+        ),
+        (
+            "rollout_control_data_items",
+            "gauge",
+            "Items held under the data budget, by kind.",
+            |t| t.items,
+        ),
+        (
+            "rollout_control_data_evicted_total",
+            "counter",
+            "Items the data budget evicted (oldest first; outcomes last), by kind.",
+            |t| t.evicted_items,
+        ),
+        (
+            "rollout_control_data_evicted_bytes_total",
+            "counter",
+            "Bytes the data budget evicted, by kind.",
+            |t| t.evicted_bytes,
+        ),
+    ];
+    for (name, kind, help, pick) in series {
+        header(out, name, kind, help);
+        for (k, t) in &usage.kinds {
+            line(out, name, &[("kind", k.as_str())], pick(t));
+        }
+    }
+    header(
+        out,
+        "rollout_control_data_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest item held under the data budget (server arrival time; 0 when empty).",
+    );
+    let age = usage.oldest_received_ms.map_or(0, |ms| {
+        crate::util::timefmt::now_unix_ms().saturating_sub(ms) / 1000
+    });
+    line(out, "rollout_control_data_oldest_age_seconds", &[], age);
+    Ok(())
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

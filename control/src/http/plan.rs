@@ -24,7 +24,7 @@ use crate::http::headers::plan_headers;
 use crate::http::roles::Caller;
 use crate::http::state::AppState;
 use crate::store::blocking::blocking;
-use crate::store::Op;
+use crate::store::{Op, Record, StoreError};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -96,13 +96,40 @@ async fn get_version(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let version = parse_version(&raw)?;
-    let store = Arc::clone(state.store());
-    let record = blocking(move || store.get(version))
-        .await?
-        .ok_or_else(|| ApiError::not_found("version", format!("no plan version {version}")))?;
+    let record = stored_version(&state, version).await?;
     let mut h = plan_headers(version);
     h.remove(CACHE_CONTROL);
     Ok((h, Json(record.plan)).into_response())
+}
+
+/// A stored version; 404 when there is none, naming the history retention when it
+/// dropped the version.
+async fn stored_version(state: &AppState, version: u64) -> Result<Record, ApiError> {
+    let store = Arc::clone(state.store());
+    let (record, oldest) = blocking(move || {
+        let record = store.get(version)?;
+        let oldest = match record {
+            Some(_) => None,
+            None => store.oldest_version()?,
+        };
+        Ok::<_, StoreError>((record, oldest))
+    })
+    .await?;
+    match (record, oldest) {
+        (Some(r), _) => Ok(r),
+        (None, Some(oldest)) if version < oldest => Err(ApiError::not_found(
+            "version",
+            format!(
+                "plan version {version} was dropped by the history retention \
+                 (--history-keep {}: the oldest version kept is {oldest})",
+                state.store().history_keep()
+            ),
+        )),
+        (None, _) => Err(ApiError::not_found(
+            "version",
+            format!("no plan version {version}"),
+        )),
+    }
 }
 
 async fn restore(
@@ -115,10 +142,7 @@ async fn restore(
     let meta = WriteMeta::new(&headers, query)?;
     body_bytes(body)?;
     let version = parse_version(&raw)?;
-    let store = Arc::clone(state.store());
-    let record = blocking(move || store.get(version))
-        .await?
-        .ok_or_else(|| ApiError::not_found("version", format!("no plan version {version}")))?;
+    let record = stored_version(&state, version).await?;
     let plan = record.plan;
     commit(
         &state,

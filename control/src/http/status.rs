@@ -7,11 +7,14 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::api::status::{ProxySummary, Status, StatusProxy, StatusRollout, StatusVariant};
+use crate::api::status::{
+    DataBudget, DataKind, ProxySummary, Status, StatusProxy, StatusRollout, StatusVariant,
+};
 use crate::engine::proxies_behind::ACTIVE_PROXY;
 use crate::engine::state::Engine;
 use crate::engine::status::rollout_status;
 use crate::http::state::AppState;
+use crate::store::blocking::blocking;
 use crate::util::timefmt::now_unix_ms;
 
 /// Proxies listed at most (the summary counts every one).
@@ -95,5 +98,35 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         proxies,
         proxy_summary: Some(proxy_summary),
         policy_engine: engine.map(|e| e.view()),
+        data: data_budget(&state).await,
+    })
+}
+
+/// The data budget's figures (one small read transaction); `None` if the store
+/// cannot be read (the rest of the status still answers).
+async fn data_budget(state: &AppState) -> Option<DataBudget> {
+    let store = std::sync::Arc::clone(state.store());
+    let usage = blocking(move || store.data_usage()).await.ok()?;
+    Some(DataBudget {
+        budget_bytes: usage.budget,
+        bytes: usage.bytes(),
+        oldest_age_seconds: usage
+            .oldest_received_ms
+            .map(|ms| round_ms(now_unix_ms().saturating_sub(ms) as f64 / 1000.0)),
+        kinds: usage
+            .kinds
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.as_str().to_string(),
+                    DataKind {
+                        bytes: t.bytes,
+                        items: t.items,
+                        evicted_items: t.evicted_items,
+                        evicted_bytes: t.evicted_bytes,
+                    },
+                )
+            })
+            .collect(),
     })
 }

@@ -176,6 +176,7 @@ pub fn report(store: &Store, rollout: &Rollout) -> Result<Option<ExperimentRepor
     } else {
         None
     };
+    let note = join_notes(note, evicted_note(store, &rollout.name, &names)?);
     Ok(Some(ExperimentReport {
         rollout: rollout.name.clone(),
         metric: x.metric,
@@ -208,6 +209,36 @@ pub fn report(store: &Store, rollout: &Rollout) -> Result<Option<ExperimentRepor
         note,
         models: BTreeMap::new(),
     }))
+}
+
+/// Says when the data budget evicted outcomes of the experiment (`store::budget`:
+/// outcomes go last, once no record and no assignment is left).
+fn evicted_note(
+    store: &Store,
+    rollout: &str,
+    variants: &[&str],
+) -> Result<Option<String>, StoreError> {
+    let mut lost = Vec::new();
+    for v in variants {
+        let n = store.outcomes_evicted(rollout, v)?;
+        if n > 0 {
+            lost.push(format!("{v} {n}"));
+        }
+    }
+    Ok((!lost.is_empty()).then(|| {
+        format!(
+            "the data budget (--data-budget-bytes) evicted the oldest outcomes of this \
+             experiment ({}): the figures cover the outcomes kept",
+            lost.join(", ")
+        )
+    }))
+}
+
+fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    }
 }
 
 /// One variant against the control by the mSPRT: both arms' outcomes replayed in

@@ -4,14 +4,16 @@
 //! Tables: `assignments`: correlation id -> (rollout, variant, unix_ms, seq);
 //! `assignment_order`: (rollout, unix_ms, seq) -> correlation id;
 //! `assignment_counts`: rollout -> n. At most [`MAX_ASSIGNMENTS_PER_ROLLOUT`] per
-//! rollout; beyond it the oldest (smallest `unix_ms`) are dropped. One write
-//! transaction per batch, fsynced before the answer.
+//! rollout; beyond it the oldest (smallest `unix_ms`) are dropped. Assignments count
+//! against the store's data budget (`store::budget`). One write transaction per
+//! batch, fsynced before the answer.
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use rollout_core::wire::Assignment;
 
+use crate::store::budget::{self, assignment_bytes, Kind, Ledger};
 use crate::store::error::{db_err, StoreError};
 use crate::store::tables::{read_table, reserve_seq};
 use crate::store::Store;
@@ -21,12 +23,7 @@ pub const MAX_ASSIGNMENTS_PER_ROLLOUT: u64 = 1_000_000;
 /// Entries deleted per step of a reset (keeps memory flat).
 pub(crate) const RESET_CHUNK: usize = 10_000;
 
-/// Read by the outcomes' join (`store::outcomes`).
-pub(crate) const ASSIGNMENTS: TableDefinition<&str, (&str, &str, u64, u64)> =
-    TableDefinition::new("assignments");
-const ASSIGNMENT_ORDER: TableDefinition<(&str, u64, u64), &str> =
-    TableDefinition::new("assignment_order");
-const ASSIGNMENT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("assignment_counts");
+use crate::store::tables::{ASSIGNMENTS, ASSIGNMENT_COUNTS, ASSIGNMENT_ORDER};
 
 /// What a batch did: `stored` (new, or repeats of the same assignment) and `refused`
 /// (an id already assigned to another rollout or variant: assignments are immutable,
@@ -58,7 +55,9 @@ pub fn store_assignments_capped(
     }
     let tx = store.begin_write()?;
     {
-        let first = reserve_seq(&tx, "assignment", batch.len() as u64)?;
+        let now = crate::util::timefmt::now_unix_ms();
+        let first = reserve_seq(&tx, batch.len() as u64)?;
+        let mut ledger = Ledger::open(&tx)?;
         let mut by_id = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
         let mut order = tx.open_table(ASSIGNMENT_ORDER).map_err(db_err)?;
         let mut counts = tx.open_table(ASSIGNMENT_COUNTS).map_err(db_err)?;
@@ -85,6 +84,8 @@ pub fn store_assignments_capped(
             order
                 .insert((a.rollout.as_str(), a.unix_ms, seq), id)
                 .map_err(db_err)?;
+            let cost = assignment_bytes(id, &a.rollout, &a.variant);
+            ledger.add(Kind::Assignment, seq, cost, now, &a.rollout, "", a.unix_ms)?;
             delta.entry(a.rollout.clone()).or_default().0 += 1;
         }
         for (rollout, (added, removed)) in delta {
@@ -107,6 +108,7 @@ pub fn store_assignments_capped(
                     .map_err(db_err)?;
                 for (ms, s, id) in oldest {
                     order.remove((r, ms, s)).map_err(db_err)?;
+                    ledger.release(Kind::Assignment, s)?;
                     let points_here = by_id.get(id.as_str()).map_err(db_err)?.is_some_and(|g| {
                         let (gr, _, gms, gs) = g.value();
                         gr == r && gms == ms && gs == s
@@ -118,7 +120,10 @@ pub fn store_assignments_capped(
             }
             counts.insert(r, have.min(cap)).map_err(db_err)?;
         }
+        drop((by_id, order, counts));
+        ledger.finish(&tx)?;
     }
+    budget::enforce(&tx, store.data_budget())?;
     tx.commit().map_err(db_err)?;
     Ok(result)
 }
@@ -146,8 +151,13 @@ pub fn assignment_count(store: &Store, rollout: &str) -> Result<u64, StoreError>
     Ok(n)
 }
 
-/// Deletes every assignment of a rollout in `tx`; returns how many. Blocking.
-pub(crate) fn delete_rollout(tx: &WriteTransaction, rollout: &str) -> Result<u64, StoreError> {
+/// Deletes every assignment of a rollout in `tx` (released from `ledger`); returns
+/// how many. Blocking.
+pub(crate) fn delete_rollout(
+    tx: &WriteTransaction,
+    ledger: &mut Ledger<'_>,
+    rollout: &str,
+) -> Result<u64, StoreError> {
     let mut deleted = 0;
     let mut by_id = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
     let mut order = tx.open_table(ASSIGNMENT_ORDER).map_err(db_err)?;
@@ -169,6 +179,7 @@ pub(crate) fn delete_rollout(tx: &WriteTransaction, rollout: &str) -> Result<u64
         }
         for (ms, s, id) in chunk {
             order.remove((rollout, ms, s)).map_err(db_err)?;
+            ledger.release(Kind::Assignment, s)?;
             let here = by_id
                 .get(id.as_str())
                 .map_err(db_err)?

@@ -23,8 +23,7 @@ use crate::store::Store;
 pub const DECISIONS_PER_ROLLOUT: usize = 300;
 
 const DECISIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("policy_decisions");
-const DECISION_VERSIONS: TableDefinition<u64, &[u8]> =
-    TableDefinition::new("policy_decision_versions");
+use crate::store::tables::DECISION_VERSIONS;
 
 /// Stores decisions (and, for transitions, the version summary) in one write
 /// transaction. Blocking.

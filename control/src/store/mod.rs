@@ -3,12 +3,13 @@
 //!
 //! | file | tables | what |
 //! |---|---|---|
-//! | [`plans`] | `plan_versions` | every plan version with reason, author, time, operation |
+//! | [`plans`] | `plan_versions` | the plan versions (the newest `--history-keep`) with reason, author, time, operation |
 //! | [`shadow_records`] | `shadow_records`, `shadow_record_counts` | the filter's sampled shadow comparisons |
 //! | [`assignments`] | `assignments`, `assignment_order`, `assignment_counts` | which variant served a correlation id (A/B) |
 //! | [`outcomes`] | `outcomes`, `outcome_order`, `outcome_counts` | rewards joined with assignments (A/B) |
 //! | [`decisions`] | `policy_decisions`, `policy_decision_versions` | the policy engine's decisions |
-//! | [`tables`] | `data_seq` | store-wide sequence numbers of the data tables |
+//! | [`budget`] | `data_ledger`, `data_totals`, `outcome_evicted` | the data budget shared by records, assignments and outcomes: every item's cost and arrival order, totals per kind |
+//! | [`tables`] | `data_seq` | store-wide sequence numbers of the data tables; the definitions of the tables several families write |
 //! | here | `meta` | `format -> "1"` |
 //!
 //! Plus [`proxies`], the in-memory table of polling proxies (not in redb).
@@ -20,6 +21,7 @@
 
 pub mod assignments;
 pub mod blocking;
+pub mod budget;
 pub mod decisions;
 pub mod epoch;
 pub mod error;
@@ -65,6 +67,8 @@ pub struct Store {
     failure: Mutex<Option<String>>,
     reopens: AtomicU64,
     write_failures: AtomicU64,
+    /// Bytes records, assignments and outcomes may hold together (`store::budget`).
+    data_budget: u64,
 }
 
 impl Store {
@@ -81,8 +85,8 @@ impl Store {
             .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
         let db = open::open_file(&path, &opts)?;
-        let epoch = init_meta(&db, &path)?;
-        let plans = Plans::load(&db, &epoch)?;
+        let epoch = init_meta(&db, &path, &opts)?;
+        let plans = Plans::load(&db, &epoch, opts.history_keep)?;
         Ok(Store {
             db: RwLock::new(Some(Arc::new(db))),
             opener: opts.opener,
@@ -92,7 +96,35 @@ impl Store {
             failure: Mutex::new(None),
             reopens: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
+            data_budget: opts.data_budget,
         })
+    }
+
+    /// Bytes records, assignments and outcomes may hold together.
+    pub fn data_budget(&self) -> u64 {
+        self.data_budget
+    }
+
+    /// The data budget's figures (`store::budget`): bytes and items held and evicted
+    /// per kind, the oldest item's arrival. One small read transaction.
+    pub fn data_usage(&self) -> Result<budget::Usage, StoreError> {
+        budget::usage(&self.begin_read()?, self.data_budget)
+    }
+
+    /// Outcomes of a variant the data budget evicted.
+    pub fn outcomes_evicted(&self, rollout: &str, variant: &str) -> Result<u64, StoreError> {
+        budget::outcomes_evicted(&self.begin_read()?, rollout, variant)
+    }
+
+    /// Plan versions kept (the newest; `--history-keep`).
+    pub fn history_keep(&self) -> u64 {
+        self.plans.keep()
+    }
+
+    /// The oldest plan version still stored (older ones were dropped by the history
+    /// retention); `None` before any plan.
+    pub fn oldest_version(&self) -> Result<Option<u64>, StoreError> {
+        plans::oldest(&self.begin_read()?)
     }
 
     pub fn path(&self) -> &Path {
@@ -278,11 +310,13 @@ impl Store {
     }
 }
 
-/// Creates the tables, checks the format, stores a new epoch id; returns it.
-fn init_meta(db: &Database, path: &Path) -> Result<String, StoreError> {
+/// Creates the tables, checks the format, stores a new epoch id, applies the history
+/// retention and the data budget; returns the epoch.
+fn init_meta(db: &Database, path: &Path, opts: &OpenOptions) -> Result<String, StoreError> {
     let tx = db.begin_write().map_err(db_err)?;
     let epoch = {
         Plans::create(&tx)?;
+        Plans::prune_at_open(&tx, opts.history_keep)?;
         let mut meta = tx.open_table(META).map_err(db_err)?;
         let format = meta
             .get("format")
@@ -305,6 +339,7 @@ fn init_meta(db: &Database, path: &Path) -> Result<String, StoreError> {
         // meant (see epoch.rs).
         let e = epoch::new_epoch()?;
         meta.insert("epoch", e.as_str()).map_err(db_err)?;
+        budget::open(&tx, &mut meta, opts.data_budget)?;
         e
     };
     tx.commit().map_err(db_err)?;

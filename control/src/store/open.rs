@@ -22,6 +22,10 @@ pub struct OpenOptions {
     /// Move an empty or damaged store file aside and start a new, empty store.
     pub start_fresh: bool,
     pub opener: Opener,
+    /// Bytes records, assignments and outcomes may hold together (`store::budget`).
+    pub data_budget: u64,
+    /// Plan versions kept (the newest; at least 1).
+    pub history_keep: u64,
 }
 
 impl Default for OpenOptions {
@@ -29,6 +33,8 @@ impl Default for OpenOptions {
         OpenOptions {
             start_fresh: false,
             opener: Arc::new(|path: &Path| builder().create(path)),
+            data_budget: crate::store::budget::DEFAULT_DATA_BUDGET,
+            history_keep: crate::store::plans::DEFAULT_HISTORY_KEEP,
         }
     }
 }

@@ -7,17 +7,21 @@
 //! `data_seq`). At most [`MAX_OUTCOMES_PER_VARIANT`] per variant; later ones are
 //! `dropped` (they could never enter a supported analysis). Outcomes stay when their
 //! assignment is dropped. A second outcome for an id replaces the first in place.
+//! Outcomes count against the store's data budget, and are the last data it evicts
+//! (`store::budget`: each variant counts what it lost, `outcome_evicted`).
 
 use std::collections::HashMap;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use rollout_core::abtest::Summary;
 use rollout_core::experiment::ExperimentMetric;
 use rollout_core::ConfigError;
 
 use crate::api::experiment::{FeedbackResult, Outcome};
-use crate::store::assignments::{ASSIGNMENTS, RESET_CHUNK};
+use crate::store::assignments::RESET_CHUNK;
+use crate::store::budget::{self, outcome_bytes, Kind, Ledger};
 use crate::store::error::{db_err, StoreError};
+use crate::store::tables::ASSIGNMENTS;
 use crate::store::tables::{read_table, reserve_seq};
 use crate::store::Store;
 
@@ -25,10 +29,7 @@ use crate::store::Store;
 /// above this can never complete.
 pub const MAX_OUTCOMES_PER_VARIANT: u64 = 1_000_000;
 
-const OUTCOMES: TableDefinition<&str, (&str, &str, u64, f64)> = TableDefinition::new("outcomes");
-const OUTCOME_ORDER: TableDefinition<(&str, &str, u64), (&str, f64)> =
-    TableDefinition::new("outcome_order");
-const OUTCOME_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("outcome_counts");
+use crate::store::tables::{OUTCOMES, OUTCOME_COUNTS, OUTCOME_ORDER};
 
 /// A reward is a finite number, and 0 or 1 for a conversion experiment (`metric`: the
 /// experiment of the rollout it belongs to, when known). `field` names it in the error.
@@ -65,7 +66,9 @@ pub fn store_outcomes<E: From<StoreError> + From<ConfigError>>(
     }
     let tx = store.begin_write()?;
     {
-        let mut next = reserve_seq(&tx, "outcome", outcomes.len() as u64)?;
+        let now = crate::util::timefmt::now_unix_ms();
+        let mut next = reserve_seq(&tx, outcomes.len() as u64)?;
+        let mut ledger = Ledger::open(&tx)?;
         let assignments = tx.open_table(ASSIGNMENTS).map_err(db_err)?;
         let mut by_id = tx.open_table(OUTCOMES).map_err(db_err)?;
         let mut order = tx.open_table(OUTCOME_ORDER).map_err(db_err)?;
@@ -115,9 +118,14 @@ pub fn store_outcomes<E: From<StoreError> + From<ConfigError>>(
                 .insert((r.as_str(), v.as_str(), seq), (id, o.reward))
                 .map_err(db_err)?;
             counts.insert(key, have + 1).map_err(db_err)?;
+            let cost = outcome_bytes(id, &r, &v);
+            ledger.add(Kind::Outcome, seq, cost, now, &r, &v, 0)?;
             result.accepted += 1;
         }
+        drop((assignments, by_id, order, counts));
+        ledger.finish(&tx)?;
     }
+    budget::enforce(&tx, store.data_budget())?;
     tx.commit().map_err(db_err)?;
     Ok(result)
 }
@@ -235,8 +243,13 @@ pub fn replay_pair(
     }
 }
 
-/// Deletes every outcome of a rollout in `tx`; returns how many. Blocking.
-pub(crate) fn delete_rollout(tx: &WriteTransaction, rollout: &str) -> Result<u64, StoreError> {
+/// Deletes every outcome of a rollout in `tx` (released from `ledger`); returns how
+/// many. Blocking.
+pub(crate) fn delete_rollout(
+    tx: &WriteTransaction,
+    ledger: &mut Ledger<'_>,
+    rollout: &str,
+) -> Result<u64, StoreError> {
     let mut deleted = 0;
     let upper = format!("{rollout}\0");
     let mut outcomes = tx.open_table(OUTCOMES).map_err(db_err)?;
@@ -261,6 +274,7 @@ pub(crate) fn delete_rollout(tx: &WriteTransaction, rollout: &str) -> Result<u64
             order
                 .remove((rollout, variant.as_str(), s))
                 .map_err(db_err)?;
+            ledger.release(Kind::Outcome, s)?;
             let here = outcomes
                 .get(id.as_str())
                 .map_err(db_err)?
@@ -281,5 +295,6 @@ pub(crate) fn delete_rollout(tx: &WriteTransaction, rollout: &str) -> Result<u64
     for variant in keys {
         counts.remove((rollout, variant.as_str())).map_err(db_err)?;
     }
+    budget::reset_rollout(tx, rollout)?;
     Ok(deleted)
 }

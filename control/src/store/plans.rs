@@ -2,7 +2,17 @@
 //!
 //! Table `plan_versions`: `u64 version -> JSON record` ([`Record`]: the full plan with
 //! its `version` field set, time, reason, author, operation). Versions start at 1 and
-//! grow by one per change; records are never rewritten or deleted.
+//! grow by one per change; records are never rewritten.
+//!
+//! Retention (`serve --history-keep N`, [`DEFAULT_HISTORY_KEEP`]): the commit that
+//! stores version V deletes every version older than the N newest (`<= V - N`), with
+//! its engine summary (`policy_decision_versions`), in the same transaction; opening
+//! the store applies it too (N may have been lowered). The plan in force is the latest
+//! version (what `GET /v1/plan` serves), always among the N newest, so it is never
+//! deleted. A restore copies the old version's plan into a new version (`op:
+//! restore`, `reason: restore vK`): after it the restored plan is in force as the
+//! newest version and needs nothing older, so K may later be dropped while its plan
+//! stays in force. Nothing else reads old versions.
 //!
 //! Durability: each change is one redb write transaction committed with redb's
 //! default `Durability::Immediate` (the commit is fsynced before it returns), and the
@@ -31,6 +41,8 @@ use crate::util::timefmt::{now_unix_ms, rfc3339_ms};
 const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("plan_versions");
 /// Most records one history read returns (older ones: the next page, `?before=`).
 pub const MAX_HISTORY: usize = 1_000;
+/// Plan versions kept without `--history-keep`.
+pub const DEFAULT_HISTORY_KEEP: u64 = 10_000;
 
 /// What made a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +148,8 @@ fn decode(version: u64, bytes: &[u8]) -> Result<Record, StoreError> {
 pub struct Plans {
     current: RwLock<Option<Arc<Current>>>,
     epoch: String,
+    /// Versions kept (`--history-keep`); at least 1.
+    keep: u64,
 }
 
 impl Plans {
@@ -145,15 +159,31 @@ impl Plans {
         Ok(())
     }
 
+    /// Applies the retention to the stored history (part of opening the store).
+    pub fn prune_at_open(tx: &WriteTransaction, keep: u64) -> Result<u64, StoreError> {
+        let mut table = tx.open_table(VERSIONS).map_err(db_err)?;
+        let latest = table.last().map_err(db_err)?.map(|(k, _)| k.value());
+        match latest {
+            Some(v) => prune(tx, &mut table, v, keep),
+            None => Ok(0),
+        }
+    }
+
     /// Reads the latest version into the cache.
-    pub fn load(db: &Database, epoch: &str) -> Result<Plans, StoreError> {
+    pub fn load(db: &Database, epoch: &str, keep: u64) -> Result<Plans, StoreError> {
         let latest = read_latest(db)?
             .map(|r| Current::new(r, epoch))
             .transpose()?;
         Ok(Plans {
             current: RwLock::new(latest.map(Arc::new)),
             epoch: epoch.to_string(),
+            keep: keep.max(1),
         })
+    }
+
+    /// Versions kept (`--history-keep`).
+    pub fn keep(&self) -> u64 {
+        self.keep
     }
 
     /// Reads the latest version into the cache again (after the file was reopened).
@@ -206,6 +236,7 @@ impl Plans {
             let bytes = serde_json::to_vec(&record)
                 .map_err(|e| StoreError::Db(format!("cannot serialize record: {e}")))?;
             table.insert(version, bytes.as_slice()).map_err(db_err)?;
+            prune(&tx, &mut table, version, self.keep)?;
             Current::new(record, &self.epoch)?
         };
         tx.commit().map_err(db_err)?;
@@ -221,6 +252,39 @@ impl Plans {
         }
         Ok(current)
     }
+}
+
+/// Deletes the versions older than the `keep` newest (`latest` is the newest; it is
+/// never deleted), and their engine summaries. Returns how many were deleted.
+fn prune(
+    tx: &WriteTransaction,
+    table: &mut redb::Table<'_, u64, &[u8]>,
+    latest: u64,
+    keep: u64,
+) -> Result<u64, StoreError> {
+    let first_kept = latest.saturating_sub(keep.max(1)).saturating_add(1);
+    let mut summaries = tx
+        .open_table(crate::store::tables::DECISION_VERSIONS)
+        .map_err(db_err)?;
+    let mut deleted = 0;
+    loop {
+        let oldest = table.first().map_err(db_err)?.map(|(k, _)| k.value());
+        match oldest {
+            Some(v) if v < first_kept && v < latest => {
+                table.remove(v).map_err(db_err)?;
+                summaries.remove(v).map_err(db_err)?;
+                deleted += 1;
+            }
+            _ => return Ok(deleted),
+        }
+    }
+}
+
+/// The oldest version still stored (`None` before any plan).
+pub fn oldest(tx: &ReadTransaction) -> Result<Option<u64>, StoreError> {
+    let table = tx.open_table(VERSIONS).map_err(db_err)?;
+    let first = table.first().map_err(db_err)?.map(|(k, _)| k.value());
+    Ok(first)
 }
 
 fn read_latest(db: &Database) -> Result<Option<Record>, StoreError> {

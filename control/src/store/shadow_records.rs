@@ -4,14 +4,16 @@
 //! Table `shadow_records`: `(rollout, unix_ms, seq) -> the record as JSON` (`seq`
 //! from `data_seq`); `shadow_record_counts`: rollout -> records kept. At most
 //! [`MAX_RECORDS_PER_ROLLOUT`] per rollout: a batch that goes beyond it drops the
-//! oldest (smallest `unix_ms`) in the same transaction. Each batch is one write
-//! transaction, fsynced before the answer.
+//! oldest (smallest `unix_ms`) in the same transaction. Records count against the
+//! store's data budget (`store::budget`), enforced in the same transaction. Each
+//! batch is one write transaction, fsynced before the answer.
 
 use std::collections::{BTreeMap, HashMap};
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use rollout_core::wire::ShadowRecord;
 
+use crate::store::budget::{self, record_bytes, Kind, Ledger};
 use crate::store::error::{db_err, StoreError};
 use crate::store::tables::{read_table, reserve_seq};
 use crate::store::Store;
@@ -19,8 +21,7 @@ use crate::store::Store;
 /// Records kept per rollout; the oldest go first.
 pub const MAX_RECORDS_PER_ROLLOUT: u64 = 100_000;
 
-const RECORDS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("shadow_records");
-const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("shadow_record_counts");
+use crate::store::tables::{SHADOW_RECORDS as RECORDS, SHADOW_RECORD_COUNTS as COUNTS};
 
 /// Stores a batch in one transaction, trimming every touched rollout to
 /// [`MAX_RECORDS_PER_ROLLOUT`]. Blocking.
@@ -40,17 +41,22 @@ pub fn store_records_capped(
     }
     let tx = store.begin_write()?;
     {
-        let first = reserve_seq(&tx, "shadow", records.len() as u64)?;
+        let now = crate::util::timefmt::now_unix_ms();
+        let first = reserve_seq(&tx, records.len() as u64)?;
+        let mut ledger = Ledger::open(&tx)?;
         let mut table = tx.open_table(RECORDS).map_err(db_err)?;
         let mut counts = tx.open_table(COUNTS).map_err(db_err)?;
         let mut added: BTreeMap<&str, u64> = BTreeMap::new();
         for (seq, r) in (first..).zip(records) {
             let bytes = serde_json::to_vec(r)
                 .map_err(|e| StoreError::Db(format!("cannot serialize a record: {e}")))?;
+            let rollout = r.rollout.as_str();
             table
-                .insert((r.rollout.as_str(), r.unix_ms, seq), bytes.as_slice())
+                .insert((rollout, r.unix_ms, seq), bytes.as_slice())
                 .map_err(db_err)?;
-            *added.entry(r.rollout.as_str()).or_insert(0) += 1;
+            let cost = record_bytes(rollout, bytes.len());
+            ledger.add(Kind::ShadowRecord, seq, cost, now, rollout, "", r.unix_ms)?;
+            *added.entry(rollout).or_insert(0) += 1;
         }
         for (rollout, n) in added {
             let have = counts
@@ -69,11 +75,15 @@ pub fn store_records_capped(
                     .map_err(db_err)?;
                 for (ms, seq) in oldest {
                     table.remove((rollout, ms, seq)).map_err(db_err)?;
+                    ledger.release(Kind::ShadowRecord, seq)?;
                 }
             }
             counts.insert(rollout, have.min(cap)).map_err(db_err)?;
         }
+        drop((table, counts));
+        ledger.finish(&tx)?;
     }
+    budget::enforce(&tx, store.data_budget())?;
     tx.commit().map_err(db_err)?;
     Ok(records.len() as u64)
 }
