@@ -524,3 +524,59 @@ fn serve_flags_default_to_the_store_defaults() {
     assert!(err.contains("--data-budget-bytes"), "{err}");
     assert!(parse(&["--history-keep", "0"]).is_err());
 }
+
+#[test]
+fn history_retention_keeps_what_a_lagging_proxy_runs() {
+    let dir = TempDir::new("budget-lagging");
+    let data = dir.path().join("data");
+    let plan = write_file(dir.path(), "plan.json", PLAN);
+    let server = ServerProc::start(
+        &data,
+        &[
+            "--initial-plan",
+            plan.to_str().unwrap(),
+            "--history-keep",
+            "2",
+        ],
+    );
+    let a = agent();
+    let url = server.url.clone();
+    let put = |w: u32| {
+        let body = PLAN.replace("\"weight\":10", &format!("\"weight\":{w}"));
+        let body = body.replace("\"weight\":90", &format!("\"weight\":{}", 100 - w));
+        let (s, v, _) = call(&a, "PUT", &format!("{url}/v1/plan"), Some(&body)).unwrap();
+        assert_eq!(s, 200, "{v}");
+    };
+    // A proxy polls, running v2 (the sidecar learns it from the poll's headers).
+    let poll = |running: u64| {
+        let resp = a
+            .get(&format!("{url}/v1/plan"))
+            .header("x-model-rollout-proxy", "lagging-envoy")
+            .header("x-model-rollout-plan-version", running.to_string())
+            .call()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    };
+    put(2);
+    poll(2);
+    for w in 3..=6 {
+        put(w); // v3..v6
+    }
+    let status = |v: u64| {
+        call(&a, "GET", &format!("{url}/v1/plan/versions/{v}"), None)
+            .unwrap()
+            .0
+    };
+    // v2 is in force at the proxy: kept beyond the two newest; v1, v3, v4 are not.
+    assert_eq!(
+        (1..=6).map(status).collect::<Vec<_>>(),
+        vec![404, 200, 404, 404, 200, 200]
+    );
+    // The proxy catches up: the next version drops v2.
+    poll(6);
+    put(7);
+    assert_eq!(
+        (1..=7).map(status).collect::<Vec<_>>(),
+        vec![404, 404, 404, 404, 404, 200, 200]
+    );
+}

@@ -24,7 +24,7 @@ use crate::http::headers::plan_headers;
 use crate::http::roles::Caller;
 use crate::http::state::AppState;
 use crate::store::blocking::blocking;
-use crate::store::{Op, Record, StoreError};
+use crate::store::{Op, Record};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -103,29 +103,25 @@ async fn get_version(
 }
 
 /// A stored version; 404 when there is none, naming the history retention when it
-/// dropped the version.
+/// dropped the version (versions run 1..=latest without a gap until it does).
 async fn stored_version(state: &AppState, version: u64) -> Result<Record, ApiError> {
+    let latest = state.store().current().map_or(0, |c| c.version());
     let store = Arc::clone(state.store());
-    let (record, oldest) = blocking(move || {
-        let record = store.get(version)?;
-        let oldest = match record {
-            Some(_) => None,
-            None => store.oldest_version()?,
-        };
-        Ok::<_, StoreError>((record, oldest))
-    })
-    .await?;
-    match (record, oldest) {
-        (Some(r), _) => Ok(r),
-        (None, Some(oldest)) if version < oldest => Err(ApiError::not_found(
-            "version",
-            format!(
-                "plan version {version} was dropped by the history retention \
-                 (--history-keep {}: the oldest version kept is {oldest})",
-                state.store().history_keep()
-            ),
-        )),
-        (None, _) => Err(ApiError::not_found(
+    let record = blocking(move || store.get(version)).await?;
+    match record {
+        Some(r) => Ok(r),
+        None if (1..latest).contains(&version) => {
+            let keep = state.store().history_keep();
+            Err(ApiError::not_found(
+                "version",
+                format!(
+                    "plan version {version} was dropped by the history retention \
+                     (--history-keep {keep}: the {keep} newest versions are kept, and those \
+                     proxies still run)"
+                ),
+            ))
+        }
+        None => Err(ApiError::not_found(
             "version",
             format!("no plan version {version}"),
         )),

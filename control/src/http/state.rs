@@ -54,11 +54,13 @@ impl AppState {
 
     /// [`AppState::with_credentials`] with other HTTP limits (`serve`'s flags).
     pub fn with_limits(store: Arc<Store>, credentials: Credentials, limits: HttpLimits) -> Self {
+        let proxies = Arc::new(ProxyTable::default());
+        pin_versions_in_use(&store, &proxies);
         AppState(Arc::new(Inner {
             limits,
             heavy: Arc::new(tokio::sync::Semaphore::new(limits.heavy_reads.max(1))),
             store,
-            proxies: Arc::new(ProxyTable::default()),
+            proxies,
             credentials,
             metrics: Metrics::default(),
             policy: OnceLock::new(),
@@ -72,6 +74,7 @@ impl AppState {
     pub fn with_proxy_limits(mut self, limits: ProxyLimits) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.proxies = Arc::new(ProxyTable::new(limits));
+            pin_versions_in_use(&inner.store, &inner.proxies);
         }
         self
     }
@@ -136,4 +139,15 @@ impl AppState {
     pub fn policy_engine(&self) -> Option<Arc<Engine>> {
         self.0.policy.get().cloned()
     }
+}
+
+/// The history retention keeps the plan versions active proxies report running.
+fn pin_versions_in_use(store: &Store, proxies: &Arc<ProxyTable>) {
+    let proxies = Arc::clone(proxies);
+    store.pin_versions(Arc::new(move || {
+        proxies.versions_in_use(
+            std::time::Instant::now(),
+            crate::engine::proxies_behind::ACTIVE_PROXY,
+        )
+    }));
 }

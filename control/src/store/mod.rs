@@ -33,6 +33,7 @@ pub mod proxies;
 pub mod shadow_records;
 pub mod tables;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -54,6 +55,9 @@ pub const FILE_NAME: &str = "control.redb";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const FORMAT: &str = "1";
 
+/// The plan versions in force at proxies (`Store::pin_versions`).
+pub type Pins = Arc<dyn Fn() -> BTreeSet<u64> + Send + Sync>;
+
 pub struct Store {
     /// The open database; `None` while a reopen after an I/O error failed. Callers
     /// clone the `Arc` and release the lock before blocking on redb.
@@ -69,6 +73,8 @@ pub struct Store {
     write_failures: AtomicU64,
     /// Bytes records, assignments and outcomes may hold together (`store::budget`).
     data_budget: u64,
+    /// Versions the history retention keeps beyond `--history-keep`.
+    pins: RwLock<Option<Pins>>,
 }
 
 impl Store {
@@ -97,7 +103,24 @@ impl Store {
             reopens: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
             data_budget: opts.data_budget,
+            pins: RwLock::new(None),
         })
+    }
+
+    /// Tells the history retention which versions are in force at proxies (asked at
+    /// every commit; the HTTP state wires its proxies table here): they are kept even
+    /// when older than the `--history-keep` newest.
+    pub fn pin_versions(&self, pins: Pins) {
+        *self.pins.write().unwrap_or_else(PoisonError::into_inner) = Some(pins);
+    }
+
+    fn pinned(&self) -> BTreeSet<u64> {
+        let pins = self
+            .pins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        pins.map(|f| f()).unwrap_or_default()
     }
 
     /// Bytes records, assignments and outcomes may hold together.
@@ -264,8 +287,9 @@ impl Store {
         &self,
         f: impl FnOnce(Option<&Current>) -> Result<Change, E>,
     ) -> Result<Arc<Current>, E> {
+        let pinned = self.pinned();
         let tx = self.begin_write()?;
-        self.plans.commit(tx, f)
+        self.plans.commit(tx, &pinned, f)
     }
 
     /// One plan version's record.

@@ -12,7 +12,10 @@
 //! deleted. A restore copies the old version's plan into a new version (`op:
 //! restore`, `reason: restore vK`): after it the restored plan is in force as the
 //! newest version and needs nothing older, so K may later be dropped while its plan
-//! stays in force. Nothing else reads old versions.
+//! stays in force. A plan is also in force at a proxy that has not caught up yet: the
+//! versions active proxies report running (`Store::pin_versions`) are kept while they
+//! do, even when older than the N newest; the first commit after they move on deletes
+//! them. Nothing else reads old versions.
 //!
 //! Durability: each change is one redb write transaction committed with redb's
 //! default `Durability::Immediate` (the commit is fsynced before it returns), and the
@@ -25,6 +28,7 @@
 //! version *inside* its write transaction, so concurrent changes never lose updates and
 //! `If-Match` checks are exact.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -164,7 +168,7 @@ impl Plans {
         let mut table = tx.open_table(VERSIONS).map_err(db_err)?;
         let latest = table.last().map_err(db_err)?.map(|(k, _)| k.value());
         match latest {
-            Some(v) => prune(tx, &mut table, v, keep),
+            Some(v) => prune(tx, &mut table, v, keep, &BTreeSet::new()),
             None => Ok(0),
         }
     }
@@ -206,9 +210,11 @@ impl Plans {
     /// Commits a new version. `f` sees the latest version as of this write
     /// transaction and returns the change (or an error, which aborts the transaction
     /// and is returned as is). Blocking.
+    /// `pinned`: versions kept beyond the retention (in force at a proxy).
     pub fn commit<E: From<StoreError>>(
         &self,
         tx: WriteTransaction,
+        pinned: &BTreeSet<u64>,
         f: impl FnOnce(Option<&Current>) -> Result<Change, E>,
     ) -> Result<Arc<Current>, E> {
         let current = {
@@ -236,7 +242,7 @@ impl Plans {
             let bytes = serde_json::to_vec(&record)
                 .map_err(|e| StoreError::Db(format!("cannot serialize record: {e}")))?;
             table.insert(version, bytes.as_slice()).map_err(db_err)?;
-            prune(&tx, &mut table, version, self.keep)?;
+            prune(&tx, &mut table, version, self.keep, pinned)?;
             Current::new(record, &self.epoch)?
         };
         tx.commit().map_err(db_err)?;
@@ -255,29 +261,34 @@ impl Plans {
 }
 
 /// Deletes the versions older than the `keep` newest (`latest` is the newest; it is
-/// never deleted), and their engine summaries. Returns how many were deleted.
+/// never deleted) but the `pinned` ones, and their engine summaries. Reads only the
+/// versions it deletes and the pinned ones. Returns how many were deleted.
 fn prune(
     tx: &WriteTransaction,
     table: &mut redb::Table<'_, u64, &[u8]>,
     latest: u64,
     keep: u64,
+    pinned: &BTreeSet<u64>,
 ) -> Result<u64, StoreError> {
     let first_kept = latest.saturating_sub(keep.max(1)).saturating_add(1);
+    let expired: Vec<u64> = table
+        .range(..first_kept.min(latest))
+        .map_err(db_err)?
+        .map(|e| e.map(|(k, _)| k.value()))
+        .filter(|v| v.as_ref().map_or(true, |v| !pinned.contains(v)))
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    if expired.is_empty() {
+        return Ok(0);
+    }
     let mut summaries = tx
         .open_table(crate::store::tables::DECISION_VERSIONS)
         .map_err(db_err)?;
-    let mut deleted = 0;
-    loop {
-        let oldest = table.first().map_err(db_err)?.map(|(k, _)| k.value());
-        match oldest {
-            Some(v) if v < first_kept && v < latest => {
-                table.remove(v).map_err(db_err)?;
-                summaries.remove(v).map_err(db_err)?;
-                deleted += 1;
-            }
-            _ => return Ok(deleted),
-        }
+    for v in &expired {
+        table.remove(*v).map_err(db_err)?;
+        summaries.remove(*v).map_err(db_err)?;
     }
+    Ok(expired.len() as u64)
 }
 
 /// The oldest version still stored (`None` before any plan).

@@ -17,7 +17,7 @@
 //! ([`ProxyTable::summary`], `engine::proxies_behind`) holds while polls went
 //! untracked recently.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -167,6 +167,17 @@ impl ProxyTable {
             .map
             .retain(|_, s| now.saturating_duration_since(s.last_seen) <= expire);
         inner.last_sweep = Some(now);
+    }
+
+    /// The plan versions proxies that polled within `active` report running (the
+    /// history retention keeps them). One pass over the table.
+    pub fn versions_in_use(&self, now: Instant, active: Duration) -> BTreeSet<u64> {
+        self.lock()
+            .map
+            .values()
+            .filter(|s| now.saturating_duration_since(s.last_seen) <= active)
+            .filter_map(|s| s.plan_version)
+            .collect()
     }
 
     /// Forgets expired entries and sums up the fleet against plan version `latest`:
