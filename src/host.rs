@@ -7,6 +7,8 @@
 //! (The SDK's hostcalls still abort on a status the ABI does not allow for that
 //! call; every status the ABI allows arrives here as a `HostError`.)
 
+use std::borrow::Cow;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
@@ -75,8 +77,8 @@ pub trait Host {
     fn call_response_header(&self, name: &str) -> HostResult<Option<String>>;
     fn call_response_body(&self, max: usize) -> HostResult<Option<Vec<u8>>>;
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>>;
-    /// All request headers (one call), for the shadow copy.
-    fn request_headers_all(&self) -> HostResult<Vec<(String, String)>>;
+    /// All request headers (one call), read in place.
+    fn request_headers_all(&self) -> HostResult<HeaderSnapshot>;
     /// The request body bytes buffered at this callback (the current chunk).
     fn request_body(&self, size: usize) -> HostResult<Option<Vec<u8>>>;
     fn response_body(&self, size: usize) -> HostResult<Option<Vec<u8>>>;
@@ -158,7 +160,7 @@ impl<T: Host> Host for std::rc::Rc<T> {
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         (**self).property(path)
     }
-    fn request_headers_all(&self) -> HostResult<Vec<(String, String)>> {
+    fn request_headers_all(&self) -> HostResult<HeaderSnapshot> {
         (**self).request_headers_all()
     }
     fn request_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
@@ -176,6 +178,145 @@ impl<T: Host> Host for std::rc::Rc<T> {
     fn dequeue(&self, queue: u32) -> HostResult<Option<Vec<u8>>> {
         (**self).dequeue(queue)
     }
+}
+
+/// All request headers from one host call, kept as the proxy serialized them (one
+/// buffer, read in place: no allocation per header). The proxy-wasm map format:
+/// a `u32` count, then a `u32` key length and a `u32` value length per pair, then
+/// each key and value followed by a NUL byte. A malformed buffer reads as the pairs
+/// before the fault. Bytes that are not UTF-8 (HTTP allows obs-text in values) read
+/// as U+FFFD, the same bytes always alike: they never abort the filter (the SDK's
+/// own parse does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderSnapshot {
+    bytes: Vec<u8>,
+}
+
+impl HeaderSnapshot {
+    /// A snapshot in the proxy's serialized form.
+    pub fn from_serialized(bytes: Vec<u8>) -> Self {
+        HeaderSnapshot { bytes }
+    }
+
+    /// Serializes pairs the way the proxy does (tests, and hosts without the raw call).
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Self {
+        let mut bytes = Vec::new();
+        let n = u32::try_from(pairs.len()).unwrap_or(0);
+        bytes.extend_from_slice(&n.to_le_bytes());
+        for (k, v) in pairs.iter().take(n as usize) {
+            for s in [k.as_ref(), v.as_ref()] {
+                let len = u32::try_from(s.len()).unwrap_or(0);
+                bytes.extend_from_slice(&len.to_le_bytes());
+            }
+        }
+        for (k, v) in pairs.iter().take(n as usize) {
+            for s in [k.as_ref(), v.as_ref()] {
+                bytes.extend_from_slice(s.as_bytes());
+                bytes.push(0);
+            }
+        }
+        HeaderSnapshot { bytes }
+    }
+
+    /// The pairs in order, names as the proxy gave them (lower case in Envoy).
+    pub fn iter(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> + '_ {
+        self.raw_pairs()
+            .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
+    }
+
+    /// The first value of `name` (ASCII case-insensitive).
+    pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.raw_pairs()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| String::from_utf8_lossy(v))
+    }
+
+    /// Owned pairs (for a shadow copy).
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    fn raw_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let b = self.bytes.as_slice();
+        let word = move |at: usize| -> Option<usize> {
+            let w = b.get(at..at.checked_add(4)?)?;
+            let w: [u8; 4] = w.try_into().ok()?;
+            Some(u32::from_le_bytes(w) as usize)
+        };
+        let count = word(0).unwrap_or(0);
+        let mut data = count
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(4))
+            .unwrap_or(usize::MAX);
+        (0..count).map_while(move |i| {
+            let at = i.checked_mul(8)?.checked_add(4)?;
+            let (kl, vl) = (word(at)?, word(at + 4)?);
+            let k = b.get(data..data.checked_add(kl)?)?;
+            let v_at = data.checked_add(kl)?.checked_add(1)?;
+            let v = b.get(v_at..v_at.checked_add(vl)?)?;
+            data = v_at.checked_add(vl)?.checked_add(1)?;
+            Some((k, v))
+        })
+    }
+}
+
+/// A status code of the proxy-wasm ABI as a `HostError` (0, Ok, is not an error).
+#[cfg(target_arch = "wasm32")]
+fn status_error(code: u32) -> HostError {
+    match code {
+        1 => HostError::NotFound,
+        2 => HostError::BadArgument,
+        3 => HostError::SerializationFailure,
+        4 => HostError::ParseFailure,
+        7 => HostError::Empty,
+        8 => HostError::CasMismatch,
+        10 => HostError::InternalFailure,
+        _ => HostError::Other,
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod raw {
+    use proxy_wasm::types::MapType;
+
+    extern "C" {
+        /// The ABI's call behind the SDK's `get_map`, taken raw: the SDK's parse
+        /// allocates two `String`s per header and aborts on a value that is not
+        /// UTF-8 (HTTP allows obs-text bytes in values).
+        pub fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+    }
+}
+
+/// One header map, serialized by the proxy into one buffer of ours.
+#[cfg(target_arch = "wasm32")]
+fn header_map_pairs(map: MapType) -> HostResult<HeaderSnapshot> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the two out-pointers are valid locals. On success the proxy hands over
+    // a buffer it allocated through this module's `proxy_on_memory_allocate` (the
+    // SDK's: a `Vec<u8>` of capacity `size`, forgotten) or null; taking it back as
+    // that `Vec` is what the SDK's own `get_map` does.
+    let status = unsafe { raw::proxy_get_header_map_pairs(map, &mut data, &mut size) };
+    match status {
+        0 if data.is_null() => Ok(HeaderSnapshot::default()),
+        // SAFETY: see above.
+        0 => Ok(HeaderSnapshot::from_serialized(unsafe {
+            Vec::from_raw_parts(data, size, size)
+        })),
+        code => Err(status_error(code)),
+    }
+}
+
+/// Off wasm (native builds of the crate) the SDK's parse stands in.
+#[cfg(not(target_arch = "wasm32"))]
+fn header_map_pairs(map: MapType) -> HostResult<HeaderSnapshot> {
+    Ok(HeaderSnapshot::from_pairs(&hostcalls::get_map(map)?))
 }
 
 /// The real proxy.
@@ -283,8 +424,8 @@ impl Host for ProxyHost {
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         Ok(hostcalls::get_property(path.to_vec())?)
     }
-    fn request_headers_all(&self) -> HostResult<Vec<(String, String)>> {
-        Ok(hostcalls::get_map(MapType::HttpRequestHeaders)?)
+    fn request_headers_all(&self) -> HostResult<HeaderSnapshot> {
+        header_map_pairs(MapType::HttpRequestHeaders)
     }
     fn request_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
         Ok(hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)?)
@@ -500,17 +641,14 @@ pub mod mock {
                 None => Err(HostError::NotFound),
             }
         }
-        fn request_headers_all(&self) -> HostResult<Vec<(String, String)>> {
+        fn request_headers_all(&self) -> HostResult<HeaderSnapshot> {
             self.call("request_headers_all");
             if *self.fail_headers.borrow() {
                 return Err(HostError::InternalFailure);
             }
-            Ok(self
-                .request
-                .borrow()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect())
+            let request = self.request.borrow();
+            let pairs: Vec<(&String, &String)> = request.iter().collect();
+            Ok(HeaderSnapshot::from_pairs(&pairs))
         }
         fn request_body(&self, size: usize) -> HostResult<Option<Vec<u8>>> {
             self.call("request_body");
@@ -543,5 +681,57 @@ pub mod mock {
                 Some(q.remove(0))
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    #[test]
+    fn reads_pairs_in_place_case_insensitively() {
+        let s =
+            HeaderSnapshot::from_pairs(&[(":path", "/v2/x"), ("x-user-id", "u1"), ("empty", "")]);
+        assert_eq!(s.get(":path").as_deref(), Some("/v2/x"));
+        assert_eq!(s.get("X-User-Id").as_deref(), Some("u1"));
+        assert_eq!(s.get("empty").as_deref(), Some(""));
+        assert_eq!(s.get("absent"), None);
+        assert_eq!(
+            s.to_pairs(),
+            vec![
+                (":path".to_string(), "/v2/x".to_string()),
+                ("x-user-id".to_string(), "u1".to_string()),
+                ("empty".to_string(), String::new())
+            ]
+        );
+        assert_eq!(HeaderSnapshot::default().get(":path"), None);
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_reads_with_replacement_characters() {
+        let mut s = HeaderSnapshot::from_pairs(&[("x-odd", "ab"), ("x-user-id", "u1")]);
+        // the value of x-odd ("ab") becomes 0xff 0x62: obs-text, not UTF-8
+        let at = s.bytes.iter().position(|b| *b == b'a').unwrap();
+        s.bytes[at] = 0xff;
+        assert_eq!(s.get("x-odd").as_deref(), Some("\u{fffd}b"));
+        assert_eq!(s.get("x-user-id").as_deref(), Some("u1"));
+        assert_eq!(s.iter().count(), 2);
+    }
+
+    #[test]
+    fn a_truncated_or_lying_buffer_reads_the_pairs_before_the_fault() {
+        let full = HeaderSnapshot::from_pairs(&[("a", "1"), ("b", "2")]);
+        for cut in 0..full.bytes.len() {
+            let s = HeaderSnapshot::from_serialized(full.bytes[..cut].to_vec());
+            assert!(s.iter().count() <= 2);
+            if s.get("b").is_some() {
+                assert_eq!(s.get("a").as_deref(), Some("1"));
+            }
+        }
+        // a count far beyond the buffer
+        let mut lying = full.bytes.clone();
+        lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let s = HeaderSnapshot::from_serialized(lying);
+        assert!(s.iter().count() <= 2);
     }
 }

@@ -27,7 +27,7 @@ use rollout_core::wire::Assignment;
 
 use crate::active::Active;
 use crate::answer::{self, Wanted};
-use crate::host::{Host, HostError, ProxyHost};
+use crate::host::{HeaderSnapshot, Host, HostError, ProxyHost};
 use crate::hub::{Half, Hub, Job, JOIN_GRACE_MS};
 use crate::metrics::{count_bin, Metrics};
 use crate::rng::Random;
@@ -40,7 +40,7 @@ use crate::trip_share;
 /// distinct claim or peer field, cached for the request; bounded by
 /// `rollout_core::identity`).
 struct Headers<'k, F: FnMut(&str) -> Option<String>, P: FnMut(&[&str]) -> Option<Vec<u8>>> {
-    snapshot: Option<Vec<(String, String)>>,
+    snapshot: Option<HeaderSnapshot>,
     fallback: CachedHeaders<F>,
     property: P,
     /// `jwt.payload_in_metadata`; without it no claim is read.
@@ -57,10 +57,7 @@ impl<F: FnMut(&str) -> Option<String>, P: FnMut(&[&str]) -> Option<Vec<u8>>> Req
 {
     fn header(&mut self, name: &str) -> Option<String> {
         match &self.snapshot {
-            Some(pairs) => pairs
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone()),
+            Some(snapshot) => snapshot.get(name).map(|v| v.into_owned()),
             None => self.fallback.header(name),
         }
     }
@@ -157,10 +154,11 @@ impl<H: Host> Http<H> {
         let cfg = &active.config;
         let m = &active.metrics;
         let host = &self.host;
-        // One host call reads every request header; lookups after that are local.
+        // One host call reads every request header; lookups after that are local
+        // and read the proxy's buffer in place.
         // Should the snapshot fail, each header is fetched on its own.
         let snapshot = match host.request_headers_all() {
-            Ok(pairs) => Some(pairs),
+            Ok(snapshot) => Some(snapshot),
             Err(_) => {
                 m.bump(m.host_errors);
                 None
@@ -321,7 +319,7 @@ impl<H: Host> Http<H> {
         correlation_id: &str,
         declared_len: Option<usize>,
         end_of_stream: bool,
-        primary_headers: Option<Vec<(String, String)>>,
+        primary_headers: Option<HeaderSnapshot>,
     ) {
         let Some((ri, variant)) = self.assigned.as_ref().map(|a| (a.rollout, a.variant)) else {
             return;
@@ -362,8 +360,11 @@ impl<H: Host> Http<H> {
                 return;
             }
         };
-        let mut headers =
-            sh.copy_headers(&primary_headers, &cfg.correlation_header, correlation_id);
+        let mut headers = sh.copy_headers(
+            &primary_headers.to_pairs(),
+            &cfg.correlation_header,
+            correlation_id,
+        );
         headers.retain(|(k, _)| *k != cfg.variant_header && *k != cfg.override_header);
         self.copy = Some(Copy {
             join,

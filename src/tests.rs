@@ -709,6 +709,9 @@ fn host_calls_per_request_on_the_common_paths() {
 /// nothing here), routing only and with a compared shadow. Not a test of speed: run
 /// by hand to see where the Wasm-side time goes (e.g. under `perf record`):
 /// `cargo test --release -p model-rollout --lib time_per_request -- --ignored --nocapture`
+/// (`TIME_PER_REQUEST_N=5000 TIME_PER_REQUEST_ONLY=routing` shorten it, e.g. to count
+/// instructions per function under `valgrind --tool=callgrind` on a `--profile native`
+/// build with `CARGO_PROFILE_NATIVE_DEBUG=line-tables-only`).
 #[test]
 #[ignore]
 fn time_per_request() {
@@ -718,8 +721,15 @@ fn time_per_request() {
            "compare": {"pointers": ["/outputs/0/data"], "abs_tolerance": 0.000001}},"#,
     );
     let answer = r#"{"model_name":"fraud","model_version":"stable","id":"bench","outputs":[{"name":"score","shape":[1],"datatype":"FP64","data":[0.25]}]}"#;
-    let n = 200_000u32;
+    let n: u32 = std::env::var("TIME_PER_REQUEST_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let only = std::env::var("TIME_PER_REQUEST_ONLY").unwrap_or_default();
     for (label, config) in [("routing", DEMO_ROUTING), ("shadow", shadow.as_str())] {
+        if !only.is_empty() && only != label {
+            continue;
+        }
         let (h, mut root) = root_with(config);
         *h.request_chunk.borrow_mut() = br#"{"id":"bench","inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[0.1,0.2,0.3,0.4]}]}"#.to_vec();
         *h.response_chunk.borrow_mut() = answer.as_bytes().to_vec();

@@ -90,6 +90,21 @@ def test_route_follows_the_variant_header_set_by_the_filter(stack):
     assert canary.stats()["requests"] == before + 1
 
 
+def test_header_bytes_that_are_not_utf8_neither_break_the_filter_nor_unstick(stack):
+    """HTTP allows obs-text bytes (0x80-0xff) in header values. The proxy-wasm SDK's
+    header parse aborted the VM on them, and every later request on that worker went
+    unrouted; the filter reads them in place as U+FFFD, so the key stays sticky."""
+    _, _, _, _, envoy = stack
+    users = ["caf\xe9", "\xff\xfe-9", "user-1"]  # sent as Latin-1 bytes by http.client
+    rs = send_all(envoy.port(), [(FRAUD, {"x-user-id": u}) for u in users * 2], threads=1)
+    assert [r.status for r in rs] == [200] * 6
+    for u, r in zip(users * 2, rs):
+        key = u.encode("latin-1").decode("utf-8", errors="replace")
+        want = "canary" if expected_bucket("fraud-v2", key) >= 9000 else "stable"
+        assert r.headers.get("x-model-variant") == want, u
+        assert r.json()["model_version"] == want, u
+
+
 def test_sticky_split_of_20000_users_matches_weights_and_documented_hash(stack):
     _, _, _, _, envoy = stack
     got = assign_users(envoy, USERS)
