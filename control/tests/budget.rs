@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rollout_control::api::experiment::Outcome;
 use rollout_control::http::error::ApiError;
-use rollout_control::report::shadow::shadow_report;
+use rollout_control::report::shadow::{shadow_report, Bounds};
 use rollout_control::store::budget::{self, record_bytes, Kind, Totals, Usage};
 use rollout_control::store::plans::DEFAULT_HISTORY_KEEP;
 use rollout_control::store::{assignments, outcomes, shadow_records, OpenOptions, Store};
@@ -19,6 +19,12 @@ use rollout_core::wire::{Assignment, ShadowRecord};
 use serde_json::{json, Value};
 
 use common::{agent, call, write_file, ServerProc, TempDir, PLAN};
+
+/// Ten recent disagreements in a report, of at most 16 MiB.
+const TEN: Bounds = Bounds {
+    limit: 10,
+    max_bytes: 16 * 1024 * 1024,
+};
 
 fn open(dir: &Path, budget: u64) -> Store {
     Store::open_with(
@@ -134,7 +140,7 @@ fn over_budget_the_oldest_go_first_and_outcomes_last() {
     assert_eq!((out.items, out.evicted_items), (40, 0));
     assert_eq!(out.bytes, kind(&before, Kind::Outcome).bytes);
     // The oldest records went, the newest stayed; the per-rollout count agrees.
-    let report = shadow_report(&store, "r", None, 10, None).unwrap();
+    let report = shadow_report(&store, "r", None, TEN, None).unwrap();
     assert_eq!(report.records, recs.items);
     assert_eq!(report.last_unix_ms, Some(1_700_000_000_000 + last));
     assert_eq!(
@@ -301,7 +307,7 @@ fn accounting_survives_reopen_and_is_rebuilt_for_an_older_store() {
     assert!(u.bytes() <= small, "{} > {small}", u.bytes());
     let recs = kind(&u, Kind::ShadowRecord);
     assert!(recs.evicted_items >= 30, "{u:?}");
-    let report = shadow_report(&store, "r", None, 10, None).unwrap();
+    let report = shadow_report(&store, "r", None, TEN, None).unwrap();
     assert_eq!(report.records, recs.items);
     assert_eq!(report.last_unix_ms, Some(1_700_000_000_229));
 }

@@ -7,10 +7,13 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
+use rollout_control::http::roles::Credentials;
+use rollout_control::http::server::HttpLimits;
+use rollout_control::report::shadow::Bounds;
 use rollout_control::store::shadow_records;
 use rollout_control::testutil::TempDir;
 use rollout_control::{app, AppState, Store};
-use rollout_core::wire::ShadowRecord;
+use rollout_core::wire::{json_len, ShadowRecord};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -311,6 +314,118 @@ async fn bodies_up_to_4_mib() {
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
+const BOUNDS: Bounds = Bounds {
+    limit: 100,
+    max_bytes: 16 * 1024 * 1024,
+};
+
+async fn metric(state: &AppState, name: &str) -> u64 {
+    let req = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let text = String::from_utf8(
+        to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        .parse()
+        .unwrap()
+}
+
+/// A sidecar with `--max-record-bytes 8192`: records of large predictions are cut at
+/// ingest (a marker with the original size, counted), and the report lists only as many
+/// disagreements as fit in `--max-report-bytes` (32 KiB here), newest first, counting
+/// the rest.
+#[tokio::test]
+async fn large_predictions_are_cut_at_ingest_and_reports_keep_to_their_bytes() {
+    let dir = TempDir::new("records-cut");
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let limits = HttpLimits {
+        max_record_bytes: 8192,
+        max_report_bytes: 32 * 1024,
+        ..HttpLimits::default()
+    };
+    let state = AppState::with_limits(store, Credentials::default(), limits);
+    let big = json!(vec![0.5; 5000]);
+    let big_len = big.to_string().len();
+    let mut records: Vec<Value> = (0..20)
+        .map(|i| {
+            let mut r = record(i, "prediction");
+            r["primary_prediction"] = big.clone();
+            r
+        })
+        .collect();
+    records.push(record(20, "prediction"));
+    let (s, j) = post(&state, records).await;
+    assert_eq!((s, j), (StatusCode::OK, json!({"stored": 21})));
+    assert_eq!(
+        metric(&state, "rollout_control_shadow_records_truncated_total").await,
+        20
+    );
+    let mut stored = Vec::new();
+    shadow_records::scan(state.store(), "fraud", None, |r| stored.push(r)).unwrap();
+    assert_eq!(stored.len(), 21);
+    for r in &stored[..20] {
+        assert!(json_len(r) <= 8192, "{} bytes", json_len(r));
+        assert_eq!(r.primary_prediction["truncated_from_bytes"], big_len);
+        let prefix = r.primary_prediction["prefix"].as_str().unwrap();
+        assert!(prefix.len() > 1000 && big.to_string().starts_with(prefix));
+        // the small prediction beside it is cut too, whole in its prefix
+        assert_eq!(
+            r.shadow_prediction["prefix"],
+            json!([0.75, r.primary_latency_ms]).to_string()
+        );
+    }
+    assert_eq!(stored[20].primary_prediction, json!([0.25, 20]));
+
+    let (s, j) = send(
+        &state,
+        "GET",
+        "/v1/shadow-report?rollout=fraud&limit=1000",
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["truncated"], 20);
+    let listed = j["recent_disagreements"].as_array().unwrap();
+    let bytes: usize = listed.iter().map(|d| d.to_string().len() + 1).sum();
+    assert!(bytes <= 32 * 1024, "{bytes} bytes listed");
+    // about 3 KiB each once cut (half of 8 KiB is prefix, quoted), so about 10 fit
+    assert!(
+        listed.len() >= 5 && listed.len() < 21,
+        "{} listed",
+        listed.len()
+    );
+    assert_eq!(j["disagreements_omitted"], 21 - listed.len());
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|d| d["correlation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids[0], "req-000020-abc");
+    assert_eq!(ids[1], "req-000019-abc");
+    assert_eq!(
+        listed[1]["primary_prediction"]["truncated_from_bytes"],
+        big_len
+    );
+    // a limit below what fits omits nothing
+    let (_, j) = send(
+        &state,
+        "GET",
+        "/v1/shadow-report?rollout=fraud&limit=3",
+        vec![],
+    )
+    .await;
+    assert_eq!(j["recent_disagreements"].as_array().unwrap().len(), 3);
+    assert_eq!(j["disagreements_omitted"], 0);
+}
+
 #[test]
 fn retention_drops_the_oldest_per_rollout_and_survives_reopen() {
     let dir = TempDir::new("records-cap");
@@ -341,7 +456,7 @@ fn retention_drops_the_oldest_per_rollout_and_survives_reopen() {
     assert_eq!(counts.get("r"), Some(&10));
     assert_eq!(counts.get("other"), Some(&1));
     let report =
-        rollout_control::report::shadow::shadow_report(&store, "r", None, 100, None).unwrap();
+        rollout_control::report::shadow::shadow_report(&store, "r", None, BOUNDS, None).unwrap();
     assert_eq!(report.records, 10);
     assert_eq!(report.first_unix_ms, Some(1_700_000_000_005));
     assert_eq!(report.last_unix_ms, Some(1_700_000_000_014));

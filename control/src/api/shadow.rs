@@ -6,12 +6,33 @@ use std::collections::BTreeMap;
 
 use rollout_core::model::ModelSpec;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencyReport {
     pub primary: LatencySummary,
     pub shadow: LatencySummary,
+}
+
+/// A prediction as its JSON text: a report holds the stored text, never a parsed
+/// tree (a parsed array of numbers takes up to 16 times its text in memory). A
+/// prediction cut at ingest (`--max-record-bytes`) is the marker
+/// `{"truncated_from_bytes": N, "prefix": "<its JSON, cut>"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Prediction(pub Box<RawValue>);
+
+impl Prediction {
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Prediction {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
 }
 
 /// One disagreement in a report.
@@ -20,8 +41,8 @@ pub struct Disagreement {
     pub correlation_id: String,
     pub variant: String,
     pub verdict: String,
-    pub primary_prediction: Value,
-    pub shadow_prediction: Value,
+    pub primary_prediction: Prediction,
+    pub shadow_prediction: Prediction,
     pub primary_status: u32,
     pub shadow_status: u32,
     pub unix_ms: u64,
@@ -50,8 +71,17 @@ pub struct ShadowReport {
     pub latency: LatencyReport,
     pub first_unix_ms: Option<u64>,
     pub last_unix_ms: Option<u64>,
-    /// Newest first.
+    /// Records whose predictions were cut at ingest (`--max-record-bytes`): their
+    /// predictions are `{"truncated_from_bytes": N, "prefix": ...}` markers.
+    #[serde(default)]
+    pub truncated: u64,
+    /// Newest first: at most `?limit=`, and at most `--max-report-bytes` of JSON
+    /// together.
     pub recent_disagreements: Vec<Disagreement>,
+    /// Disagreements within `?limit=` left out because the listed ones reached
+    /// `--max-report-bytes` (the oldest go).
+    #[serde(default)]
+    pub disagreements_omitted: u64,
     /// The model metadata of the rollout's variants (the primaries), as in the plan
     /// in force.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

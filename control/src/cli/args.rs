@@ -338,6 +338,17 @@ pub struct StoreArgs {
     /// Heavy reads (shadow and experiment reports, history) running at once; more wait.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub heavy_reads: u64,
+    /// A shadow record is stored within this many bytes of JSON: a larger one's
+    /// predictions are replaced by `{"truncated_from_bytes": N, "prefix": ...}`
+    /// (counted in rollout_control_shadow_records_truncated_total). The default is
+    /// the filter's own cut, so what a filter posts is stored whole.
+    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u64).range(4096..=4_194_304))]
+    pub max_record_bytes: u64,
+    /// The recent disagreements of one shadow report hold at most this many bytes of
+    /// JSON together (older ones are left out and counted); a report's memory is
+    /// about twice this.
+    #[arg(long, default_value_t = 16_777_216, value_parser = clap::value_parser!(u64).range(1_048_576..=268_435_456))]
+    pub max_report_bytes: u64,
     /// Bytes shadow records, assignments and outcomes may hold together (default
     /// 1 GiB, at least 8 MiB). A write beyond it evicts the oldest data first, in the
     /// same transaction: records and assignments before any outcome (an experiment's

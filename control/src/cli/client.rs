@@ -13,6 +13,11 @@ use crate::util::query::encode_query_value;
 /// `cli:$USER`); commands call it only once they need the sidecar.
 pub type Connect<'a> = &'a dyn Fn(Option<String>) -> anyhow::Result<Client>;
 
+/// Largest answer the CLI reads: above the largest shadow report a sidecar serves
+/// (`--max-report-bytes`, at most 256 MiB, plus the summary) and every other
+/// answer, which are pages of at most 1,000 entries.
+pub const MAX_ANSWER_BYTES: u64 = 512 * 1024 * 1024;
+
 pub struct Client {
     agent: ureq::Agent,
     base: String,
@@ -127,6 +132,8 @@ impl Client {
             .and_then(|v| v.parse().ok());
         let text = resp
             .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
             .read_to_string()
             .map_err(|e| anyhow!("{method} {url}: reading the answer: {e}"))?;
         if status.is_success() {

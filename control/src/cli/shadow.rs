@@ -4,8 +4,6 @@
 
 use std::io::Write;
 
-use serde_json::Value;
-
 use crate::api::shadow::{LatencySummary, ShadowReport, SAMPLE_NOTE};
 use crate::cli::client::Client;
 use crate::cli::table::{pct, table};
@@ -16,10 +14,9 @@ fn opt<T: ToString>(x: Option<T>) -> String {
 }
 
 /// Up to `max` characters of a prediction's JSON.
-fn short_json(v: &Value, max: usize) -> String {
-    let s = v.to_string();
+fn short_json(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
-        return s;
+        return s.to_string();
     }
     let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
     t.push('…');
@@ -85,6 +82,22 @@ pub fn print_report(out: &mut impl Write, r: &ShadowReport) -> std::io::Result<(
     if r.recent_disagreements.is_empty() {
         return writeln!(out, "no disagreement recorded");
     }
+    if r.truncated > 0 {
+        writeln!(
+            out,
+            "{} records had their predictions cut at ingest (--max-record-bytes): \
+             {{\"truncated_from_bytes\": N, \"prefix\": ...}}",
+            r.truncated
+        )?;
+    }
+    if r.disagreements_omitted > 0 {
+        writeln!(
+            out,
+            "{} older disagreements left out: the listed ones reached the sidecar's \
+             --max-report-bytes",
+            r.disagreements_omitted
+        )?;
+    }
     writeln!(out, "recent disagreements, newest first:")?;
     let rows: Vec<Vec<String>> = r
         .recent_disagreements
@@ -96,8 +109,8 @@ pub fn print_report(out: &mut impl Write, r: &ShadowReport) -> std::io::Result<(
                 d.variant.clone(),
                 d.verdict.clone(),
                 format!("{}/{}", d.primary_status, d.shadow_status),
-                short_json(&d.primary_prediction, 40),
-                short_json(&d.shadow_prediction, 40),
+                short_json(d.primary_prediction.json(), 40),
+                short_json(d.shadow_prediction.json(), 40),
             ]
         })
         .collect();
@@ -148,7 +161,7 @@ mod tests {
 
     #[test]
     fn short_predictions() {
-        assert_eq!(short_json(&serde_json::json!([0.5]), 10), "[0.5]");
-        assert_eq!(short_json(&serde_json::json!("abcdefghijkl"), 6), "\"abcd…");
+        assert_eq!(short_json("[0.5]", 10), "[0.5]");
+        assert_eq!(short_json("\"abcdefghijkl\"", 6), "\"abcd…");
     }
 }

@@ -8,6 +8,7 @@
 //! | `rollout_control_plan_changes_total` | counter | op | plan versions in the store by operation (counted from the durable history, so it survives restarts; after a restart, from the versions `--history-keep` kept) |
 //! | `rollout_control_http_requests_total` | counter | route, status | answered requests by route template (`unmatched` for unknown paths) and status |
 //! | `rollout_control_shadow_records_total` | counter | | shadow records stored since start |
+//! | `rollout_control_shadow_records_truncated_total` | counter | | shadow records stored since start whose predictions were cut to `--max-record-bytes` |
 //! | `rollout_control_assignments_total` | counter | | experiment assignments stored since start |
 //! | `rollout_control_assignments_refused_total` | counter | | assignments refused since start: the id was already assigned to another rollout or variant (assignments are immutable) |
 //! | `rollout_control_feedback_total` | counter | result (`accepted` `unknown` `dropped`) | outcomes received since start |
@@ -36,6 +37,7 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Default)]
 pub struct Metrics {
     shadow_records: AtomicU64,
+    shadow_records_truncated: AtomicU64,
     assignments: AtomicU64,
     assignments_refused: AtomicU64,
     feedback_accepted: AtomicU64,
@@ -56,6 +58,11 @@ struct PlanOps {
 impl Metrics {
     pub fn shadow_records_stored(&self, n: u64) {
         self.shadow_records.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn shadow_records_truncated(&self, n: u64) {
+        self.shadow_records_truncated
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn assignments_stored(&self, n: u64) {
@@ -193,6 +200,18 @@ impl Metrics {
             "rollout_control_shadow_records_total",
             &[],
             self.shadow_records.load(Ordering::Relaxed),
+        );
+        header(
+            &mut out,
+            "rollout_control_shadow_records_truncated_total",
+            "counter",
+            "Shadow records stored since start whose predictions were cut to --max-record-bytes.",
+        );
+        line(
+            &mut out,
+            "rollout_control_shadow_records_truncated_total",
+            &[],
+            self.shadow_records_truncated.load(Ordering::Relaxed),
         );
         header(
             &mut out,

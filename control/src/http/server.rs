@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 /// The HTTP limits of `serve` (flags `--header-timeout-ms`, `--body-timeout-ms`,
-/// `--max-connections`, `--shutdown-grace-ms`, `--heavy-reads`).
+/// `--max-connections`, `--shutdown-grace-ms`, `--heavy-reads`, `--max-record-bytes`,
+/// `--max-report-bytes`).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     /// A request's headers must arrive within this.
@@ -31,7 +32,19 @@ pub struct HttpLimits {
     pub shutdown_grace: Duration,
     /// Heavy reads (reports, history) running at once; more wait for a permit.
     pub heavy_reads: usize,
+    /// A shadow record is stored within this many bytes of JSON: a larger one's
+    /// predictions are cut at ingest.
+    pub max_record_bytes: usize,
+    /// The recent disagreements of a shadow report hold at most this many bytes of
+    /// JSON together (the oldest are left out).
+    pub max_report_bytes: usize,
 }
+
+/// Default of `--max-record-bytes`: the filter's own cut (`wire::MAX_RECORD_BYTES`,
+/// 128 KiB), so what a filter posts is stored whole.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = rollout_core::wire::MAX_RECORD_BYTES;
+/// Default of `--max-report-bytes`.
+pub const DEFAULT_MAX_REPORT_BYTES: usize = 16 * 1024 * 1024;
 
 impl Default for HttpLimits {
     fn default() -> Self {
@@ -41,6 +54,8 @@ impl Default for HttpLimits {
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(5),
             heavy_reads: 1,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_report_bytes: DEFAULT_MAX_REPORT_BYTES,
         }
     }
 }

@@ -3,6 +3,13 @@
 //! `{"stored": n}` after the durable commit) and
 //! `GET /v1/shadow-report?rollout=R[&since_ms=T][&limit=N]` (agreement, verdicts,
 //! latency percentiles, recent disagreements: `report::shadow`).
+//!
+//! Each arriving record is kept within `--max-record-bytes` of JSON
+//! (`ShadowRecord::fit`): a larger one has its predictions replaced by
+//! `{"truncated_from_bytes": N, "prefix": "<its JSON, cut>"}` and is counted in
+//! `rollout_control_shadow_records_truncated_total`. Every other field of a record is
+//! bounded by its validation (names, ids, cluster, proxy id) and unknown fields are
+//! not kept, so a stored record is never larger than that setting.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,20 +17,22 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rollout_core::fields;
 use rollout_core::model::ModelSpec;
-use rollout_core::wire::ShadowRecordBatch;
+use rollout_core::wire::{json_len, ShadowRecordBatch};
 use serde::Deserialize;
 
 use crate::api::ingest::Stored;
-use crate::api::shadow::ShadowReport;
 use crate::http::error::ApiError;
 use crate::http::extract::{ingest_body, parse_object, parse_u64_param, query, MAX_INGEST_BODY};
 use crate::http::state::AppState;
-use crate::report::shadow::shadow_report;
+use crate::report::shadow::{shadow_report, Bounds};
 use crate::store::blocking::blocking;
+use crate::store::error::StoreError;
 use crate::store::shadow_records::store_records;
 use crate::util::timefmt::now_unix_ms;
 
@@ -53,13 +62,19 @@ async fn post_records(
     // The sender's clock orders retention: a time ahead of ours (u64::MAX would be
     // kept for ever) becomes our receive time.
     let now = now_unix_ms();
+    let max = state.limits().max_record_bytes;
+    let mut cut = 0u64;
     for r in &mut records {
         r.proxy.clone_from(&proxy);
         r.unix_ms = r.unix_ms.min(now);
+        if r.fit(max).1 {
+            cut += 1;
+        }
     }
     let store = Arc::clone(state.store());
     let stored = blocking(move || store_records(&store, &records)).await?;
     state.metrics().shadow_records_stored(stored);
+    state.metrics().shadow_records_truncated(cut);
     Ok(Json(Stored { stored, refused: 0 }))
 }
 
@@ -91,7 +106,7 @@ fn plan_facts(state: &AppState, rollout: &str) -> (Option<f64>, BTreeMap<String,
 async fn report(
     State(state): State<AppState>,
     q: Result<Query<ReportQuery>, QueryRejection>,
-) -> Result<Json<ShadowReport>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let rollout = q
         .rollout
@@ -110,8 +125,22 @@ async fn report(
     };
     let (sp, models) = plan_facts(&state, &rollout);
     let store = Arc::clone(state.store());
+    let bounds = Bounds {
+        limit,
+        max_bytes: state.limits().max_report_bytes,
+    };
     let _permit = state.heavy_read().await;
-    let mut report = blocking(move || shadow_report(&store, &rollout, since_ms, limit, sp)).await?;
-    report.models = models;
-    Ok(Json(report))
+    // Computed and serialized off the runtime's threads, into a buffer of the
+    // answer's exact size (no doubling as it grows): the report and its text are
+    // the only copies (`report::shadow` on the bound).
+    let body = blocking(move || {
+        let mut report = shadow_report(&store, &rollout, since_ms, bounds, sp)?;
+        report.models = models;
+        let mut buf = Vec::with_capacity(json_len(&report));
+        serde_json::to_writer(&mut buf, &report)
+            .map_err(|e| StoreError::Db(format!("cannot serialize the report: {e}")))?;
+        Ok::<_, StoreError>(buf)
+    })
+    .await?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }

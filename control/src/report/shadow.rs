@@ -2,12 +2,33 @@
 //! counts, latency percentiles and the recent disagreements, computed from the
 //! stored records (`store::shadow_records`). The records are a sample (see
 //! [`SAMPLE_NOTE`]); the exact counts are Envoy's metrics.
+//!
+//! Memory is bounded whatever the store holds. The records are read one at a time
+//! (one read transaction, each record decoded, folded in and dropped); what the
+//! report keeps is
+//!
+//! - the counts: constant;
+//! - two latencies per record in range (16 bytes each) for exact percentiles: at most
+//!   `16 × MAX_RECORDS_PER_ROLLOUT` = 1.6 MB;
+//! - the recent disagreements: at most `limit` (≤ 1,000) and at most `max_bytes` of
+//!   JSON together (`--max-report-bytes`), the predictions kept as their JSON text
+//!   ([`Prediction`]), never as parsed trees. Older disagreements beyond the bytes
+//!   are dropped as newer ones arrive and counted in `disagreements_omitted`.
+//!
+//! Serializing the answer copies it once more, so one report costs at most about
+//! `2 × max_bytes + 1.6 MB` above the sidecar's resting memory (plus redb's page
+//! cache, 16 MiB, shared); `--heavy-reads` bounds how many run at once.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use rollout_core::answer::Verdict;
+use rollout_core::wire::json_len;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
-use crate::api::shadow::{Disagreement, LatencyReport, LatencySummary, ShadowReport, SAMPLE_NOTE};
+use crate::api::shadow::{
+    Disagreement, LatencyReport, LatencySummary, Prediction, ShadowReport, SAMPLE_NOTE,
+};
 use crate::store::error::StoreError;
 use crate::store::shadow_records;
 use crate::store::Store;
@@ -36,13 +57,76 @@ fn latency_summary(mut values: Vec<u64>) -> LatencySummary {
     }
 }
 
+/// A prediction as JSON text (`null` if it could not be written, which a parsed
+/// value never fails).
+fn prediction(v: &Value) -> Prediction {
+    Prediction(serde_json::value::to_raw_value(v).unwrap_or_else(|_| Box::<RawValue>::default()))
+}
+
+/// Whether a stored prediction is the marker of one cut at ingest
+/// (`ShadowRecord::fit`).
+fn is_cut(v: &Value) -> bool {
+    v.get("truncated_from_bytes").is_some() && v.get("prefix").is_some()
+}
+
+/// What a report lists and how much: at most `limit` disagreements of at most
+/// `max_bytes` of JSON together.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub limit: usize,
+    pub max_bytes: usize,
+}
+
+/// The newest disagreements within [`Bounds`], fed oldest first.
+struct Recent {
+    bounds: Bounds,
+    list: VecDeque<(usize, Disagreement)>,
+    bytes: usize,
+    /// Disagreements fed.
+    seen: usize,
+}
+
+impl Recent {
+    fn push(&mut self, d: Disagreement) {
+        self.seen += 1;
+        if self.bounds.limit == 0 {
+            return;
+        }
+        // Its bytes in the answer: its JSON and a comma.
+        let size = json_len(&d).saturating_add(1);
+        if self.list.len() == self.bounds.limit {
+            if let Some((s, _)) = self.list.pop_front() {
+                self.bytes -= s;
+            }
+        }
+        self.bytes += size;
+        self.list.push_back((size, d));
+        while self.bytes > self.bounds.max_bytes {
+            let Some((s, _)) = self.list.pop_front() else {
+                break;
+            };
+            self.bytes -= s;
+        }
+    }
+
+    /// Newest first, and how many within the limit the bytes left out.
+    fn finish(self) -> (Vec<Disagreement>, u64) {
+        // What the limit alone would have listed, less what is listed.
+        let omitted = self.seen.min(self.bounds.limit) - self.list.len();
+        (
+            self.list.into_iter().rev().map(|(_, d)| d).collect(),
+            omitted as u64,
+        )
+    }
+}
+
 /// The report of one rollout's records since `since_ms`. `sample_percent`: the
 /// current plan's `shadow.records.sample_percent`, if any. Blocking.
 pub fn shadow_report(
     store: &Store,
     rollout: &str,
     since_ms: Option<u64>,
-    limit: usize,
+    bounds: Bounds,
     sample_percent: Option<f64>,
 ) -> Result<ShadowReport, StoreError> {
     let mut by_verdict: BTreeMap<String, u64> = Verdict::ALL
@@ -52,9 +136,18 @@ pub fn shadow_report(
     let (mut agree, mut total) = (0u64, 0u64);
     let (mut primary, mut shadow) = (Vec::new(), Vec::new());
     let (mut first, mut last) = (None, None);
-    let mut recent: VecDeque<Disagreement> = VecDeque::new();
+    let mut recent = Recent {
+        bounds,
+        list: VecDeque::new(),
+        bytes: 0,
+        seen: 0,
+    };
+    let mut truncated = 0u64;
     shadow_records::scan(store, rollout, since_ms, |r| {
         total += 1;
+        if is_cut(&r.primary_prediction) || is_cut(&r.shadow_prediction) {
+            truncated += 1;
+        }
         if r.agree {
             agree += 1;
         }
@@ -65,22 +158,20 @@ pub fn shadow_report(
         shadow.push(r.shadow_latency_ms);
         first = first.or(Some(r.unix_ms));
         last = Some(r.unix_ms);
-        if !r.agree && limit > 0 {
-            if recent.len() == limit {
-                recent.pop_front();
-            }
-            recent.push_back(Disagreement {
+        if !r.agree {
+            recent.push(Disagreement {
                 correlation_id: r.correlation_id,
                 variant: r.variant,
                 verdict: r.verdict.as_str().to_string(),
-                primary_prediction: r.primary_prediction,
-                shadow_prediction: r.shadow_prediction,
+                primary_prediction: prediction(&r.primary_prediction),
+                shadow_prediction: prediction(&r.shadow_prediction),
                 primary_status: r.primary_status,
                 shadow_status: r.shadow_status,
                 unix_ms: r.unix_ms,
             });
         }
     })?;
+    let (recent_disagreements, disagreements_omitted) = recent.finish();
     let disagree = total - agree;
     let rate = |a: f64, d: f64| {
         let n = a + d;
@@ -108,7 +199,9 @@ pub fn shadow_report(
         },
         first_unix_ms: first,
         last_unix_ms: last,
-        recent_disagreements: recent.into_iter().rev().collect(),
+        truncated,
+        recent_disagreements,
+        disagreements_omitted,
         models: BTreeMap::new(),
     })
 }

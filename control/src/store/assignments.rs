@@ -123,8 +123,9 @@ pub fn store_assignments_capped(
         drop((by_id, order, counts));
         ledger.finish(&tx)?;
     }
-    budget::enforce(&tx, store.data_budget())?;
+    let evicted = budget::enforce(&tx, store.data_budget())?;
     tx.commit().map_err(db_err)?;
+    store.evicted(evicted);
     Ok(result)
 }
 

@@ -75,7 +75,13 @@ pub struct Store {
     data_budget: u64,
     /// Versions the history retention keeps beyond `--history-keep`.
     pins: RwLock<Option<Pins>>,
+    /// Items the data budget evicted since the last line on stderr, and when that was.
+    evicted_unlogged: AtomicU64,
+    evicted_logged_ms: AtomicU64,
 }
+
+/// At most one stderr line about the data budget's evictions per this many ms.
+const EVICTION_LOG_EVERY_MS: u64 = 60_000;
 
 impl Store {
     /// Opens (creating if needed) `dir/control.redb` with the file backend. After a
@@ -104,7 +110,44 @@ impl Store {
             write_failures: AtomicU64::new(0),
             data_budget: opts.data_budget,
             pins: RwLock::new(None),
+            evicted_unlogged: AtomicU64::new(0),
+            evicted_logged_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Notes items the data budget evicted in a committed write; says so on stderr at
+    /// most once a minute (the metrics count every one).
+    pub(crate) fn evicted(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.evicted_unlogged.fetch_add(n, Ordering::Relaxed);
+        let now = crate::util::timefmt::now_unix_ms();
+        let last = self.evicted_logged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < EVICTION_LOG_EVERY_MS
+            || self
+                .evicted_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let n = self.evicted_unlogged.swap(0, Ordering::Relaxed);
+        let reach = self
+            .data_usage()
+            .ok()
+            .and_then(|u| u.oldest_received_ms)
+            .map_or(String::new(), |ms| {
+                format!(
+                    "; the oldest item kept is {} s old",
+                    now.saturating_sub(ms) / 1000
+                )
+            });
+        eprintln!(
+            "rollout-control: the data budget ({} bytes, --data-budget-bytes) evicted {n} \
+             items, oldest first{reach} (rollout_control_data_evicted_total)",
+            self.data_budget
+        );
     }
 
     /// Tells the history retention which versions are in force at proxies (asked at

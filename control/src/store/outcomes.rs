@@ -125,8 +125,9 @@ pub fn store_outcomes<E: From<StoreError> + From<ConfigError>>(
         drop((assignments, by_id, order, counts));
         ledger.finish(&tx)?;
     }
-    budget::enforce(&tx, store.data_budget())?;
+    let evicted = budget::enforce(&tx, store.data_budget())?;
     tx.commit().map_err(db_err)?;
+    store.evicted(evicted);
     Ok(result)
 }
 

@@ -83,8 +83,9 @@ pub fn store_records_capped(
         drop((table, counts));
         ledger.finish(&tx)?;
     }
-    budget::enforce(&tx, store.data_budget())?;
+    let evicted = budget::enforce(&tx, store.data_budget())?;
     tx.commit().map_err(db_err)?;
+    store.evicted(evicted);
     Ok(records.len() as u64)
 }
 
