@@ -16,8 +16,10 @@
 //!   are dropped as newer ones arrive and counted in `disagreements_omitted`.
 //!
 //! Serializing the answer copies it once more, so one report costs at most about
-//! `2 × max_bytes + 1.6 MB` above the sidecar's resting memory (plus redb's page
-//! cache, 16 MiB, shared); `--heavy-reads` bounds how many run at once.
+//! `2 × max_bytes + 1.6 MB` above the sidecar's resting memory, plus the record being
+//! decoded (a parsed array of numbers takes up to about 16 times its JSON:
+//! `--max-record-bytes` bounds that) and redb's page cache (16 MiB, shared);
+//! `--heavy-reads` bounds how many run at once.
 
 use std::collections::{BTreeMap, VecDeque};
 
