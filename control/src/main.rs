@@ -71,6 +71,7 @@ fn http_limits(args: &StoreArgs) -> HttpLimits {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         heavy_reads: usize::try_from(args.heavy_reads).unwrap_or(usize::MAX),
+        ingest_concurrency: usize::try_from(args.ingest_concurrency).unwrap_or(usize::MAX),
         max_record_bytes: usize::try_from(args.max_record_bytes).unwrap_or(usize::MAX),
         max_report_bytes: usize::try_from(args.max_report_bytes).unwrap_or(usize::MAX),
     }

@@ -338,6 +338,12 @@ pub struct StoreArgs {
     /// Heavy reads (shadow and experiment reports, history) running at once; more wait.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub heavy_reads: u64,
+    /// Ingestion POSTs (shadow records, assignments, feedback; up to 4 MiB each)
+    /// read, parsed and stored at once. More wait up to 2 s for a permit, then get
+    /// 503 with Retry-After: 1 (counted in rollout_control_ingest_refused_total).
+    /// Each running one can take about 16 × its body in memory while parsed.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub ingest_concurrency: u64,
     /// A shadow record is stored within this many bytes of JSON: a larger one's
     /// predictions are replaced by `{"truncated_from_bytes": N, "prefix": ...}`
     /// (counted in rollout_control_shadow_records_truncated_total). The default is

@@ -12,6 +12,7 @@
 //! | `rollout_control_assignments_total` | counter | | experiment assignments stored since start |
 //! | `rollout_control_assignments_refused_total` | counter | | assignments refused since start: the id was already assigned to another rollout or variant (assignments are immutable) |
 //! | `rollout_control_feedback_total` | counter | result (`accepted` `unknown` `dropped`) | outcomes received since start |
+//! | `rollout_control_ingest_refused_total` | counter | path (`/v1/shadow-records` `/v1/assignments` `/v1/feedback`) | ingestion POSTs answered 503 (`Retry-After: 1`) because every `--ingest-concurrency` permit stayed busy for 2 s (`http::ingest`) |
 //! | `rollout_control_data_budget_bytes` | gauge | | `--data-budget-bytes`: what shadow records, assignments and outcomes may hold together |
 //! | `rollout_control_data_bytes` | gauge | kind (`shadow_records` `assignments` `outcomes`) | bytes held under the budget (read from the store: right after a restart) |
 //! | `rollout_control_data_items` | gauge | kind | items held |
@@ -43,6 +44,8 @@ pub struct Metrics {
     feedback_accepted: AtomicU64,
     feedback_unknown: AtomicU64,
     feedback_dropped: AtomicU64,
+    /// Ingestion POSTs refused for want of a permit, by `http::ingest::INGEST_PATHS`.
+    ingest_refused: [AtomicU64; 3],
     /// (route template, status) -> answers. Bounded: routes are templates.
     http: Mutex<BTreeMap<(String, u16), u64>>,
     plan_ops: Mutex<PlanOps>,
@@ -78,6 +81,13 @@ impl Metrics {
             .fetch_add(accepted, Ordering::Relaxed);
         self.feedback_unknown.fetch_add(unknown, Ordering::Relaxed);
         self.feedback_dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// An ingestion POST to `INGEST_PATHS[index]` refused for want of a permit.
+    pub fn ingest_refused(&self, index: usize) {
+        if let Some(c) = self.ingest_refused.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn http_request(&self, route: &str, status: u16) {
@@ -252,6 +262,23 @@ impl Metrics {
                 &mut out,
                 "rollout_control_feedback_total",
                 &[("result", result)],
+                counter.load(Ordering::Relaxed),
+            );
+        }
+        header(
+            &mut out,
+            "rollout_control_ingest_refused_total",
+            "counter",
+            "Ingestion POSTs answered 503 because every --ingest-concurrency permit stayed busy, by path.",
+        );
+        for (path, counter) in crate::http::ingest::INGEST_PATHS
+            .iter()
+            .zip(&self.ingest_refused)
+        {
+            line(
+                &mut out,
+                "rollout_control_ingest_refused_total",
+                &[("path", path)],
                 counter.load(Ordering::Relaxed),
             );
         }

@@ -60,6 +60,7 @@ pub mod extract;
 pub mod headers;
 pub mod health;
 pub mod history;
+pub mod ingest;
 pub mod metrics;
 pub mod origin;
 pub mod plan;
@@ -101,6 +102,11 @@ pub fn app(state: AppState) -> Router {
             let timeout = state.limits().body_timeout;
             move |req, next| body_timeout::read_body(timeout, req, next)
         }))
+        // Outside the body read: the permit is taken before the body arrives.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ingest::permit,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

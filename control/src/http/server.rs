@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 /// The HTTP limits of `serve` (flags `--header-timeout-ms`, `--body-timeout-ms`,
-/// `--max-connections`, `--shutdown-grace-ms`, `--heavy-reads`, `--max-record-bytes`,
+/// `--max-connections`, `--shutdown-grace-ms`, `--heavy-reads`, `--ingest-concurrency`,
+/// `--max-record-bytes`,
 /// `--max-report-bytes`).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -32,6 +33,9 @@ pub struct HttpLimits {
     pub shutdown_grace: Duration,
     /// Heavy reads (reports, history) running at once; more wait for a permit.
     pub heavy_reads: usize,
+    /// Ingestion POSTs (shadow records, assignments, feedback) read, parsed and stored
+    /// at once; more wait up to 2 s, then get 503 (`http::ingest`).
+    pub ingest_concurrency: usize,
     /// A shadow record is stored within this many bytes of JSON: a larger one's
     /// predictions are cut at ingest.
     pub max_record_bytes: usize,
@@ -43,6 +47,8 @@ pub struct HttpLimits {
 /// Default of `--max-record-bytes`: the filter's own cut (`wire::MAX_RECORD_BYTES`,
 /// 128 KiB), so what a filter posts is stored whole.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = rollout_core::wire::MAX_RECORD_BYTES;
+/// Default of `--ingest-concurrency`.
+pub const DEFAULT_INGEST_CONCURRENCY: usize = 4;
 /// Default of `--max-report-bytes`.
 pub const DEFAULT_MAX_REPORT_BYTES: usize = 16 * 1024 * 1024;
 
@@ -54,6 +60,7 @@ impl Default for HttpLimits {
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(5),
             heavy_reads: 1,
+            ingest_concurrency: DEFAULT_INGEST_CONCURRENCY,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             max_report_bytes: DEFAULT_MAX_REPORT_BYTES,
         }

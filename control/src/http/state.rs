@@ -3,6 +3,7 @@
 //! engine.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::engine::ab::AbSource;
 use crate::engine::hooks::Hooks;
@@ -33,6 +34,8 @@ struct Inner {
     limits: HttpLimits,
     /// Permits of the heavy reads (reports, history): `limits.heavy_reads`.
     heavy: Arc<tokio::sync::Semaphore>,
+    /// Permits of the ingestion POSTs: `limits.ingest_concurrency` (`http::ingest`).
+    ingest: Arc<tokio::sync::Semaphore>,
     /// The engine's event sink and gate check (the notify layer), set before it starts.
     hooks: OnceLock<Hooks>,
     /// Recent events and webhook deliveries (`GET /v1/events`, `/metrics`).
@@ -59,6 +62,9 @@ impl AppState {
         AppState(Arc::new(Inner {
             limits,
             heavy: Arc::new(tokio::sync::Semaphore::new(limits.heavy_reads.max(1))),
+            ingest: Arc::new(tokio::sync::Semaphore::new(
+                limits.ingest_concurrency.max(1),
+            )),
             store,
             proxies,
             credentials,
@@ -101,6 +107,15 @@ impl AppState {
     /// which it never is).
     pub async fn heavy_read(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         Arc::clone(&self.0.heavy).acquire_owned().await.ok()
+    }
+
+    /// A permit to read, parse and store an ingestion body: at most
+    /// `limits.ingest_concurrency` at once. `None` if none came free within `wait`.
+    pub async fn ingest_permit(&self, wait: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(wait, Arc::clone(&self.0.ingest).acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// Starts the policy engine against this state's store and proxy table, and
