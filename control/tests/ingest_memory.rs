@@ -197,9 +197,25 @@ fn many_large_batches_keep_peak_memory_to_the_permits() {
             s => panic!("status {s}: {j}"),
         }
     }
+    polls.sort();
+    let bound = BASE + PERMITS * 20 * MAX_INGEST_BODY;
+    println!(
+        "{CLIENTS} concurrent posts of {:.1} MiB ({RECORDS_PER_BATCH} records, predictions of \
+         {ZEROS} numbers), --ingest-concurrency {PERMITS}: {} stored ({acknowledged} records), \
+         {refused} refused with 503, in {took:?}; sidecar VmHWM at rest {:.1} MiB, peak {:.1} MiB \
+         (bound {:.1} MiB); {} plan polls meanwhile, max {:?}",
+        mib(largest),
+        answers.len() as u64 - refused,
+        mib(rest),
+        mib(peak),
+        mib(bound),
+        polls.len(),
+        polls.last().copied().unwrap_or_default(),
+    );
     assert!(acknowledged > 0, "no post was stored");
+    // The report reads every stored record (up to 130 MB in a debug build): no hurry.
     let (s, report, _) = call(
-        &agent(),
+        &long_agent(),
         "GET",
         &format!("{url}/v1/shadow-report?rollout=fraud"),
         None,
@@ -219,21 +235,6 @@ fn many_large_batches_keep_peak_memory_to_the_permits() {
         refused
     );
 
-    polls.sort();
-    let bound = BASE + PERMITS * 20 * MAX_INGEST_BODY;
-    println!(
-        "{CLIENTS} concurrent posts of {:.1} MiB ({RECORDS_PER_BATCH} records, predictions of \
-         {ZEROS} numbers), --ingest-concurrency {PERMITS}: {} stored ({acknowledged} records), \
-         {refused} refused with 503, in {took:?}; sidecar VmHWM at rest {:.1} MiB, peak {:.1} MiB \
-         (bound {:.1} MiB); {} plan polls meanwhile, max {:?}",
-        mib(largest),
-        answers.len() as u64 - refused,
-        mib(rest),
-        mib(peak),
-        mib(bound),
-        polls.len(),
-        polls.last().copied().unwrap_or_default(),
-    );
     assert!(
         peak < bound,
         "peak RSS {:.1} MiB over the bound {:.1} MiB",

@@ -56,21 +56,11 @@ async fn post_records(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Stored>, ApiError> {
     let body = ingest_body(body)?;
-    let batch: ShadowRecordBatch = parse_object(&body)?;
-    batch.validate()?;
-    let ShadowRecordBatch { proxy, mut records } = batch;
-    // The sender's clock orders retention: a time ahead of ours (u64::MAX would be
-    // kept for ever) becomes our receive time.
-    let now = now_unix_ms();
     let max = state.limits().max_record_bytes;
-    let mut cut = 0u64;
-    for r in &mut records {
-        r.proxy.clone_from(&proxy);
-        r.unix_ms = r.unix_ms.min(now);
-        if r.fit(max).1 {
-            cut += 1;
-        }
-    }
+    // Parsing up to 4 MiB of predictions and sizing each record is CPU work: on the
+    // blocking pool, so plan polls keep the runtime's threads (`--ingest-concurrency`
+    // bounds how many run).
+    let (records, cut) = blocking(move || prepare(&body, max)).await?;
     let store = Arc::clone(state.store());
     let stored = blocking(move || store_records(&store, &records)).await?;
     state.metrics().shadow_records_stored(stored);
@@ -100,6 +90,29 @@ fn plan_facts(state: &AppState, rollout: &str) -> (Option<f64>, BTreeMap<String,
         .filter_map(|v| Some((v.name.clone(), v.model.clone()?)))
         .collect();
     (r.shadow.as_ref().map(|s| s.records.sample_percent), models)
+}
+
+/// A batch's records, parsed, validated and each cut to `max` bytes of JSON, and how
+/// many were cut.
+fn prepare(
+    body: &[u8],
+    max: usize,
+) -> Result<(Vec<rollout_core::wire::ShadowRecord>, u64), ApiError> {
+    let batch: ShadowRecordBatch = parse_object(body)?;
+    batch.validate()?;
+    let ShadowRecordBatch { proxy, mut records } = batch;
+    // The sender's clock orders retention: a time ahead of ours (u64::MAX would be
+    // kept for ever) becomes our receive time.
+    let now = now_unix_ms();
+    let mut cut = 0u64;
+    for r in &mut records {
+        r.proxy.clone_from(&proxy);
+        r.unix_ms = r.unix_ms.min(now);
+        if r.fit(max).1 {
+            cut += 1;
+        }
+    }
+    Ok((records, cut))
 }
 
 /// `GET /v1/shadow-report`.
