@@ -880,3 +880,61 @@ async fn real_listener() {
     stop_tx.send(()).unwrap();
     server.await.unwrap();
 }
+
+/// A history page holds at most `--max-report-bytes` of JSON: with 16 KiB and reasons
+/// of 1,000 bytes, a page of `limit=100` ends early with `X-History-Next-Before`, and
+/// following that cursor reads every version once, newest first.
+#[tokio::test]
+async fn history_pages_keep_to_their_bytes() {
+    let dir = TempDir::new("api-history-bytes");
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let limits = rollout_control::http::server::HttpLimits {
+        max_report_bytes: 16 * 1024,
+        ..Default::default()
+    };
+    let f = Fixture {
+        state: AppState::with_limits(store, Credentials::default(), limits),
+        _dir: dir,
+    };
+    assert_eq!(f.put_plan(PLAN).await.status, StatusCode::OK);
+    let reason = "r".repeat(1000);
+    for w in 1..=40 {
+        let uri = format!("/v1/rollouts/fraud/weights?reason={reason}");
+        let body = format!(r#"{{"variant":"canary","weight":{w}}}"#);
+        assert_eq!(
+            f.send("POST", &uri, &[], &body).await.status,
+            StatusCode::OK
+        );
+    }
+    let mut seen: Vec<u64> = Vec::new();
+    let mut before: Option<u64> = None;
+    let mut pages = 0;
+    loop {
+        let uri = match before {
+            Some(b) => format!("/v1/history?limit=100&before={b}"),
+            None => "/v1/history?limit=100".to_string(),
+        };
+        let r = f.get(&uri).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body.len() <= 16 * 1024 + 2, "{} bytes", r.body.len());
+        let page: Vec<u64> = r
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["version"].as_u64().unwrap())
+            .collect();
+        seen.extend(&page);
+        pages += 1;
+        match r.header("x-history-next-before") {
+            Some(next) => {
+                assert!(page.len() < 100);
+                assert_eq!(next.parse::<u64>().unwrap(), *page.last().unwrap());
+                before = Some(*page.last().unwrap());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=41).rev().collect::<Vec<u64>>());
+    assert!(pages >= 3, "{pages} pages");
+}

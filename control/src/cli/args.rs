@@ -344,8 +344,9 @@ pub struct StoreArgs {
     /// the filter's own cut, so what a filter posts is stored whole.
     #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u64).range(4096..=4_194_304))]
     pub max_record_bytes: u64,
-    /// The recent disagreements of one shadow report hold at most this many bytes of
-    /// JSON together (older ones are left out and counted); a report's memory is
+    /// The recent disagreements of one shadow report, and one history page, hold at
+    /// most this many bytes of JSON (older disagreements are left out and counted; a
+    /// history page ends early with X-History-Next-Before); a report's memory is
     /// about twice this.
     #[arg(long, default_value_t = 16_777_216, value_parser = clap::value_parser!(u64).range(1_048_576..=268_435_456))]
     pub max_report_bytes: u64,

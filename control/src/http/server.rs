@@ -35,8 +35,8 @@ pub struct HttpLimits {
     /// A shadow record is stored within this many bytes of JSON: a larger one's
     /// predictions are cut at ingest.
     pub max_record_bytes: usize,
-    /// The recent disagreements of a shadow report hold at most this many bytes of
-    /// JSON together (the oldest are left out).
+    /// The recent disagreements of a shadow report, and a history page, hold at most
+    /// this many bytes of JSON together (the oldest are left out; a page ends early).
     pub max_report_bytes: usize,
 }
 

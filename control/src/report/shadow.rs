@@ -16,8 +16,10 @@
 //!   are dropped as newer ones arrive and counted in `disagreements_omitted`.
 //!
 //! Serializing the answer copies it once more, so one report costs at most about
-//! `2 × max_bytes + 1.6 MB` above the sidecar's resting memory (plus redb's page
-//! cache, 16 MiB, shared); `--heavy-reads` bounds how many run at once.
+//! `2 × max_bytes + 1.6 MB` above the sidecar's resting memory, plus the record being
+//! decoded (a parsed array of numbers takes up to about 16 times its JSON:
+//! `--max-record-bytes` bounds that) and redb's page cache (16 MiB, shared);
+//! `--heavy-reads` bounds how many run at once.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -209,6 +211,51 @@ pub fn shadow_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn disagreement(i: usize, prediction_len: usize) -> Disagreement {
+        let text = format!("\"{}\"", "x".repeat(prediction_len));
+        Disagreement {
+            correlation_id: format!("req-{i:06}"),
+            variant: "canary".into(),
+            verdict: "prediction".into(),
+            primary_prediction: Prediction(RawValue::from_string(text.clone()).unwrap()),
+            shadow_prediction: Prediction(RawValue::from_string(text).unwrap()),
+            primary_status: 200,
+            shadow_status: 200,
+            unix_ms: i as u64,
+        }
+    }
+
+    fn run(limit: usize, max_bytes: usize, n: usize, len: usize) -> (Vec<u64>, u64, usize) {
+        let mut r = Recent {
+            bounds: Bounds { limit, max_bytes },
+            list: VecDeque::new(),
+            bytes: 0,
+            seen: 0,
+        };
+        for i in 0..n {
+            r.push(disagreement(i, len));
+        }
+        let bytes = r.bytes;
+        let (list, omitted) = r.finish();
+        (list.iter().map(|d| d.unix_ms).collect(), omitted, bytes)
+    }
+
+    #[test]
+    fn recent_disagreements_keep_to_the_limit_and_the_bytes() {
+        // the count binds: the newest 3, nothing omitted
+        let (ids, omitted, _) = run(3, 1 << 20, 10, 100);
+        assert_eq!((ids, omitted), (vec![9, 8, 7], 0));
+        // the bytes bind: each about 1,150 bytes, 4 fit in 5,000; 6 of the 10 omitted
+        let (ids, omitted, bytes) = run(1000, 5000, 10, 500);
+        assert_eq!(ids, vec![9, 8, 7, 6]);
+        assert_eq!(omitted, 6);
+        assert!(bytes <= 5000);
+        // one larger than the bytes: none listed, counted
+        assert_eq!(run(10, 100, 2, 500).0, Vec::<u64>::new());
+        assert_eq!(run(10, 100, 2, 500).1, 2);
+        assert_eq!(run(0, 100, 5, 1), (vec![], 0, 0));
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
