@@ -24,7 +24,7 @@ OCI_DIR := target/oci/model-rollout
 OCI_TAR := target/oci/model-rollout.tar
 
 .PHONY: all deps rust-deps py-deps node-deps prom-deps ui-deps bench-deps build wasm native \
-        test lint unit wasm-unit integration demo bench bench-fleet bench-instructions clean oci oci-check oci-deps \
+        test lint unit wasm-unit integration demo bench bench-fleet bench-instructions valgrind-deps clean oci oci-check oci-deps \
         fuzz-deps fuzz-smoke fuzz
 
 all: build
@@ -138,7 +138,11 @@ bench: py-deps bench-deps build
 
 # Instructions per request of none / noop / floor / ours under callgrind (noise-free;
 # needs valgrind; 10-25 minutes).
-bench-instructions: py-deps build
+# valgrind (Debian's package): bench/instructions.py counts instructions under callgrind.
+valgrind-deps:
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends valgrind; }
+
+bench-instructions: py-deps valgrind-deps build
 	$(PY) bench/instructions.py --envoy $(ENVOY)
 
 # Only the fleet run: 20,000 authenticated proxies polling the sidecar every second.

@@ -3,19 +3,21 @@
 
 Wall-clock and CPU-time figures swing with whatever else runs on the machine; the
 instructions Envoy executes per request do not. This script runs each setup's Envoy
-(the direct-shape configs of bench/run.py, `--concurrency 1`) under valgrind's
+(the configs of bench/run.py, `--concurrency 1`; direct shape, or `--shape upstream`
+with the demo model servers: mirror vs shadow) under valgrind's
 callgrind, sends a warm-up, then N sequential keep-alive requests, and counts the
 instructions Envoy executed (every thread, user space, V8-compiled Wasm code
 included) while it served them. The idle instructions of an equally long quiet
-window (timers, stats flush) are subtracted. Repeated runs agree to well under 1 %.
+window (timers, stats flush) are subtracted. Repeated runs agree to within ~0.5 %.
 
-Envoy under callgrind starts in 1-5 minutes (V8 compiles the module under the
+Envoy under callgrind starts in 1-12 minutes (V8 compiles the module under the
 instrumenter) and serves a few hundred requests a second; the setups run in parallel
 (--jobs), each on one core.
 
     .venv/bin/python bench/instructions.py                    # none noop floor ours
     .venv/bin/python bench/instructions.py --setups none,ours --wasm ours=/tmp/other.wasm
     .venv/bin/python bench/instructions.py --floor-ops set2="request: set:a set:b"
+    .venv/bin/python bench/instructions.py --shape upstream -n 400 --warm 50 --jobs 4
 
 To turn instructions into time on a given machine, divide by its rate for Envoy
 (`make bench` prints µs per request for none: that machine's instructions per µs is
@@ -41,17 +43,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402  (bench/run.py: configs, ports, helpers)
 
 SETUPS = ("none", "noop", "floor", "ours")
+UPSTREAM_SETUPS = ("none", "mirror", "ours", "ours-shadow")
+
+
+def start_upstreams(workdir: Path) -> tuple[dict[str, int], list[subprocess.Popen[bytes]]]:
+    """The three demo model servers of bench/run.py's upstream shape (not under callgrind)."""
+    ports, procs = {}, []
+    for version in R.UPSTREAMS:
+        port = R.free_port()
+        argv = R.DEFAULT_UPSTREAM_CMD.format(root=R.ROOT, port=port, version=version).split()
+        with open(workdir / f"upstream-{version}.log", "wb") as out:
+            procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT))
+        ports[f"model_{version}"] = port
+        url = f"http://127.0.0.1:{port}{R.INFER_PATH}"
+        ok = R.wait_until(lambda url=url: R.http(url, body=R.INFER_BODY, timeout=2,
+                                                  headers={"Content-Type": "application/json"})[0] == 200,
+                          30, procs[-1])
+        if not ok:
+            raise R.BenchError(f"upstream {version} did not answer")
+    return ports, procs
 
 
 def count(setup: str, config: Path, *, wasm: str | None, ops: str | None, n: int, warm: int,
-          envoy: str, workdir: Path) -> dict[str, Any]:
+          envoy: str, workdir: Path, upstreams: dict[str, int] | None = None) -> dict[str, Any]:
     """One setup under callgrind: instructions per request (idle window subtracted)."""
     wd = workdir / setup
     wd.mkdir(parents=True)
     admin, listen = R.free_port(), R.free_port()
     cfg = wd / "envoy.yaml"
     R.rewrite_config(config, cfg, admin=admin, listen=listen,
-                     upstreams={f"model_{v}": 1 for v in R.UPSTREAMS})
+                     upstreams=upstreams or {f"model_{v}": 1 for v in R.UPSTREAMS})
     doc = R.load_yaml(cfg)
 
     def edit(d: dict[str, Any]) -> None:
@@ -89,7 +110,7 @@ def count(setup: str, config: Path, *, wasm: str | None, ops: str | None, n: int
             return headers
 
         headers = send(warm, 0)
-        if setup in ("floor", "ours") and "x-model-variant" not in headers:
+        if setup in ("floor", "ours", "ours-shadow") and "x-model-variant" not in headers:
             raise R.BenchError(f"{setup}: no x-model-variant in the answer: the filter did not run\n{R.tail(log)}")
 
         def control(*args: str) -> None:
@@ -99,6 +120,8 @@ def count(setup: str, config: Path, *, wasm: str | None, ops: str | None, n: int
         t0 = time.monotonic()
         send(n, 10**6)
         busy_s = time.monotonic() - t0
+        if upstreams:
+            time.sleep(min(busy_s, 20.0))  # the last shadow answers arrive
         control("-d", "busy")
         idle_s = min(busy_s, 20.0)
         time.sleep(idle_s)
@@ -114,7 +137,14 @@ def count(setup: str, config: Path, *, wasm: str | None, ops: str | None, n: int
             raise R.BenchError(f"{setup}: no callgrind dumps in {wd}")
         idle_rate = totals["idle"] / idle_s
         per = (totals["busy"] - idle_rate * busy_s) / n
-        return {"setup": setup, "instructions_per_request": per, "requests": n,
+        if upstreams:
+            busy_s += min(busy_s, 20.0)
+            per = (totals["busy"] - idle_rate * busy_s) / n
+        notes = {}
+        if setup == "ours-shadow":
+            st = R.http(f"http://127.0.0.1:{admin}/stats?filter=shadow_(sent|compared)_total", timeout=5)[2]
+            notes["shadow"] = st.decode(errors="replace").strip()
+        return {"setup": setup, "instructions_per_request": per, "requests": n, **notes,
                 "busy_instructions": totals["busy"], "idle_instructions_per_s": idle_rate,
                 "seconds": busy_s}
     finally:
@@ -123,7 +153,10 @@ def count(setup: str, config: Path, *, wasm: str | None, ops: str | None, n: int
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--setups", default=",".join(SETUPS), help=f"comma list of {', '.join(SETUPS)}")
+    ap.add_argument("--shape", choices=("direct", "upstream"), default="direct",
+                    help="direct (Envoy answers) or upstream (demo model servers; mirror vs shadow)")
+    ap.add_argument("--setups", default=None,
+                    help=f"comma list; direct: {', '.join(SETUPS)}; upstream: {', '.join(UPSTREAM_SETUPS)}")
     ap.add_argument("--wasm", action="append", default=[], metavar="SETUP=PATH",
                     help="another .wasm for a setup's filter (a setup name not in SETUPS runs ours' config)")
     ap.add_argument("--floor-ops", action="append", default=[], metavar="NAME=OPS",
@@ -147,9 +180,11 @@ def main(argv: list[str]) -> int:
         pass
     jobs: list[tuple[str, Path, str | None, str | None]] = []
     wasm = dict(w.split("=", 1) for w in a.wasm)
-    for s in [x for x in a.setups.split(",") if x]:
-        base = s if s in SETUPS else "ours"
-        jobs.append((s, R.CONFIG_DIR / f"{base}-direct.yaml", wasm.get(s), None))
+    known = SETUPS if a.shape == "direct" else UPSTREAM_SETUPS
+    setups = a.setups if a.setups is not None else ",".join(known)
+    for s in [x for x in setups.split(",") if x]:
+        base = s if s in known else "ours"
+        jobs.append((s, R.CONFIG_DIR / f"{base}-{a.shape}.yaml", wasm.get(s), None))
     for f in a.floor_ops:
         name, ops = f.split("=", 1)
         jobs.append((f"floor-{name}", R.CONFIG_DIR / "floor-direct.yaml", None, ops))
@@ -161,14 +196,24 @@ def main(argv: list[str]) -> int:
     print(f"# instructions per request under callgrind; {a.requests} requests per setup after "
           f"{a.warm} of warm-up; load average {R.loadavg()}", flush=True)
     results: dict[str, dict[str, Any]] = {}
+    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="bench-instr-") as tmp:
-        with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-            futs = {pool.submit(count, s, c, wasm=w, ops=o, n=a.requests, warm=a.warm,
-                                envoy=envoy, workdir=Path(tmp)): s for s, c, w, o in jobs}
-            for fut in concurrent.futures.as_completed(futs):
-                r = fut.result()
-                results[r["setup"]] = r
-                print(f"  {r['setup']:16s} {r['instructions_per_request']:10.0f} instructions/request", flush=True)
+        try:
+            ups = None
+            if a.shape == "upstream":
+                ups, procs = start_upstreams(Path(tmp))
+            with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+                futs = {pool.submit(count, s, c, wasm=w, ops=o, n=a.requests, warm=a.warm,
+                                    envoy=envoy, workdir=Path(tmp), upstreams=ups): s
+                        for s, c, w, o in jobs}
+                for fut in concurrent.futures.as_completed(futs):
+                    r = fut.result()
+                    results[r["setup"]] = r
+                    print(f"  {r['setup']:16s} {r['instructions_per_request']:10.0f} instructions/request"
+                          + (f"  ({r['shadow']})" if r.get("shadow") else ""), flush=True)
+        finally:
+            for p in procs:
+                R.stop_process(p, "upstream")
     base = results.get("none", {}).get("instructions_per_request")
     print()
     print("| setup | instructions/request | added over none |")
@@ -177,6 +222,11 @@ def main(argv: list[str]) -> int:
         r = results[s]["instructions_per_request"]
         added = f"{r - base:+.0f}" if base is not None and s != "none" else "-"
         print(f"| {s} | {r:.0f} | {added} |")
+    if all(k in results for k in ("none", "mirror", "ours", "ours-shadow")):
+        path = results["ours-shadow"]["instructions_per_request"] - results["ours"]["instructions_per_request"]
+        mirror = results["mirror"]["instructions_per_request"] - results["none"]["instructions_per_request"]
+        print(f"\nshadow path (ours-shadow - ours): {path:+.0f}; mirror (mirror - none): {mirror:+.0f}; "
+              f"ratio {path / mirror:.2f} (target <= 1.10)")
     if "ours" in results and "floor" in results:
         d = results["ours"]["instructions_per_request"] - results["floor"]["instructions_per_request"]
         print(f"\nours - floor: {d:+.0f} instructions/request")
