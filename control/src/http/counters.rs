@@ -32,6 +32,10 @@ use crate::store::budget;
 use crate::store::proxies::ProxyTable;
 use crate::store::{Store, StoreError};
 
+/// The ingestion calls that take a permit (`http::ingest`), also the `path` label of
+/// their refusals.
+pub const INGEST_PATHS: [&str; 3] = ["/v1/shadow-records", "/v1/assignments", "/v1/feedback"];
+
 /// The sidecar's counters. One per `AppState`; every method is cheap and lock-free
 /// except the HTTP table (a short mutex) and the plan-change count (read from the
 /// store at scrape time).
@@ -44,7 +48,7 @@ pub struct Metrics {
     feedback_accepted: AtomicU64,
     feedback_unknown: AtomicU64,
     feedback_dropped: AtomicU64,
-    /// Ingestion POSTs refused for want of a permit, by `http::ingest::INGEST_PATHS`.
+    /// Ingestion POSTs refused for want of a permit, by [`INGEST_PATHS`].
     ingest_refused: [AtomicU64; 3],
     /// (route template, status) -> answers. Bounded: routes are templates.
     http: Mutex<BTreeMap<(String, u16), u64>>,
@@ -271,10 +275,7 @@ impl Metrics {
             "counter",
             "Ingestion POSTs answered 503 because every --ingest-concurrency permit stayed busy, by path.",
         );
-        for (path, counter) in crate::http::ingest::INGEST_PATHS
-            .iter()
-            .zip(&self.ingest_refused)
-        {
+        for (path, counter) in INGEST_PATHS.iter().zip(&self.ingest_refused) {
             line(
                 &mut out,
                 "rollout_control_ingest_refused_total",

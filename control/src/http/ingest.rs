@@ -20,12 +20,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Body as _;
 
+use crate::http::counters::INGEST_PATHS;
 use crate::http::error::ApiError;
 use crate::http::extract::MAX_INGEST_BODY;
 use crate::http::state::AppState;
-
-/// The ingestion calls that take a permit (also the `path` label of the refusals).
-pub const INGEST_PATHS: [&str; 3] = ["/v1/shadow-records", "/v1/assignments", "/v1/feedback"];
 
 /// Longest wait for a permit before the request is refused.
 pub const INGEST_WAIT: Duration = Duration::from_secs(2);
