@@ -20,7 +20,7 @@
 //! | GET  | `/v1/history?limit=N&before=V` | [`history`] | newest first (default 100, at most 1,000 per page; `before`: versions below V, the next page) |
 //! | GET  | `/v1/status` | [`status`] | version, age, weights, policies, the engine, proxies and how far behind they are |
 //! | GET  | `/v1/rollouts/{name}/analysis?limit=N&version=V` | [`analysis`] | policy decisions, check values, window series |
-//! | POST | `/v1/shadow-records` | [`shadow`] | the filter's shadow comparison records: 200 `{"stored": n}` (4 MiB) |
+//! | POST | `/v1/shadow-records` | [`shadow`] | the filter's shadow comparison records: 200 `{"stored": n}` (4 MiB; 503 `Retry-After: 1` when every `--ingest-concurrency` permit stays busy 2 s, as on the other two ingestion calls: [`ingest`]) |
 //! | GET  | `/v1/shadow-report?rollout=R[&since_ms=T][&limit=N]` | [`shadow`] | agreement, verdicts, latency percentiles, recent disagreements |
 //! | POST | `/v1/assignments` | [`experiments`] | the filter's A/B assignments: 200 `{"stored": n}` (4 MiB) |
 //! | POST | `/v1/feedback` | [`experiments`] | outcomes per correlation id: 200 `{"accepted", "unknown", "dropped"}` (4 MiB) |
