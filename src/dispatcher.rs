@@ -20,7 +20,7 @@ use rollout_core::wire::{
 use crate::active::Active;
 use crate::answer::{self, Wanted};
 use crate::host::{Host, HostError};
-use crate::hub::{Half, Hub, InFlight, MAX_JOBS};
+use crate::hub::{Half, Hub, InFlight};
 use crate::metrics::count_bin;
 use crate::rng::Random;
 
@@ -81,15 +81,13 @@ impl ShadowDispatcher {
         hub.queue = host.register_queue(&name).ok();
     }
 
-    /// The request contexts nudged: drain the nudges (their content carries
-    /// nothing) and dispatch the parked jobs.
+    /// A request context nudged: take its nudge off the queue and dispatch the
+    /// parked jobs. Envoy wakes the root once per enqueue, so one dequeue per wake
+    /// keeps the queue empty; a nudge is empty, so the dequeue hands Wasm nothing
+    /// to allocate (no VM entry).
     pub fn queue_ready(&mut self, host: &impl Host, active: Option<&Active>, queue: u32) {
-        for _ in 0..MAX_JOBS {
-            match host.dequeue(queue) {
-                Ok(Some(_)) => continue,
-                _ => break,
-            }
-        }
+        // The nudge carries nothing; a failed dequeue changes nothing either.
+        let _ = host.dequeue(queue);
         self.dispatch_jobs(host, active);
     }
 

@@ -829,7 +829,12 @@ fn host_calls_of_a_shadowed_request() {
     );
     assert_eq!(
         log(&mut || root.queue_ready(1)),
-        vec!["dequeue", "dequeue", "now_nanos", "dispatch"]
+        vec!["dequeue", "now_nanos", "dispatch"],
+        "one dequeue per nudge"
+    );
+    assert!(
+        h.queue.borrow().is_empty(),
+        "the nudge was taken off the queue"
     );
     assert_eq!(
         log(&mut || {

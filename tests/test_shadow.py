@@ -112,6 +112,8 @@ def test_every_request_is_copied_with_same_body_and_id_minus_secrets(procs):
         assert copy["headers"]["x-user-id"] == "user-7"
     assert m(envoy, "model_rollout_shadow_sent_total") == n
     assert m(envoy, "model_rollout_shadow_agree_total") == n
+    # Every nudge (an empty shared-queue item) was accepted by Envoy.
+    assert metric(samples(envoy), "model_rollout_host_errors_total") == 0
 
 
 def test_sticky_sampling_shadows_the_same_users(procs):
