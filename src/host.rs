@@ -231,13 +231,6 @@ impl HeaderSnapshot {
             .map(|(_, v)| String::from_utf8_lossy(v))
     }
 
-    /// Owned pairs (for a shadow copy).
-    pub fn to_pairs(&self) -> Vec<(String, String)> {
-        self.iter()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
-    }
-
     fn raw_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         let b = self.bytes.as_slice();
         let word = move |at: usize| -> Option<usize> {
@@ -697,11 +690,11 @@ mod snapshot_tests {
         assert_eq!(s.get("empty").as_deref(), Some(""));
         assert_eq!(s.get("absent"), None);
         assert_eq!(
-            s.to_pairs(),
+            s.iter().collect::<Vec<_>>(),
             vec![
-                (":path".to_string(), "/v2/x".to_string()),
-                ("x-user-id".to_string(), "u1".to_string()),
-                ("empty".to_string(), String::new())
+                (":path".into(), "/v2/x".into()),
+                ("x-user-id".into(), "u1".into()),
+                ("empty".into(), "".into())
             ]
         );
         assert_eq!(HeaderSnapshot::default().get(":path"), None);

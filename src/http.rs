@@ -361,7 +361,7 @@ impl<H: Host> Http<H> {
             }
         };
         let mut headers = sh.copy_headers(
-            &primary_headers.to_pairs(),
+            primary_headers.iter(),
             &cfg.correlation_header,
             correlation_id,
         );

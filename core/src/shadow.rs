@@ -245,15 +245,18 @@ impl Shadow {
     /// The headers of the copy: the primary's minus the strip list and
     /// hop-by-hop headers, `:authority`/`:path` rewritten if configured, plus
     /// `x-shadow-request: true` and the correlation id.
-    pub fn copy_headers(
+    /// `primary` is read once, as it comes (the filter hands its header snapshot
+    /// in place: each header is copied once, into the result).
+    pub fn copy_headers<K: AsRef<str>, V: AsRef<str>>(
         &self,
-        primary: &[(String, String)],
+        primary: impl IntoIterator<Item = (K, V)>,
         correlation_header: &str,
         correlation_id: &str,
     ) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::with_capacity(primary.len() + 2);
+        let primary = primary.into_iter();
+        let mut out: Vec<(String, String)> = Vec::with_capacity(primary.size_hint().0 + 2);
         for (k, v) in primary {
-            let k = k.to_ascii_lowercase();
+            let (k, v) = (k.as_ref().to_ascii_lowercase(), v.as_ref());
             if self.strip.contains(&k)
                 || NEVER_COPY.contains(&k.as_str())
                 || k == SHADOW_HEADER
@@ -262,9 +265,9 @@ impl Shadow {
                 continue;
             }
             let v = match k.as_str() {
-                ":authority" => self.authority.clone().unwrap_or_else(|| v.clone()),
-                ":path" => self.path.clone().unwrap_or_else(|| v.clone()),
-                _ => v.clone(),
+                ":authority" => self.authority.clone().unwrap_or_else(|| v.to_string()),
+                ":path" => self.path.clone().unwrap_or_else(|| v.to_string()),
+                _ => v.to_string(),
             };
             out.push((k, v));
         }
@@ -322,7 +325,11 @@ mod tests {
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-        let h = s.copy_headers(&primary, "x-request-id", "cid-12345678");
+        let h = s.copy_headers(
+            primary.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            "x-request-id",
+            "cid-12345678",
+        );
         let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
         for gone in [
             "authorization",
