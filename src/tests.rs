@@ -816,10 +816,9 @@ fn host_calls_of_a_shadowed_request() {
             "request_headers_all",
             "set_request_header",
             "set_request_header",
-            "now_nanos",
             "now_nanos"
         ],
-        "snapshot, id, variant, clock, the join's clock"
+        "snapshot, id, variant, clock (the join's expiry reads the same clock)"
     );
     assert_eq!(
         log(&mut || {
