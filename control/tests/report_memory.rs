@@ -34,7 +34,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{write_file, ServerProc, TempDir, BIN, PLAN};
+use common::{mib, peak_rss, write_file, ServerProc, TempDir, BIN, PLAN};
 use rollout_control::store::shadow_records::{self, MAX_RECORDS_PER_ROLLOUT};
 use rollout_control::store::Store;
 use rollout_core::wire::{json_len, ShadowRecord};
@@ -100,25 +100,6 @@ fn seed(dir: &std::path::Path) {
         shadow_records::store_records(&store, &batch).unwrap();
     }
     store.close().unwrap();
-}
-
-/// `VmHWM` (peak resident set) of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kb * 1024
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
 }
 
 #[test]
