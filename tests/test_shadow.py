@@ -121,7 +121,11 @@ def test_sticky_sampling_shadows_the_same_users(procs):
     users = [f"user-{i}" for i in range(1500)]
     for _ in range(2):
         send_all(envoy.port(), [(FRAUD, {"x-user-id": u}) for u in users])
-    assert wait_for(lambda: m(envoy, "model_rollout_shadow_compared_total") >= 2 * 300, timeout=15)
+    # every copy sent has been answered and compared (so the shadow logged it) before
+    # the log is read: reading at a fixed count raced the copies still in flight
+    sent = lambda: m(envoy, "model_rollout_shadow_sent_total")  # noqa: E731
+    assert wait_for(lambda: sent() >= 2 * 300
+                    and m(envoy, "model_rollout_shadow_compared_total") >= sent(), timeout=20)
     log = admin_requests(shadow, 2000)
     seen = [e["headers"]["x-user-id"] for e in log]
     counts = {}
