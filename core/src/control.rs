@@ -384,16 +384,19 @@ mod tests {
     fn a_plan_reading_an_undeclared_header_is_refused() {
         let body = r#"{"version":5,"rollouts":[{"name":"r","salt":"s","variants":[{"name":"a","weight":50},{"name":"b","weight":50}],
             "targeting":[{"variant":"b","when":[{"header":"x-tester","present":true}]}]}]}"#;
-        let o = judge(
-            Some(200),
-            body.len(),
-            Some(body.as_bytes().to_vec()),
-            1 << 20,
-            1,
-            None,
-            PlanSource::Control,
-            &TrustedSources::default(),
-        );
+        let judge_with = |trusted: &TrustedSources| {
+            judge(
+                Some(200),
+                body.len(),
+                Some(body.as_bytes().to_vec()),
+                1 << 20,
+                1,
+                None,
+                PlanSource::Control,
+                trusted,
+            )
+        };
+        let o = judge_with(&TrustedSources::default());
         assert!(
             matches!(&o, PollOutcome::Rejected(Rejection::Invalid, m) if m.contains("rollouts[0].targeting[0].when[0].header")),
             "{o:?}"
@@ -402,16 +405,7 @@ mod tests {
             headers: vec!["x-tester".to_string()],
             jwt: false,
         };
-        let o = judge(
-            Some(200),
-            body.len(),
-            Some(body.as_bytes().to_vec()),
-            1 << 20,
-            1,
-            None,
-            PlanSource::Control,
-            &trusted,
-        );
+        let o = judge_with(&trusted);
         assert!(matches!(o, PollOutcome::Accepted { .. }));
     }
 
