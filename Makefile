@@ -3,6 +3,7 @@
 #   make demo    Envoy + demo models locally, live split per variant (Ctrl-C stops)
 #   make bench   pinned, interleaved wrk benchmark: none / native / noop / floor / ours, mirror vs shadow;
 #                then the fleet run (bench/fleet.py; alone: make bench-fleet)
+#   make bench-instructions  instructions per request under valgrind's callgrind (load-independent; 10-25 min)
 #   make oci     OCI image of the filter, digest pinned into istio/, gateway-api/, envoy-gateway/
 #   make fuzz    coverage-guided fuzzing of core's parsers, FUZZ_SECONDS per target (default 300)
 SHELL := /bin/bash
