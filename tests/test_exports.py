@@ -40,7 +40,7 @@ def exports(path: Path) -> list[str]:
 def test_the_shipped_wasm_exports_what_the_filter_needs_and_nothing_else():
     keep, drop = spec()
     assert {"proxy_on_request_headers", "proxy_on_delete", "proxy_on_memory_allocate"} <= keep
-    assert {"proxy_on_done", "proxy_on_request_trailers", "proxy_on_response_trailers",
+    assert {"proxy_on_done", "proxy_on_log", "proxy_on_request_trailers", "proxy_on_response_trailers",
             "proxy_on_new_connection", "proxy_on_grpc_receive", "proxy_on_foreign_function"} <= drop
     got = exports(WASM)
     assert len(got) == len(set(got))
