@@ -58,3 +58,23 @@ def test_quick_run_prints_every_figure():
     assert "target: shadow path (ours-shadow - ours)" in out
     # the filter really shadowed in ours-shadow
     assert "shadow_sent_total" in out
+
+
+def test_rss_compares_envoys_by_memory():
+    """bench/rss.py: one row per Envoy with every figure, and the mean per variant."""
+    if not shutil.which("wrk"):
+        pytest.fail("wrk is missing: make bench-deps")
+    res = subprocess.run([sys.executable, "bench/rss.py", "--reps", "1", "--secs", "1",
+                          "none=none", "ours=ours"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=150)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+            if line.split()[:1] in (["none#0"], ["ours#0"])}
+    assert set(rows) == {"none#0", "ours#0"}, out
+    none, ours = ([float(x) for x in rows[k]] for k in ("none#0", "ours#0"))
+    assert len(none) == len(ours) == 5, out
+    # the filter's Envoy holds compiled Wasm code; the plain one has none
+    assert ours[4] > 0 and none[4] == 0, out
+    assert ours[0] > none[0] > 0, out
+    assert "ours           mean VmRSS" in out and "over none" in out, out
