@@ -113,7 +113,8 @@ impl ShadowDispatcher {
                 }
                 continue;
             }
-            match host.dispatch(&job.cluster, &job.headers, Some(&job.body), job.timeout_ms) {
+            let headers = job.headers.iter().collect();
+            match host.dispatch(&job.cluster, headers, Some(&job.body), job.timeout_ms) {
                 Ok(token) => {
                     hub.in_flight.insert(
                         token,
@@ -337,7 +338,10 @@ impl ShadowDispatcher {
         let headers = post_headers(path, &control.authority, control.token.as_deref());
         match host.dispatch(
             &control.cluster,
-            &headers,
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
             Some(&body),
             control.timeout_ms.max(1000),
         ) {

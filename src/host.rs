@@ -70,7 +70,7 @@ pub trait Host {
     fn dispatch(
         &self,
         cluster: &str,
-        headers: &[(String, String)],
+        headers: Vec<(&str, &str)>,
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> HostResult<u32>;
@@ -145,7 +145,7 @@ impl<T: Host> Host for std::rc::Rc<T> {
     fn dispatch(
         &self,
         cluster: &str,
-        headers: &[(String, String)],
+        headers: Vec<(&str, &str)>,
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> HostResult<u32> {
@@ -385,17 +385,13 @@ impl Host for ProxyHost {
     fn dispatch(
         &self,
         cluster: &str,
-        headers: &[(String, String)],
+        headers: Vec<(&str, &str)>,
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> HostResult<u32> {
-        let h: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         Ok(hostcalls::dispatch_http_call(
             cluster,
-            h,
+            headers,
             body,
             Vec::new(),
             std::time::Duration::from_millis(timeout_ms),
@@ -595,7 +591,7 @@ pub mod mock {
         fn dispatch(
             &self,
             cluster: &str,
-            headers: &[(String, String)],
+            headers: Vec<(&str, &str)>,
             body: Option<&[u8]>,
             _t: u64,
         ) -> HostResult<u32> {
@@ -606,7 +602,10 @@ pub mod mock {
             let mut d = self.dispatched.borrow_mut();
             d.push((
                 cluster.to_string(),
-                headers.to_vec(),
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 body.map(<[u8]>::to_vec),
             ));
             Ok(d.len() as u32)

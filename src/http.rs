@@ -22,6 +22,7 @@ use rollout_core::decide::{decide, subject_key};
 use rollout_core::hash::BUCKETS;
 use rollout_core::identity::{claim_path, Claim, Peer, MAX_CLAIM_BYTES};
 use rollout_core::request::{CachedHeaders, RequestHeaders};
+use rollout_core::shadow::CopyHeaders;
 use rollout_core::stats::{class_index, RecordDrop, ShadowSkip};
 use rollout_core::wire::Assignment;
 
@@ -97,7 +98,7 @@ struct Assigned {
 /// A shadow copy being assembled from the request body.
 struct Copy {
     join: u64,
-    headers: Vec<(String, String)>,
+    headers: CopyHeaders,
     body: Vec<u8>,
     max: usize,
     too_large: bool,
@@ -365,12 +366,12 @@ impl<H: Host> Http<H> {
                 return;
             }
         };
-        let mut headers = sh.copy_headers(
+        let headers = sh.copy_headers(
             primary_headers.iter(),
             &cfg.correlation_header,
             correlation_id,
+            &[&cfg.variant_header, &cfg.override_header],
         );
-        headers.retain(|(k, _)| *k != cfg.variant_header && *k != cfg.override_header);
         self.copy = Some(Copy {
             join,
             headers,

@@ -20,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use rollout_core::answer::{compare, Prediction};
+use rollout_core::shadow::CopyHeaders;
 use rollout_core::stats::{RecordDrop, ShadowSkip};
 use rollout_core::wire::{
     batch_len, Assignment, ShadowRecord, MAX_BATCH, MAX_POST_BYTES, MAX_RECORD_BYTES,
@@ -46,7 +47,7 @@ pub struct Job {
     pub join: u64,
     pub rollout: String,
     pub cluster: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: CopyHeaders,
     pub body: Vec<u8>,
     pub timeout_ms: u64,
     pub max_in_flight: u32,
