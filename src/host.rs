@@ -220,15 +220,14 @@ impl HeaderSnapshot {
 
     /// The pairs in order, names as the proxy gave them (lower case in Envoy).
     pub fn iter(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> + '_ {
-        self.raw_pairs()
-            .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
+        self.raw_pairs().map(|(k, v)| (text(k), text(v)))
     }
 
     /// The first value of `name` (ASCII case-insensitive).
     pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
         self.raw_pairs()
             .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| String::from_utf8_lossy(v))
+            .map(|(_, v)| text(v))
     }
 
     fn raw_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
@@ -252,6 +251,15 @@ impl HeaderSnapshot {
             data = v_at.checked_add(vl)?.checked_add(1)?;
             Some((k, v))
         })
+    }
+}
+
+/// Header bytes as text: borrowed when UTF-8 (checked by the fast validation),
+/// else with U+FFFD for the bytes that are not.
+fn text(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
     }
 }
 
