@@ -111,6 +111,9 @@ struct Collect {
     check_output: bool,
     status: u32,
     latency_ms: u64,
+    /// The clock at the response headers (unix ms), reused when the request ends:
+    /// no clock read of its own.
+    at_ms: Option<u64>,
     body: Vec<u8>,
     max: usize,
     too_large: bool,
@@ -523,6 +526,7 @@ impl<H: Host> Http<H> {
                 check_output,
                 status,
                 latency_ms,
+                at_ms: now.map(|ns| ns / 1_000_000),
                 body: Vec::new(),
                 max,
                 too_large: false,
@@ -624,7 +628,7 @@ impl<H: Host> Http<H> {
         if let (Some(h), Some(hm)) = (checked.health, hm) {
             hm.count(m, h);
             if let Some(tw) = active.trip(a.rollout) {
-                let now = self.host.now_ms();
+                let now = c.at_ms.unwrap_or_else(|| self.host.now_ms());
                 if a.variant == tw.spec.candidate
                     && tw.output(now, h != Health::Valid) == Observed::Tripped
                 {
@@ -633,7 +637,7 @@ impl<H: Host> Http<H> {
             }
         }
         if let (Some(join), Some(answer)) = (c.join, checked.answer) {
-            let now = self.host.now_ms();
+            let now = c.at_ms.unwrap_or_else(|| self.host.now_ms());
             let (host, random) = (&self.host, &self.random);
             let mut draw = || random.u32(host, m);
             if let Ok(mut hub) = self.hub.try_borrow_mut() {
