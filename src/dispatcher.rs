@@ -4,8 +4,8 @@
 //! hub), and posts the buffered comparison records and A/B assignments to the
 //! sidecar (`rollout_core::wire`), one post of each kind in flight.
 //!
-//! Why the root dispatches: a callout's answer goes to the context that made it, and
-//! Envoy cancels a request's callouts when the request ends; see `hub`.
+//! Why the root dispatches: a callout's answer goes to the context that made it,
+//! and is dropped once a request context that made it is gone; see `hub`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
