@@ -878,7 +878,7 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
         if setup in args.setups and not path.exists():
             raise BenchError(
                 f"{path.relative_to(ROOT)} is missing; build it first:\n"
-                "  cargo build --release --target wasm32-wasip1 -p model-rollout -p noop-filter -p floor-filter"
+                "  make wasm (cargo build of the three filters, then tools/wasm-trim on model_rollout.wasm)"
             )
     for shape in args.shapes:
         for setup in SHAPES[shape]:

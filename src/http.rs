@@ -677,8 +677,14 @@ impl HttpContext for Http<ProxyHost> {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.response_body(body_size, end_of_stream)
     }
+}
 
-    fn on_log(&mut self) {
+/// The end of the request runs when the context goes: the SDK drops it inside
+/// `proxy_on_delete`, which Envoy calls for every request context it created,
+/// completed or aborted (after the access log). Not `on_log`: the module does not
+/// export `proxy_on_log` (src/exports.txt), one VM entry fewer per request.
+impl<H: Host> Drop for Http<H> {
+    fn drop(&mut self) {
         self.done();
     }
 }

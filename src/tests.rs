@@ -872,6 +872,46 @@ fn host_calls_of_a_shadowed_request() {
 /// A verified identity (README "Security model"): read through properties only when
 /// the configuration names it, one host call per distinct claim or peer field per
 /// request, and it decides before any client header.
+/// The end of the request runs when the context is dropped (the SDK drops it in
+/// `proxy_on_delete`; the module exports no `proxy_on_log`), also for a client that
+/// went away mid-body; running it again on drop after `done` counts nothing twice.
+#[test]
+fn dropping_the_context_ends_the_request() {
+    let shadow = DEMO_ROUTING.replace(
+        r#""salt": "fraud-v2","#,
+        r#""salt": "fraud-v2", "shadow": {"cluster": "model_shadow", "percent": 100},"#,
+    );
+    let (h, mut root) = root_with(&shadow);
+    let aborted = || {
+        h.metric(&stats::rollout_reason_metric(
+            "fraud",
+            "aborted",
+            "shadow_skipped_total",
+        ))
+    };
+    request(
+        &h,
+        &[
+            (":path", "/v2/models/fraud/infer"),
+            (":method", "POST"),
+            ("x-user-id", "u1"),
+        ],
+    );
+    let mut gone = root.new_http(20);
+    gone.request_headers(false);
+    drop(gone);
+    let mut ended = root.new_http(21);
+    ended.request_headers(false);
+    ended.done();
+    drop(ended);
+    root.tick();
+    assert_eq!(aborted(), 2);
+    assert!(
+        h.dispatched.borrow().is_empty(),
+        "no copy of either went out"
+    );
+}
+
 #[test]
 fn verified_identity_is_read_only_when_configured() {
     let fraud = (":path", "/v2/models/fraud/infer");

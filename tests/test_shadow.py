@@ -19,8 +19,8 @@ FRAUD = "/v2/models/fraud/infer"
 
 
 def shadow_stack(procs, shadow_args=(), shadow_port=None, edit_shadow=None, output=True, canary_args=(),
-                 concurrency=1, control_port=None):
-    stable = Model(procs, "stable")
+                 concurrency=1, control_port=None, stable_args=()):
+    stable = Model(procs, "stable", *stable_args)
     canary = Model(procs, "canary", *canary_args)
     shadow = None
     if shadow_port is None:
@@ -253,6 +253,35 @@ def test_chunked_body_over_the_limit_is_skipped(procs):
     assert r.status == 200
     assert wait_for(lambda: m(envoy, "model_rollout_shadow_skipped_total", reason="body_too_large") == 1, timeout=5)
     assert admin_requests(shadow, 10) == []
+
+
+@pytest.mark.parametrize("gone", ["mid_body", "before_the_answer"])
+def test_a_client_gone_mid_request_counts_the_shadow_aborted(procs, gone):
+    """The end of a request runs when Envoy deletes its context, also for a client
+    that goes away: mid-body (the copy is never sent) or after sending the whole body
+    but before the primary answered (the copy went out; nothing to compare)."""
+    import socket
+    slow = ("--latency-ms", "5000")
+    _, _, shadow, envoy = shadow_stack(procs, stable_args=slow, canary_args=slow)
+    body = padded(1000)
+    sent_bytes = body[:100] if gone == "mid_body" else body
+    s = socket.create_connection(("127.0.0.1", envoy.port()), timeout=10)
+    s.sendall(f"POST {FRAUD} HTTP/1.1\r\nhost: models\r\ncontent-type: application/json\r\n"
+              f"x-user-id: u1\r\ncontent-length: {len(body)}\r\n\r\n".encode() + sent_bytes)
+    if gone == "before_the_answer":
+        # the copy is dispatched once the body is complete
+        assert wait_for(lambda: m(envoy, "model_rollout_shadow_sent_total") == 1, timeout=10)
+    else:
+        time.sleep(0.5)
+    s.close()
+    aborted = lambda: m(envoy, "model_rollout_shadow_skipped_total", reason="aborted")  # noqa: E731
+    assert wait_for(lambda: aborted() == 1, timeout=10), aborted()
+    assert m(envoy, "model_rollout_shadow_compared_total") == 0
+    if gone == "mid_body":
+        assert m(envoy, "model_rollout_shadow_sent_total") == 0
+        assert admin_requests(shadow, 10) == []
+    # the worker goes on serving
+    assert send_all(envoy.port(), [(FRAUD, {"x-user-id": "u2"})])[0].status == 200
 
 
 # ---------------------------------------------------------------- agreement
