@@ -7,7 +7,7 @@
 //! `output.distribution` (when the rollout has them), and reduce the answer to what
 //! a shadow comparison needs. Pure: the callers read the body and count the results.
 
-use rollout_core::answer::{extract, health, parse_answer_at, prediction_at, Health, Prediction};
+use rollout_core::answer::{Found, Health, Prediction};
 use rollout_core::plan::Rollout;
 
 /// One answer, reduced to what the comparison needs.
@@ -70,27 +70,24 @@ pub fn check(
         pointers.extend(sh.compare.pointers.iter().map(String::as_str));
     }
     let parsed = if too_large || pointers.is_empty() {
-        None
+        Found::default()
     } else {
-        parse_answer_at(body, &pointers)
+        Found::parse(body, pointers)
     };
     let health = match rollout.health_rule() {
-        Some(rule) if judged => Some(health(parsed.as_ref(), rule.pointer, rule.min, rule.max)),
+        Some(rule) if judged => Some(parsed.health(rule.pointer, rule.min, rule.max)),
         _ => None,
     };
     let mut bins = Vec::new();
     if let Some(output) = rollout.output.as_ref().filter(|_| judged) {
-        if let (Some(d), Some(p)) = (
-            &output.distribution,
-            prediction_at(parsed.as_ref(), &output.pointer),
-        ) {
+        if let (Some(d), Some(p)) = (&output.distribution, parsed.prediction(&output.pointer)) {
             d.observe(&p, &mut |b| bins.push(b));
         }
     }
     let answer = shadow.map(|sh| Answer {
         status,
         latency_ms,
-        predictions: extract(parsed.as_ref(), &sh.compare.pointers),
+        predictions: parsed.predictions(&sh.compare.pointers),
         too_large,
     });
     Checked {

@@ -4,8 +4,8 @@
 //! hub), and posts the buffered comparison records and A/B assignments to the
 //! sidecar (`rollout_core::wire`), one post of each kind in flight.
 //!
-//! Why the root dispatches: a callout's answer goes to the context that made it, and
-//! Envoy cancels a request's callouts when the request ends; see `hub`.
+//! Why the root dispatches: a callout's answer goes to the context that made it,
+//! and is dropped once a request context that made it is gone; see `hub`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -113,7 +113,8 @@ impl ShadowDispatcher {
                 }
                 continue;
             }
-            match host.dispatch(&job.cluster, &job.headers, Some(&job.body), job.timeout_ms) {
+            let headers = job.headers.iter().collect();
+            match host.dispatch(&job.cluster, headers, Some(&job.body), job.timeout_ms) {
                 Ok(token) => {
                     hub.in_flight.insert(
                         token,
@@ -337,7 +338,10 @@ impl ShadowDispatcher {
         let headers = post_headers(path, &control.authority, control.token.as_deref());
         match host.dispatch(
             &control.cluster,
-            &headers,
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
             Some(&body),
             control.timeout_ms.max(1000),
         ) {

@@ -70,7 +70,7 @@ pub trait Host {
     fn dispatch(
         &self,
         cluster: &str,
-        headers: &[(String, String)],
+        headers: Vec<(&str, &str)>,
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> HostResult<u32>;
@@ -145,7 +145,7 @@ impl<T: Host> Host for std::rc::Rc<T> {
     fn dispatch(
         &self,
         cluster: &str,
-        headers: &[(String, String)],
+        headers: Vec<(&str, &str)>,
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> HostResult<u32> {
@@ -220,15 +220,14 @@ impl HeaderSnapshot {
 
     /// The pairs in order, names as the proxy gave them (lower case in Envoy).
     pub fn iter(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> + '_ {
-        self.raw_pairs()
-            .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
+        self.raw_pairs().map(|(k, v)| (text(k), text(v)))
     }
 
     /// The first value of `name` (ASCII case-insensitive).
     pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
         self.raw_pairs()
             .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| String::from_utf8_lossy(v))
+            .map(|(_, v)| text(v))
     }
 
     fn raw_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
@@ -252,6 +251,15 @@ impl HeaderSnapshot {
             data = v_at.checked_add(vl)?.checked_add(1)?;
             Some((k, v))
         })
+    }
+}
+
+/// Header bytes as text: borrowed when UTF-8 (checked by the fast validation),
+/// else with U+FFFD for the bytes that are not.
+fn text(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
     }
 }
 
@@ -385,17 +393,13 @@ impl Host for ProxyHost {
     fn dispatch(
         &self,
         cluster: &str,
-        headers: &[(String, String)],
+        headers: Vec<(&str, &str)>,
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> HostResult<u32> {
-        let h: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         Ok(hostcalls::dispatch_http_call(
             cluster,
-            h,
+            headers,
             body,
             Vec::new(),
             std::time::Duration::from_millis(timeout_ms),
@@ -595,7 +599,7 @@ pub mod mock {
         fn dispatch(
             &self,
             cluster: &str,
-            headers: &[(String, String)],
+            headers: Vec<(&str, &str)>,
             body: Option<&[u8]>,
             _t: u64,
         ) -> HostResult<u32> {
@@ -606,7 +610,10 @@ pub mod mock {
             let mut d = self.dispatched.borrow_mut();
             d.push((
                 cluster.to_string(),
-                headers.to_vec(),
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 body.map(<[u8]>::to_vec),
             ));
             Ok(d.len() as u32)

@@ -22,6 +22,7 @@ use rollout_core::decide::{decide, subject_key};
 use rollout_core::hash::BUCKETS;
 use rollout_core::identity::{claim_path, Claim, Peer, MAX_CLAIM_BYTES};
 use rollout_core::request::{CachedHeaders, RequestHeaders};
+use rollout_core::shadow::CopyHeaders;
 use rollout_core::stats::{class_index, RecordDrop, ShadowSkip};
 use rollout_core::wire::Assignment;
 
@@ -97,7 +98,7 @@ struct Assigned {
 /// A shadow copy being assembled from the request body.
 struct Copy {
     join: u64,
-    headers: Vec<(String, String)>,
+    headers: CopyHeaders,
     body: Vec<u8>,
     max: usize,
     too_large: bool,
@@ -110,6 +111,9 @@ struct Collect {
     check_output: bool,
     status: u32,
     latency_ms: u64,
+    /// The clock at the response headers (unix ms), reused when the request ends:
+    /// no clock read of its own.
+    at_ms: Option<u64>,
     body: Vec<u8>,
     max: usize,
     too_large: bool,
@@ -365,12 +369,12 @@ impl<H: Host> Http<H> {
                 return;
             }
         };
-        let mut headers = sh.copy_headers(
+        let headers = sh.copy_headers(
             primary_headers.iter(),
             &cfg.correlation_header,
             correlation_id,
+            &[&cfg.variant_header, &cfg.override_header],
         );
-        headers.retain(|(k, _)| *k != cfg.variant_header && *k != cfg.override_header);
         self.copy = Some(Copy {
             join,
             headers,
@@ -522,6 +526,7 @@ impl<H: Host> Http<H> {
                 check_output,
                 status,
                 latency_ms,
+                at_ms: now.map(|ns| ns / 1_000_000),
                 body: Vec::new(),
                 max,
                 too_large: false,
@@ -623,7 +628,7 @@ impl<H: Host> Http<H> {
         if let (Some(h), Some(hm)) = (checked.health, hm) {
             hm.count(m, h);
             if let Some(tw) = active.trip(a.rollout) {
-                let now = self.host.now_ms();
+                let now = c.at_ms.unwrap_or_else(|| self.host.now_ms());
                 if a.variant == tw.spec.candidate
                     && tw.output(now, h != Health::Valid) == Observed::Tripped
                 {
@@ -632,7 +637,7 @@ impl<H: Host> Http<H> {
             }
         }
         if let (Some(join), Some(answer)) = (c.join, checked.answer) {
-            let now = self.host.now_ms();
+            let now = c.at_ms.unwrap_or_else(|| self.host.now_ms());
             let (host, random) = (&self.host, &self.random);
             let mut draw = || random.u32(host, m);
             if let Ok(mut hub) = self.hub.try_borrow_mut() {

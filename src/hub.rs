@@ -3,9 +3,14 @@
 //! waiting for the primary's and the shadow's answers), the shadow calls in flight,
 //! and the records and assignments waiting to be posted.
 //!
-//! Why the root dispatches shadows: a callout's answer goes to the context that
-//! dispatched it, and Envoy cancels a request context's callouts when the request
-//! ends. So a request context never dispatches a shadow itself. It opens a join
+//! Why the root dispatches shadows: the proxy-wasm SDK (0.2.5) hands a callout's
+//! answer to the context that was running when the callout was dispatched (its own
+//! token table; Envoy itself places every callout on the root context), and drops
+//! the answer once that request context is gone. Setting the effective context to
+//! the root (`proxy_set_effective_context`) before dispatching does not change that
+//! table: tried for issue 13 in Envoy, no answer reached the root's dispatcher
+//! (nothing compared; the in-flight limit filled up). So a request context never
+//! dispatches a shadow itself. It opens a join
 //! (keyed by an internal id; the correlation id travels with it), parks the copy as
 //! a job here, and nudges the root through a proxy-wasm shared queue; the root's
 //! `on_queue_ready` runs on the same worker right after the current callback and
@@ -20,6 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use rollout_core::answer::{compare, Prediction};
+use rollout_core::shadow::CopyHeaders;
 use rollout_core::stats::{RecordDrop, ShadowSkip};
 use rollout_core::wire::{
     batch_len, Assignment, ShadowRecord, MAX_BATCH, MAX_POST_BYTES, MAX_RECORD_BYTES,
@@ -46,7 +52,7 @@ pub struct Job {
     pub join: u64,
     pub rollout: String,
     pub cluster: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: CopyHeaders,
     pub body: Vec<u8>,
     pub timeout_ms: u64,
     pub max_in_flight: u32,

@@ -213,7 +213,11 @@ impl PlanPoller {
         let headers = self
             .spec
             .poll_headers(etag.as_deref(), &self.proxy_id, in_force.version);
-        let dispatched = host.dispatch(&self.spec.cluster, &headers, None, self.spec.timeout_ms);
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let dispatched = host.dispatch(&self.spec.cluster, headers, None, self.spec.timeout_ms);
         let Some(m) = m else { return };
         m.bump(m.control.polls);
         match dispatched {

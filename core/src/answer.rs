@@ -119,6 +119,55 @@ pub fn parse_answer_at(body: &[u8], pointers: &[&str]) -> Option<Value> {
         .or_else(|| json_at::parse_at(&quote_non_finite(body), pointers))
 }
 
+/// What one parse of an answer found at each pointer asked for, tolerating NaN
+/// tokens as [`parse_answer`] does, building only those values
+/// ([`json_at::values_at`]): what the filter checks and compares.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Found<'p> {
+    pointers: Vec<&'p str>,
+    /// One value per pointer; `None`: not JSON (or not parsed).
+    values: Option<Vec<Option<Value>>>,
+}
+
+impl<'p> Found<'p> {
+    /// Parses `body` for the values at `pointers`.
+    pub fn parse(body: &[u8], pointers: Vec<&'p str>) -> Self {
+        let values = json_at::values_at(body, &pointers)
+            .or_else(|| json_at::values_at(&quote_non_finite(body), &pointers));
+        Found { pointers, values }
+    }
+
+    /// `None`: not JSON; `Some(None)`: nothing at `pointer` (or not asked for).
+    fn at(&self, pointer: &str) -> Option<Option<&Value>> {
+        let values = self.values.as_ref()?;
+        Some(
+            self.pointers
+                .iter()
+                .position(|p| *p == pointer)
+                .and_then(|i| values.get(i)?.as_ref()),
+        )
+    }
+
+    /// As [`health`] of the whole answer.
+    pub fn health(&self, pointer: &str, min: Option<f64>, max: Option<f64>) -> Health {
+        match self.at(pointer) {
+            None => Health::Unparseable,
+            Some(None) => Health::Missing,
+            Some(Some(p)) => health_of(&Prediction::from_value(p), min, max),
+        }
+    }
+
+    /// As [`prediction_at`] of the whole answer.
+    pub fn prediction(&self, pointer: &str) -> Option<Prediction> {
+        self.at(pointer).flatten().map(Prediction::from_value)
+    }
+
+    /// As [`extract`] from the whole answer.
+    pub fn predictions(&self, pointers: &[String]) -> Vec<Option<Prediction>> {
+        pointers.iter().map(|p| self.prediction(p)).collect()
+    }
+}
+
 fn quote_non_finite(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 16);
     let mut in_string = false;
@@ -348,6 +397,43 @@ mod tests {
         );
         assert_eq!(v["note"], "NaN inside \"quotes\" NaN");
         assert!(parse_answer(b"not json").is_none());
+    }
+
+    #[test]
+    fn found_finds_what_the_whole_answer_holds() {
+        let pointers = ["/outputs/0/data", "/outputs/1/data", "/label", "/missing"];
+        let owned: Vec<String> = pointers.iter().map(|p| p.to_string()).collect();
+        for body in [
+            r#"{"outputs":[{"data":[0.5, NaN]},{"data":[null]}],"label":"cat"}"#,
+            r#"{"outputs":[{"data":[-Infinity]}],"label":1.5e3}"#,
+            r#"{"outputs":[],"note":"NaN"}"#,
+            "<html>",
+            "",
+        ] {
+            let whole = parse_answer(body.as_bytes());
+            let found = Found::parse(body.as_bytes(), pointers.to_vec());
+            assert_eq!(
+                found.predictions(&owned),
+                extract(whole.as_ref(), &owned),
+                "{body}"
+            );
+            for p in pointers {
+                assert_eq!(
+                    found.health(p, Some(0.0), Some(1.0)),
+                    health(whole.as_ref(), p, Some(0.0), Some(1.0)),
+                    "{body} {p}"
+                );
+                assert_eq!(found.prediction(p), prediction_at(whole.as_ref(), p));
+            }
+        }
+        // not parsed, or not asked for
+        assert_eq!(
+            Found::default().health("/a", None, None),
+            Health::Unparseable
+        );
+        let found = Found::parse(br#"{"a":1}"#, vec!["/a"]);
+        assert_eq!(found.prediction("/b"), None);
+        assert_eq!(found.health("/b", None, None), Health::Missing);
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! Reading only what JSON pointers need from a document (answers of a model): a
-//! parse that keeps the subtrees at the given pointers and drops everything else
-//! without building it, and a pointer lookup that allocates nothing for pointers
-//! without `~` escapes. The filter checks every compared or health-checked answer
-//! with these (issue 13: a full `serde_json::Value` of each answer, and
+//! Reading only what JSON pointers need from a document (answers of a model): one
+//! pass that builds just the values at the given pointers (`values_at`, what the
+//! filter checks every compared or health-checked answer with), a parse that keeps
+//! the subtrees at the pointers and drops everything else without building it
+//! (`parse_at`), and a pointer lookup that allocates nothing for pointers without
+//! `~` escapes (issue 13: a full `serde_json::Value` of each answer, and
 //! `Value::pointer`'s two `String`s per token, were most of the shadow path's Wasm
-//! time). At every given pointer the pruned document holds exactly what the full
-//! one holds; array elements before a kept one become `null` so indexes still hold.
+//! time; then the pruned document's maps and keys). At every given pointer both
+//! find exactly what the full document holds; in a pruned document array elements
+//! before a kept one become `null` so indexes still hold.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -26,14 +29,51 @@ pub fn parse_at(body: &[u8], pointers: &[&str]) -> Option<Value> {
     Some(v)
 }
 
+/// The values at `pointers` in `body`, one per pointer in order (`None`: nothing
+/// there, or the pointer is not valid), as `Value::pointer` finds them in the whole
+/// document. One pass that builds only those values (no pruned document). `None`:
+/// not JSON.
+pub fn values_at(body: &[u8], pointers: &[&str]) -> Option<Vec<Option<Value>>> {
+    let paths: Vec<Option<Vec<Cow<'_, str>>>> = pointers.iter().map(|p| tokens(p)).collect();
+    if paths.len() > 64 {
+        let v = parse_at(body, pointers)?;
+        return Some(pointers.iter().map(|p| at(&v, p).cloned()).collect());
+    }
+    let live = paths
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.is_some())
+        .fold(0u64, |acc, (i, _)| acc | (1u64 << i));
+    let refs: Vec<&[Cow<'_, str>]> = paths.iter().map(|p| p.as_deref().unwrap_or(&[])).collect();
+    let out = RefCell::new(vec![None; refs.len()]);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Slots {
+        at: Live {
+            paths: &refs,
+            live,
+            depth: 0,
+        },
+        out: &out,
+    }
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()?;
+    Some(out.into_inner())
+}
+
 /// The value at `pointer` (RFC 6901), as `Value::pointer` finds it, without
 /// allocating unless a token carries a `~` escape.
 pub fn at<'v>(v: &'v Value, pointer: &str) -> Option<&'v Value> {
+    at_tokens(v, &tokens(pointer)?)
+}
+
+/// The value at the unescaped tokens of a pointer.
+fn at_tokens<'v>(v: &'v Value, tokens: &[Cow<'_, str>]) -> Option<&'v Value> {
     let mut cur = v;
-    for t in tokens(pointer)? {
+    for t in tokens {
         cur = match cur {
             Value::Object(m) => m.get(t.as_ref())?,
-            Value::Array(a) => a.get(index(&t)?)?,
+            Value::Array(a) => a.get(index(t)?)?,
             _ => return None,
         };
     }
@@ -158,6 +198,148 @@ impl<'de> Visitor<'de> for Pruned<'_, '_> {
     }
 }
 
+/// The pointers still followed at a point of the document, as bits of `live`
+/// (bit i: `paths[i]`), each matched up to `depth` tokens: no list per level.
+#[derive(Clone, Copy)]
+struct Live<'p, 't> {
+    paths: &'p [&'p [Cow<'t, str>]],
+    live: u64,
+    depth: usize,
+}
+
+impl<'p, 't> Live<'p, 't> {
+    /// The live pointers with their token at this depth.
+    fn next_tokens(self) -> impl Iterator<Item = (u64, &'p Cow<'t, str>)> {
+        self.paths
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.live & (1u64 << i) != 0)
+            .filter_map(move |(i, p)| Some((1u64 << i, p.get(self.depth)?)))
+    }
+
+    /// The live pointers whose token here matches `hit`, one level down.
+    fn below(self, hit: impl Fn(&str) -> bool) -> Live<'p, 't> {
+        let live = self
+            .next_tokens()
+            .filter(|(_, t)| hit(t))
+            .fold(0, |acc, (bit, _)| acc | bit);
+        Live {
+            live,
+            depth: self.depth + 1,
+            ..self
+        }
+    }
+}
+
+/// Writes the values the live pointers find into `out` (slot i: `paths[i]`),
+/// building nothing else.
+struct Slots<'p, 't, 'o> {
+    at: Live<'p, 't>,
+    out: &'o RefCell<Vec<Option<Value>>>,
+}
+
+impl<'p, 't, 'o> Slots<'p, 't, 'o> {
+    fn below(&self, hit: impl Fn(&str) -> bool) -> Slots<'p, 't, 'o> {
+        Slots {
+            at: self.at.below(hit),
+            out: self.out,
+        }
+    }
+
+    /// Forgets what the live pointers found so far: a later duplicate key holds
+    /// what the document holds (the last one wins, as in a whole parse).
+    fn clear(&self) {
+        let mut out = self.out.borrow_mut();
+        for (i, slot) in out.iter_mut().enumerate().take(64) {
+            if self.at.live & (1u64 << i) != 0 {
+                *slot = None;
+            }
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Slots<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let Live { paths, live, depth } = self.at;
+        let ends_here = paths
+            .iter()
+            .enumerate()
+            .any(|(i, p)| live & (1u64 << i) != 0 && p.len() == depth);
+        if !ends_here {
+            return d.deserialize_any(self);
+        }
+        // A pointer ends here: this subtree is a value asked for; the pointers
+        // that go on below it are looked up in it.
+        let v = Value::deserialize(d)?;
+        let mut out = self.out.borrow_mut();
+        for (i, (slot, p)) in out.iter_mut().zip(paths.iter()).enumerate().take(64) {
+            if live & (1u64 << i) != 0 {
+                *slot = p.get(depth..).and_then(|rest| at_tokens(&v, rest)).cloned();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Slots<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    // Pointers that go on below a scalar find nothing.
+    fn visit_bool<E>(self, _v: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _v: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _v: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _v: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _v: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            let here = self.below(|t| index(t) == Some(i));
+            let more = if here.at.live == 0 {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            } else {
+                seq.next_element_seed(here)?.is_some()
+            };
+            if !more {
+                return Ok(());
+            }
+            i = i.saturating_add(1);
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(Key)? {
+            let here = self.below(|t| t == key.as_ref());
+            if here.at.live == 0 {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                here.clear();
+                map.next_value_seed(here)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An object key, borrowed from the document when it has no escapes.
 struct Key;
 
@@ -220,6 +402,49 @@ mod tests {
         for p in POINTERS {
             assert_eq!(at(&all, p), full.pointer(p), "{p} among all");
         }
+    }
+
+    #[test]
+    fn values_at_find_what_the_whole_document_holds() {
+        let full: Value = serde_json::from_str(DOC).unwrap();
+        let found = values_at(DOC.as_bytes(), &POINTERS).unwrap();
+        for (p, v) in POINTERS.iter().zip(&found) {
+            assert_eq!(v.as_ref(), full.pointer(p), "{p}");
+        }
+        // one at a time, nested in each other, repeated, and past 64 pointers
+        for p in POINTERS {
+            assert_eq!(
+                values_at(DOC.as_bytes(), &[p]).unwrap()[0].as_ref(),
+                full.pointer(p),
+                "{p}"
+            );
+        }
+        let nested = [
+            "/outputs",
+            "/outputs/1/data/p",
+            "/outputs/1/data/p/0",
+            "/outputs",
+            "nope",
+        ];
+        let found = values_at(DOC.as_bytes(), &nested).unwrap();
+        for (p, v) in nested.iter().zip(&found) {
+            assert_eq!(v.as_ref(), full.pointer(p), "{p} nested");
+        }
+        let many: Vec<&str> = POINTERS.iter().copied().cycle().take(70).collect();
+        let found = values_at(DOC.as_bytes(), &many).unwrap();
+        for (p, v) in many.iter().zip(&found) {
+            assert_eq!(v.as_ref(), full.pointer(p), "{p} among 70");
+        }
+        // a later duplicate key holds what the document holds
+        let dup = br#"{"a":{"b":1},"a":{"c":2}}"#;
+        let whole: Value = serde_json::from_slice(dup).unwrap();
+        assert_eq!(
+            values_at(dup, &["/a/b", "/a/c"]).unwrap(),
+            vec![None, Some(2.into())]
+        );
+        assert_eq!(whole.pointer("/a/b"), None);
+        assert_eq!(values_at(b"{\"a\": NaN}", &["/a"]), None);
+        assert_eq!(values_at(b"[1] x", &["/0"]), None);
     }
 
     #[test]

@@ -242,38 +242,105 @@ impl Shadow {
         self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
     }
 
-    /// The headers of the copy: the primary's minus the strip list and
-    /// hop-by-hop headers, `:authority`/`:path` rewritten if configured, plus
-    /// `x-shadow-request: true` and the correlation id.
-    /// `primary` is read once, as it comes (the filter hands its header snapshot
-    /// in place: each header is copied once, into the result).
+    /// The headers of the copy: the primary's minus the strip list, hop-by-hop
+    /// headers and `also_drop`, `:authority`/`:path` rewritten if configured, plus
+    /// `x-shadow-request: true` and the correlation id. Names are compared and
+    /// copied lowercased. `primary` is read once, as it comes (the filter hands its
+    /// header snapshot in place): each kept header is copied once, into the one
+    /// buffer of the result.
     pub fn copy_headers<K: AsRef<str>, V: AsRef<str>>(
         &self,
         primary: impl IntoIterator<Item = (K, V)>,
         correlation_header: &str,
         correlation_id: &str,
-    ) -> Vec<(String, String)> {
+        also_drop: &[&str],
+    ) -> CopyHeaders {
         let primary = primary.into_iter();
-        let mut out: Vec<(String, String)> = Vec::with_capacity(primary.size_hint().0 + 2);
+        let mut out = CopyHeaders {
+            text: String::with_capacity(COPY_HEADERS_BYTES),
+            ends: Vec::with_capacity(primary.size_hint().0 + 2),
+        };
         for (k, v) in primary {
-            let (k, v) = (k.as_ref().to_ascii_lowercase(), v.as_ref());
-            if self.strip.contains(&k)
-                || NEVER_COPY.contains(&k.as_str())
-                || k == SHADOW_HEADER
-                || k == correlation_header
-            {
+            let start = out.text.len();
+            out.text.push_str(k.as_ref());
+            let (dropped, rewrite) = match out.text.get_mut(start..) {
+                Some(name) => {
+                    name.make_ascii_lowercase();
+                    let name: &str = name;
+                    let dropped = self.strip.iter().any(|s| s == name)
+                        || NEVER_COPY.contains(&name)
+                        || name == SHADOW_HEADER
+                        || name == correlation_header
+                        || also_drop.contains(&name);
+                    let rewrite = match name {
+                        ":authority" => self.authority.as_deref(),
+                        ":path" => self.path.as_deref(),
+                        _ => None,
+                    };
+                    (dropped, rewrite)
+                }
+                None => (true, None),
+            };
+            if dropped {
+                out.text.truncate(start);
                 continue;
             }
-            let v = match k.as_str() {
-                ":authority" => self.authority.clone().unwrap_or_else(|| v.to_string()),
-                ":path" => self.path.clone().unwrap_or_else(|| v.to_string()),
-                _ => v.to_string(),
-            };
-            out.push((k, v));
+            out.end_name_push_value(rewrite.unwrap_or(v.as_ref()));
         }
-        out.push((SHADOW_HEADER.to_string(), "true".to_string()));
-        out.push((correlation_header.to_string(), correlation_id.to_string()));
+        out.push(SHADOW_HEADER, "true");
+        out.push(correlation_header, correlation_id);
         out
+    }
+}
+
+/// Bytes reserved for a copy's headers at once (a typical request's fit).
+const COPY_HEADERS_BYTES: usize = 512;
+
+/// The headers of a shadow copy in one buffer: each name (lowercased) and value
+/// once, back to back. Two allocations per copy, none per header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyHeaders {
+    text: String,
+    /// Where each header's name and value end in `text`; each name starts where
+    /// the header before it ended.
+    ends: Vec<(usize, usize)>,
+}
+
+impl CopyHeaders {
+    /// The headers in order, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().filter_map(move |&(name_end, value_end)| {
+            let name = self.text.get(start..name_end)?;
+            let value = self.text.get(name_end..value_end)?;
+            start = value_end;
+            Some((name, value))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Whether `name` (as stored: lowercased) is among the headers.
+    pub fn contains(&self, name: &str) -> bool {
+        self.iter().any(|(k, _)| k == name)
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        self.end_name_push_value(value);
+    }
+
+    /// Ends the name just written and appends its value.
+    fn end_name_push_value(&mut self, value: &str) {
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((name_end, self.text.len()));
     }
 }
 
@@ -321,6 +388,8 @@ mod tests {
             ("content-length", "12"),
             ("x-user-id", "u1"),
             ("x-request-id", "old"),
+            ("X-Model-Variant", "canary"),
+            ("X-Trace", "Keep-Case"),
         ]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -329,8 +398,12 @@ mod tests {
             primary.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             "x-request-id",
             "cid-12345678",
+            &["x-model-variant"],
         );
-        let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
+        let pairs: Vec<(&str, &str)> = h.iter().collect();
+        let names: Vec<&str> = h.iter().map(|(k, _)| k).collect();
+        assert!(!h.contains("x-model-variant"), "also dropped");
+        assert_eq!(h.len(), pairs.len());
         for gone in [
             "authorization",
             "cookie",
@@ -341,10 +414,13 @@ mod tests {
         ] {
             assert!(!names.contains(&gone), "{gone}");
         }
-        assert!(h.contains(&(":path".into(), "/v2/models/shadow/infer".into())));
-        assert!(h.contains(&("x-shadow-request".into(), "true".into())));
-        assert!(h.contains(&("x-request-id".into(), "cid-12345678".into())));
-        assert!(h.contains(&("x-user-id".into(), "u1".into())));
+        assert!(pairs.contains(&(":path", "/v2/models/shadow/infer")));
+        assert!(pairs.contains(&(":authority", "models")));
+        assert!(pairs.contains(&("x-shadow-request", "true")));
+        assert!(pairs.contains(&("x-request-id", "cid-12345678")));
+        assert!(pairs.contains(&("x-user-id", "u1")));
+        // names are lowercased, values kept as they are
+        assert!(pairs.contains(&("x-trace", "Keep-Case")));
         assert_eq!(names.iter().filter(|n| **n == "x-request-id").count(), 1);
     }
 

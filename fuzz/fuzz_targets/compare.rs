@@ -1,14 +1,15 @@
 //! The shadow-answer comparison: two answers (any bytes, NaN/Infinity tokens
 //! tolerated), JSON pointers, tolerances and statuses. Never a panic; the verdict
 //! is symmetric, and an answer always agrees with itself unless it holds a
-//! non-finite or missing prediction; the pruned parse the filter uses
-//! (`parse_answer_at`) finds at every pointer what the whole parse finds.
+//! non-finite or missing prediction; the filter's one-pass read of the values at
+//! the pointers (`Found`), like the pruned parse (`parse_answer_at`), finds at
+//! every pointer what the whole parse finds.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use rollout_core::answer::{
-    compare, extract, health, parse_answer, parse_answer_at, CompareSpec, Prediction,
+    compare, extract, health, parse_answer, parse_answer_at, CompareSpec, Found, Prediction,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -48,6 +49,12 @@ fuzz_target!(|i: Input| {
     let wanted: Vec<&str> = spec.pointers.iter().map(String::as_str).collect();
     let pruned = parse_answer_at(&i.primary, &wanted);
     assert_eq!(extract(pruned.as_ref(), &spec.pointers), pa, "pruned parse differs");
+    // ...and so must the values read without a pruned document (`Found`).
+    let found = Found::parse(&i.primary, wanted.clone());
+    assert_eq!(found.predictions(&spec.pointers), pa, "values read differ");
+    if let Some(p) = spec.pointers.first() {
+        assert_eq!(found.health(p, i.min, i.max), health(a.as_ref(), p, i.min, i.max));
+    }
     for p in pa.iter().chain(&pb).flatten() {
         // Records carry predictions as JSON: always serializable.
         assert!(serde_json::to_vec(&p.to_json()).is_ok());
