@@ -247,7 +247,8 @@ def plugin_config(shadow: bool) -> str:
     )
     return """\
 {
-  "subject": {"header": "x-user-id", "cookie": "uid", "client_controlled": true},
+  "jwt": {"payload_in_metadata": "model-rollout-demo"},
+  "subject": {"claim": "sub", "header": "x-user-id", "cookie": "uid", "client_controlled": true},
   "trusted_headers": ["x-tester", "x-region"],
   "correlation_header": "x-request-id",
   "variant_header": "x-model-variant",
