@@ -139,6 +139,10 @@ def test_dockerfile_builds_every_workspace_member_from_a_clean_context():
             assert member in copied, f"workspace member {member} is not copied into the build stage"
     for f in ("Cargo.toml", "Cargo.lock", "build.rs", "src"):
         assert f in dockerfile
+    # the image's filter is trimmed as `make wasm` trims it, before it is copied out
+    build = re.search(r"(?ms)^RUN --mount.*?(?=^\S)", dockerfile).group(0)
+    trim = build.index("wasm-trim --exports src/exports.txt target/wasm32-wasip1/release/model_rollout.wasm")
+    assert build.index("--target wasm32-wasip1 -p model-rollout") < trim < build.index("cp target/wasm32-wasip1")
     ignored = (ROOT / "compose/Dockerfile.dockerignore").read_text().split()
     assert {"target", ".venv", ".git"} <= set(ignored)
 
