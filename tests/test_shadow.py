@@ -287,11 +287,20 @@ def test_a_client_gone_mid_request_counts_the_shadow_aborted(procs, gone):
 # ---------------------------------------------------------------- agreement
 
 def test_measured_disagreement_matches_the_truth(procs):
-    _, _, shadow, envoy = shadow_stack(procs, shadow_args=("--disagree-rate", "0.3"))
+    # Every copy must be compared for the ratio to be exact, also on a loaded CI machine:
+    # no in-flight cap below n, a timeout far above any answer time.
     n = 5000
+    _, _, shadow, envoy = shadow_stack(procs, shadow_args=("--disagree-rate", "0.3"),
+                                       edit_shadow=lambda s: s.update(max_in_flight=n, timeout_ms=30000))
     out = send_bodies(envoy, [body_of(i) for i in range(n)])
     assert all(s == 200 for s, _, _ in out)
-    assert wait_for(lambda: m(envoy, "model_rollout_shadow_compared_total") == n, timeout=20)
+    settled = wait_for(lambda: m(envoy, "model_rollout_shadow_compared_total") == n, timeout=60)
+    lost = {name: v for name, v in
+            ((x, sum(v for (k, labels), v in samples(envoy).items() if k == x))
+             for x in ("model_rollout_shadow_skipped_total", "model_rollout_shadow_errors_total",
+                       "model_rollout_shadow_expired_total")) if v}
+    assert settled, f"compared {m(envoy, 'model_rollout_shadow_compared_total')} of {n}; lost: {lost}"
+    assert json.loads(urllib.request.urlopen(f"{shadow.url}/admin/stats").read())["requests"] == n
     truth = json.loads(urllib.request.urlopen(f"{shadow.url}/admin/stats").read())["disagreed"] / n
     measured = m(envoy, "model_rollout_shadow_disagree_total", reason="prediction") / n
     print(f"\ndisagreement: measured {measured:.4f}, truth {truth:.4f}")
