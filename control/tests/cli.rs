@@ -452,3 +452,83 @@ fn commands_against_a_running_sidecar() {
     let err = fails(&["--server", s, "status"]);
     assert!(err.starts_with("rollout-control: error: GET "), "{err}");
 }
+
+/// With reads closed (`--read-token-file`), the CLI's reads send `--token-file`: the read
+/// credential or the operator's opens them, none or another role's does not.
+#[test]
+fn reads_closed_by_a_read_token_are_opened_by_the_cli_with_it() {
+    let dir = TempDir::new("cli-reads");
+    let plan_file = write_file(dir.path(), "plan.json", PLAN);
+    let op = write_file(dir.path(), "op", "op-t0ken\n");
+    let read = write_file(dir.path(), "read", "read-t0ken\n");
+    let feedback = write_file(dir.path(), "feedback", "fb-t0ken\n");
+    let server = ServerProc::start(
+        &dir.path().join("data"),
+        &[
+            "--initial-plan",
+            plan_file.to_str().unwrap(),
+            "--operator-token-file",
+            op.to_str().unwrap(),
+            "--read-token-file",
+            read.to_str().unwrap(),
+            "--feedback-token-file",
+            feedback.to_str().unwrap(),
+        ],
+    );
+    let s = server.url.as_str();
+    // (get-plan stays open: it is the filter's poll)
+    for cmd in [
+        &["status"][..],
+        &["history"],
+        &["shadow-report", "--rollout", "fraud"],
+    ] {
+        let err = fails(&[&["--server", s][..], cmd].concat());
+        assert!(err.contains("401"), "{cmd:?}: {err}");
+        let err = fails(
+            &[
+                &["--server", s, "--token-file", feedback.to_str().unwrap()][..],
+                cmd,
+            ]
+            .concat(),
+        );
+        assert!(err.contains("403"), "{cmd:?}: {err}");
+        for t in [&read, &op] {
+            ok(&[
+                &["--server", s, "--token-file", t.to_str().unwrap()][..],
+                cmd,
+            ]
+            .concat());
+        }
+    }
+    let j: Value = serde_json::from_str(&ok(&[
+        "--server",
+        s,
+        "--token-file",
+        read.to_str().unwrap(),
+        "--json",
+        "status",
+    ]))
+    .unwrap();
+    assert_eq!(j["version"], 1);
+}
+
+/// `--timeout` bounds a call as a whole and the error names the flag: a server that
+/// accepts and never answers.
+#[test]
+fn timeout_bounds_each_call_and_names_the_flag() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let t = std::time::Instant::now();
+    let err = fails(&["--server", &url, "--timeout", "1", "status"]);
+    assert!(err.contains("--timeout"), "{err}");
+    // generous: one second of timeout, a process start, a loaded machine
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+    let out = run(&["--server", &url, "--timeout", "0", "status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout"));
+    drop(silent);
+}

@@ -29,6 +29,18 @@ pub struct Cli {
     /// as `--operator-token-file`).
     #[arg(long, global = true, env = "ROLLOUT_CONTROL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Seconds a command waits for the sidecar's whole answer (connect, send, read).
+    /// The largest shadow report (100,000 records, 16 MiB listed) takes a few seconds
+    /// from a release build; raise it for slow links or larger `--max-report-bytes`.
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLOUT_CONTROL_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub timeout: u64,
     /// Print the server's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,

@@ -23,6 +23,7 @@ pub struct Client {
     base: String,
     token: Option<String>,
     author: String,
+    timeout: Duration,
 }
 
 /// A successful answer.
@@ -39,7 +40,13 @@ impl Reply {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Option<String>, author: String) -> anyhow::Result<Client> {
+    /// `timeout`: for each call as a whole (connect, send, the answer read to its end).
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        author: String,
+        timeout: Duration,
+    ) -> anyhow::Result<Client> {
         let base = base.trim_end_matches('/').to_string();
         if !base.starts_with("http://") {
             bail!("--server must be an http:// URL (the sidecar serves plain HTTP), got {base:?}");
@@ -48,7 +55,7 @@ impl Client {
             .http_status_as_error(false)
             .proxy(None)
             .max_redirects(0)
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(timeout))
             .build()
             .into();
         Ok(Client {
@@ -56,6 +63,7 @@ impl Client {
             base,
             token,
             author,
+            timeout,
         })
     }
 
@@ -86,6 +94,17 @@ impl Client {
         self.call(method, path, body, reason, expect)
     }
 
+    /// A transport error, naming the flag that sets the limit when it is the timeout.
+    fn describe(&self, e: ureq::Error) -> String {
+        match e {
+            ureq::Error::Timeout(_) => format!(
+                "no complete answer within {} s (--timeout, env ROLLOUT_CONTROL_TIMEOUT)",
+                self.timeout.as_secs()
+            ),
+            e => e.to_string(),
+        }
+    }
+
     fn call(
         &self,
         method: &str,
@@ -102,7 +121,13 @@ impl Client {
         }
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let result = match method {
-            "GET" => self.agent.get(&url).call(),
+            "GET" => {
+                let mut req = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a.as_str());
+                }
+                req.call()
+            }
             "PUT" | "POST" => {
                 let mut req = if method == "PUT" {
                     self.agent.put(&url)
@@ -123,7 +148,7 @@ impl Client {
             }
             other => bail!("unsupported method {other}"),
         };
-        let mut resp = result.map_err(|e| anyhow!("{method} {url}: {e}"))?;
+        let mut resp = result.map_err(|e| anyhow!("{method} {url}: {}", self.describe(e)))?;
         let status = resp.status();
         let version = resp
             .headers()
@@ -135,7 +160,7 @@ impl Client {
             .with_config()
             .limit(MAX_ANSWER_BYTES)
             .read_to_string()
-            .map_err(|e| anyhow!("{method} {url}: reading the answer: {e}"))?;
+            .map_err(|e| anyhow!("{method} {url}: reading the answer: {}", self.describe(e)))?;
         if status.is_success() {
             return Ok(Reply {
                 body: text,
@@ -157,7 +182,8 @@ mod tests {
 
     #[test]
     fn only_http() {
-        assert!(Client::new("https://x", None, "me".into()).is_err());
-        assert!(Client::new("http://127.0.0.1:9090/", None, "me".into()).is_ok());
+        let t = Duration::from_secs(30);
+        assert!(Client::new("https://x", None, "me".into(), t).is_err());
+        assert!(Client::new("http://127.0.0.1:9090/", None, "me".into(), t).is_ok());
     }
 }

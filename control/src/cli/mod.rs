@@ -24,6 +24,7 @@ pub mod validate;
 pub mod watch;
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::bail;
 
@@ -48,6 +49,7 @@ pub fn run_client(cli: Cli) -> anyhow::Result<()> {
             &cli.server,
             token.clone(),
             author.unwrap_or_else(default_author),
+            Duration::from_secs(cli.timeout),
         )
     };
     let out = &mut std::io::stdout().lock();
