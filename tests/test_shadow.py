@@ -294,14 +294,14 @@ def test_measured_disagreement_matches_the_truth(procs):
                                        edit_shadow=lambda s: s.update(max_in_flight=n, timeout_ms=30000))
     out = send_bodies(envoy, [body_of(i) for i in range(n)])
     assert all(s == 200 for s, _, _ in out)
-    settled = wait_for(lambda: m(envoy, "model_rollout_shadow_compared_total") == n, timeout=60)
-    lost = {name: v for name, v in
-            ((x, sum(v for (k, labels), v in samples(envoy).items() if k == x))
-             for x in ("model_rollout_shadow_skipped_total", "model_rollout_shadow_errors_total",
-                       "model_rollout_shadow_expired_total")) if v}
-    assert settled, f"compared {m(envoy, 'model_rollout_shadow_compared_total')} of {n}; lost: {lost}"
-    assert json.loads(urllib.request.urlopen(f"{shadow.url}/admin/stats").read())["requests"] == n
-    truth = json.loads(urllib.request.urlopen(f"{shadow.url}/admin/stats").read())["disagreed"] / n
+    if not wait_for(lambda: m(envoy, "model_rollout_shadow_compared_total") == n, timeout=60):
+        lost = {(k, *sorted(labels)): v for (k, labels), v in samples(envoy).items()
+                if v and k in ("model_rollout_shadow_skipped_total", "model_rollout_shadow_errors_total",
+                               "model_rollout_shadow_expired_total", "model_rollout_shadow_compared_total")}
+        pytest.fail(f"not every one of {n} copies was compared: {lost}")
+    stats = json.loads(urllib.request.urlopen(f"{shadow.url}/admin/stats").read())
+    assert stats["requests"] == n
+    truth = stats["disagreed"] / n
     measured = m(envoy, "model_rollout_shadow_disagree_total", reason="prediction") / n
     print(f"\ndisagreement: measured {measured:.4f}, truth {truth:.4f}")
     assert abs(measured - truth) <= 0.01

@@ -105,6 +105,14 @@ impl Client {
         }
     }
 
+    /// Every call, reads included, carries `--token-file` as a bearer token.
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("authorization", format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
     fn call(
         &self,
         method: &str,
@@ -119,25 +127,17 @@ impl Client {
             url.push_str("reason=");
             url.push_str(&encode_query_value(r));
         }
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let result = match method {
-            "GET" => {
-                let mut req = self.agent.get(&url);
-                if let Some(a) = &auth {
-                    req = req.header("authorization", a.as_str());
-                }
-                req.call()
-            }
+            "GET" => self.authorized(self.agent.get(&url)).call(),
             "PUT" | "POST" => {
-                let mut req = if method == "PUT" {
+                let req = if method == "PUT" {
                     self.agent.put(&url)
                 } else {
                     self.agent.post(&url)
                 };
-                req = req.header(AUTHOR_HEADER, self.author.as_str());
-                if let Some(a) = &auth {
-                    req = req.header("authorization", a.as_str());
-                }
+                let mut req = self
+                    .authorized(req)
+                    .header(AUTHOR_HEADER, self.author.as_str());
                 if let Some(v) = expect {
                     req = req.header("if-match", rollout_core::wire::etag(v));
                 }
